@@ -1,0 +1,1 @@
+"""LeetCode reward-hacking environment: problems, prompts, sandbox, grader."""
