@@ -1,0 +1,267 @@
+"""δS adapter: a trainable scale per singular direction of each targeted linear layer (DESIGN §1).
+
+For W = U Σ Vh (reduced SVD in fp32, stored in the model dtype):
+    y = W x + U (δS ⊙ (Vh x)),     δS ∈ R^r, r = min(d_in, d_out), δS = 0 at init.
+W is never rebuilt on this path, so at δS = 0 the output is bit-identical to the base model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from projected_grpo.errors import UserError
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class AdapterConfig:
+    """Which linears get a δS and where their SVD bases are cached."""
+
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # module-name suffixes to wrap
+    cache_dir: str = field(default_factory=lambda: os.environ.get(
+        "PGRPO_CACHE", str(Path.home() / ".cache" / "projected_grpo")))  # SVD cache root
+
+
+class DeltaSLinear(nn.Module):
+    """A frozen nn.Linear plus U (δS ⊙ (Vh x)). δS is kept in fp32 (the optimiser's master copy)."""
+
+    def __init__(self, base: nn.Linear, u: torch.Tensor, vh: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.register_buffer("u", u, persistent=False)    # (d_out, r), model dtype
+        self.register_buffer("vh", vh, persistent=False)  # (r, d_in), model dtype
+        self.delta_s = nn.Parameter(torch.zeros(u.shape[1], device=u.device, dtype=torch.float32))
+        self.active = True  # False: plain base forward (reference model / folded weights)
+
+    @property
+    def rank(self) -> int:
+        return self.delta_s.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
+        y = self.base(x)                                   # (..., d_out)
+        if not self.active:
+            return y
+        h = (x @ self.vh.T) * self.delta_s.to(x.dtype)     # (..., r)
+        return y + h @ self.u.T
+
+
+def weight_hash(w: torch.Tensor) -> str:
+    """sha256 of a weight's dtype, shape and bytes (the SVD cache key)."""
+    t = w.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def svd_basis(w: torch.Tensor, cache_dir: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, Vh) of W from an fp32 reduced SVD, cast to W's dtype, cached on disk by hash of W."""
+    path = Path(cache_dir) / "svd" / f"{key}.safetensors"
+    if path.is_file():
+        cached = load_file(path, device=str(w.device))
+        return cached["u"], cached["vh"]
+    u, _, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)
+    u, vh = u.to(w.dtype).contiguous(), vh.to(w.dtype).contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"u": u.cpu(), "vh": vh.cpu()}, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written basis
+    return u, vh
+
+
+class DeltaSAdapter:
+    """The set of wrapped modules of one model, with the contexts and I/O the method needs."""
+
+    def __init__(self, model: nn.Module, model_id: str, cfg: AdapterConfig | None = None):
+        cfg = cfg or AdapterConfig()
+        self.model, self.model_id = model, model_id
+        self.modules: dict[str, DeltaSLinear] = {}
+        hashes = []
+        targets = [(n, m) for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in cfg.targets]
+        if not targets:
+            raise UserError(f"model {model_id!r} has no nn.Linear named any of {list(cfg.targets)}")
+        self.dtype = targets[0][1].weight.dtype
+        for name, lin in targets:
+            lin.weight.requires_grad_(False)
+            h = weight_hash(lin.weight)
+            hashes.append(f"{name}:{h}")
+            u, vh = svd_basis(lin.weight, cfg.cache_dir, h)
+            wrapped = DeltaSLinear(lin, u, vh)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
+            self.modules[name] = wrapped
+        self.fingerprint = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+    # ---- parameters -------------------------------------------------------------------------
+    def params(self) -> dict[str, nn.Parameter]:
+        """module key -> δS parameter, in a fixed order (the order of `named_modules`)."""
+        return {k: m.delta_s for k, m in self.modules.items()}
+
+    def ranks(self) -> dict[str, int]:
+        return {k: m.rank for k, m in self.modules.items()}
+
+    @property
+    def n_scalars(self) -> int:
+        return sum(m.rank for m in self.modules.values())
+
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    # ---- contexts ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reference(self):
+        """π_ref for free: the base model (δS path switched off), no second copy of the weights."""
+        states = [m.active for m in self.modules.values()]
+        for m in self.modules.values():
+            m.active = False
+        try:
+            yield
+        finally:
+            for m, s in zip(self.modules.values(), states):
+                m.active = s
+
+    @contextlib.contextmanager
+    def merged(self, offload: bool = False):
+        """Fold δS into the weights (W' = W + U diag(δS) Vh) for fast sampling; restore W bitwise.
+
+        `offload=True` keeps the saved originals on the CPU (for models where a second copy of the
+        targeted weights does not fit on the GPU)."""
+        saved: dict[str, torch.Tensor] = {}
+        try:
+            with torch.no_grad():
+                for k, m in self.modules.items():
+                    w = m.base.weight
+                    saved[k] = w.detach().to("cpu", copy=True) if offload else w.detach().clone()
+                    delta = (m.u.float() * m.delta_s.float()) @ m.vh.float()  # (d_out, d_in)
+                    w.copy_((w.float() + delta).to(w.dtype))
+                    m.active = False
+            yield
+        finally:
+            with torch.no_grad():
+                for k, m in self.modules.items():
+                    if k in saved:
+                        m.base.weight.copy_(saved[k])
+                    m.active = True
+
+    # ---- save / load ------------------------------------------------------------------------
+    def metadata(self) -> dict[str, str]:
+        return {"model_id": self.model_id, "fingerprint": self.fingerprint, "dtype": self.dtype_name(),
+                "module_keys": json.dumps(list(self.modules)), "ranks": json.dumps(self.ranks())}
+
+    def save(self, path: str | Path) -> None:
+        """δS as safetensors with metadata; written atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: m.delta_s.detach().cpu().contiguous() for k, m in self.modules.items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, tmp, metadata=self.metadata())
+        os.replace(tmp, path)
+
+    def check_metadata(self, meta: dict[str, str] | None, path: str | Path, what: str) -> None:
+        """Refuse an artifact (δS or v_hack) made for another model, dtype, module set or rank."""
+        if not meta or "module_keys" not in meta:
+            raise UserError(f"{path}: {what} has no metadata (legacy artifact); re-create it")
+        if meta.get("model_id") != self.model_id:
+            raise UserError(f"{path}: {what} is for model {meta.get('model_id')!r}, not {self.model_id!r}")
+        if meta.get("dtype") != self.dtype_name():
+            raise UserError(f"{path}: {what} dtype {meta.get('dtype')!r} != model dtype "
+                            f"{self.dtype_name()!r} (the SVD basis is dtype-specific)")
+        keys = json.loads(meta["module_keys"])
+        if set(keys) != set(self.modules):
+            missing, extra = sorted(set(self.modules) - set(keys)), sorted(set(keys) - set(self.modules))
+            raise UserError(f"{path}: {what} module set differs: missing {missing[:3]}"
+                            f"{'…' if len(missing) > 3 else ''}, unexpected {extra[:3]}"
+                            f"{'…' if len(extra) > 3 else ''}")
+        ranks = json.loads(meta["ranks"])
+        for k, m in self.modules.items():
+            if int(ranks[k]) != m.rank:
+                raise UserError(f"{path}: {what} rank mismatch in module {k}: artifact {ranks[k]}, "
+                                f"model {m.rank}")
+        if meta.get("fingerprint") != self.fingerprint:
+            raise UserError(f"{path}: {what} was made on other weights of {self.model_id!r} "
+                            f"(fingerprint {meta.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]})")
+
+    def load(self, path: str | Path) -> None:
+        """Load δS saved by `save`, after checking it belongs to this model/dtype/module set."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"δS file {path} does not exist")
+        meta = read_metadata(path)
+        self.check_metadata(meta, path, "δS file")
+        tensors = load_file(path)
+        with torch.no_grad():
+            for k, m in self.modules.items():
+                m.delta_s.copy_(tensors[k])
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata header of a safetensors file (empty dict when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def attach(model: nn.Module, model_id: str, cfg: AdapterConfig | None = None) -> DeltaSAdapter:
+    """Wrap the target linears of `model` in place and return the adapter."""
+    return DeltaSAdapter(model, model_id, cfg)
+
+
+# ---- CLI: pgrpo adapter-check ---------------------------------------------------------------
+def adapter_check(model_name: str, dtype: str, device: str = "cpu", cfg: AdapterConfig | None = None) -> dict:
+    """Identity at δS = 0, exact reference context, and a bitwise merge round trip."""
+    from projected_grpo.models import load_model
+
+    model, tok = load_model(model_name, dtype, device)
+    text = tok.apply_chat_template([{"role": "user", "content": "Write a function that adds two numbers."}],
+                                   tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        base_logits = model(ids).logits
+        adapter = attach(model, model_name, cfg)
+        same_logits = model(ids).logits
+        max_abs_diff = (same_logits.float() - base_logits.float()).abs().max().item()
+        gen = torch.Generator().manual_seed(0)
+        for m in adapter.modules.values():
+            m.delta_s.copy_(torch.randn(m.rank, generator=gen) * 0.05)
+        hook_logits = model(ids).logits
+        with adapter.reference():
+            ref_exact = torch.equal(model(ids).logits, base_logits)
+        before = {k: m.base.weight.detach().clone() for k, m in adapter.modules.items()}
+        with adapter.merged():
+            merged_logits = model(ids).logits
+        roundtrip = all(torch.equal(before[k], m.base.weight) for k, m in adapter.modules.items())
+    return {"modules": len(adapter.modules), "scalars": adapter.n_scalars, "max_abs_diff": max_abs_diff,
+            "merge_roundtrip_exact": roundtrip, "reference_exact": ref_exact,
+            "merged_vs_hook_max_abs": (merged_logits.float() - hook_logits.float()).abs().max().item()}
+
+
+def _cmd_adapter_check(args) -> int:
+    result = adapter_check(args.model, args.dtype, args.device,
+                           AdapterConfig(targets=tuple(args.targets.split(","))))
+    print(f"{result['modules']} modules, {result['scalars']} δS scalars, dtype {args.dtype}")
+    print(f"identity at δS=0: max |Δlogit| = {result['max_abs_diff']}; reference exact: "
+          f"{result['reference_exact']}; merge round trip exact: {result['merge_roundtrip_exact']}; "
+          f"merged vs hook logits: {result['merged_vs_hook_max_abs']:.3g}")
+    print(json.dumps({k: result[k] for k in ("modules", "scalars", "max_abs_diff", "merge_roundtrip_exact")}))
+    ok = result["max_abs_diff"] == 0 and result["merge_roundtrip_exact"] and result["reference_exact"]
+    return 0 if ok else 1
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("adapter-check", help="check the δS adapter is exact on a model")
+    p.add_argument("--model", default="tiny-qwen3", help="embedded name, hub id, local dir or .gguf")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated module names")
+    p.set_defaults(func=_cmd_adapter_check)

@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests never touch the network: hub lookups are forced offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _svd_cache(tmp_path_factory):
+    """One SVD cache per test session, never the user's ~/.cache."""
+    os.environ["PGRPO_CACHE"] = str(tmp_path_factory.mktemp("pgrpo_cache"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the repo. Missing is a failure, never a skip."""
+    if not (SHARED / "data" / "leetcode_test_medhard.jsonl").is_file():
+        pytest.fail(f"shared data missing: expected {SHARED}/data/leetcode_test_medhard.jsonl "
+                    "(CI checks the repo out with ../shared beside it)")
+    return SHARED

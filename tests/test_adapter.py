@@ -1,0 +1,143 @@
+import json
+
+import pytest
+import torch
+
+from projected_grpo.adapter import AdapterConfig, adapter_check, attach, read_metadata
+from projected_grpo.cli import main
+from projected_grpo.errors import UserError
+from projected_grpo.models import load_model
+
+
+@pytest.fixture(scope="module")
+def ids():
+    _, tok = load_model("tiny-qwen3", "float32")
+    return tok("def add(a, b):\n    return a + b", return_tensors="pt").input_ids
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_identity_at_zero_is_bitwise(dtype, ids):
+    model, _ = load_model("tiny-qwen3", dtype)
+    with torch.no_grad():
+        base = model(ids).logits.clone()
+        adapter = attach(model, "tiny-qwen3")
+        wrapped = model(ids).logits
+    assert len(adapter.modules) == 28  # 4 layers x 7 projections
+    assert all((m.delta_s == 0).all() for m in adapter.modules.values())
+    assert torch.equal(base, wrapped)
+    assert adapter.dtype == getattr(torch, dtype)
+
+
+def test_delta_s_changes_output_and_reference_restores_base(ids):
+    model, _ = load_model("tiny-qwen3", "float32")
+    with torch.no_grad():
+        base = model(ids).logits.clone()
+        adapter = attach(model, "tiny-qwen3")
+        for m in adapter.modules.values():
+            m.delta_s.fill_(0.5)
+        moved = model(ids).logits
+        with adapter.reference():
+            ref = model(ids).logits
+        after = model(ids).logits
+    assert (moved - base).abs().max() > 1e-4
+    assert torch.equal(ref, base)
+    assert torch.equal(after, moved)  # the context restored the δS path
+
+
+def test_merge_matches_hook_and_round_trips_exactly(ids):
+    model, _ = load_model("tiny-qwen3", "float32")
+    adapter = attach(model, "tiny-qwen3")
+    with torch.no_grad():
+        for i, m in enumerate(adapter.modules.values()):
+            m.delta_s.copy_(torch.linspace(-0.3, 0.3, m.rank) * (i + 1) / 10)
+        hook = model(ids).logits
+        before = {k: m.base.weight.clone() for k, m in adapter.modules.items()}
+        with adapter.merged():
+            merged = model(ids).logits
+            assert not torch.equal(before["model.layers.0.self_attn.q_proj"],
+                                   adapter.modules["model.layers.0.self_attn.q_proj"].base.weight)
+    assert torch.allclose(hook, merged, atol=1e-4)
+    for k, m in adapter.modules.items():
+        assert torch.equal(before[k], m.base.weight), k
+        assert m.active
+
+
+def test_merge_restores_weights_even_on_error():
+    model, _ = load_model("tiny-qwen3", "bfloat16")
+    adapter = attach(model, "tiny-qwen3")
+    with torch.no_grad():
+        for m in adapter.modules.values():
+            m.delta_s.fill_(1.0)
+    before = {k: m.base.weight.clone() for k, m in adapter.modules.items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with adapter.merged(offload=True):
+            raise RuntimeError("boom")
+    assert all(torch.equal(before[k], m.base.weight) for k, m in adapter.modules.items())
+
+
+def test_gradient_reaches_only_delta_s(ids):
+    model, _ = load_model("tiny-qwen3", "float32")
+    adapter = attach(model, "tiny-qwen3")
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith("delta_s") for n in trainable)
+    assert len(trainable) == len(adapter.modules)
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.endswith("delta_s"))
+    grads = [m.delta_s.grad for m in adapter.modules.values()]
+    assert all(g is not None and g.shape == (m.rank,) for g, m in zip(grads, adapter.modules.values()))
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    model, _ = load_model("tiny-qwen3", "float32")
+    adapter = attach(model, "tiny-qwen3")
+    with torch.no_grad():
+        for m in adapter.modules.values():
+            m.delta_s.copy_(torch.randn(m.rank))
+    path = tmp_path / "delta_s.safetensors"
+    adapter.save(path)
+    meta = read_metadata(path)
+    assert meta["model_id"] == "tiny-qwen3" and meta["dtype"] == "float32"
+    assert json.loads(meta["ranks"]) == adapter.ranks()
+
+    model2, _ = load_model("tiny-qwen3", "float32")
+    adapter2 = attach(model2, "tiny-qwen3")
+    adapter2.load(path)
+    for k in adapter.modules:
+        assert torch.equal(adapter.modules[k].delta_s, adapter2.modules[k].delta_s)
+
+    model3, _ = load_model("tiny-qwen3", "bfloat16")
+    with pytest.raises(UserError, match="dtype"):
+        attach(model3, "tiny-qwen3").load(path)
+    model4, _ = load_model("tiny-qwen3", "float32")
+    only_attn = attach(model4, "tiny-qwen3", AdapterConfig(targets=("q_proj", "k_proj")))
+    with pytest.raises(UserError, match="module set differs"):
+        only_attn.load(path)
+    with pytest.raises(UserError, match="does not exist"):
+        adapter2.load(tmp_path / "missing.safetensors")
+
+
+def test_unknown_model_and_missing_file_give_clear_errors(tmp_path, capsys):
+    with pytest.raises(UserError, match="not found"):
+        load_model("no-such-org/no-such-model-xyz", "float32")
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(str(tmp_path / "absent.gguf"), "float32")
+    assert main(["adapter-check", "--model", str(tmp_path / "absent.gguf")]) == 2
+    assert "absent.gguf" in capsys.readouterr().err
+
+
+def test_adapter_check_cli_last_line_json(capsys):
+    assert main(["adapter-check", "--model", "tiny-qwen3", "--dtype", "bfloat16"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == {"modules": 28, "scalars": 3072, "max_abs_diff": 0.0, "merge_roundtrip_exact": True}
+
+
+def test_svd_cache_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRPO_CACHE", str(tmp_path))
+    res = adapter_check("tiny-qwen3", "float32", cfg=AdapterConfig(cache_dir=str(tmp_path)))
+    files = sorted((tmp_path / "svd").glob("*.safetensors"))
+    assert len(files) == res["modules"]
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    adapter_check("tiny-qwen3", "float32", cfg=AdapterConfig(cache_dir=str(tmp_path)))
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
