@@ -1,0 +1,164 @@
+"""Typed run configuration, presets, and the CLI bridge (every field is a `--flag`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+
+from projected_grpo.errors import UserError
+
+ARMS = ("vanilla", "projected", "rebound", "random", "shuffled")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one GRPO run needs; `config.json` in the run dir holds it for a rerun."""
+
+    # --- model ---
+    model: str = "tiny-qwen3"            # embedded name, hub id, local dir or .gguf file
+    dtype: str = "bfloat16"              # model dtype; the SVD basis and v_hack are dtype-specific
+    device: str = "auto"                 # auto = cuda when available, else cpu
+    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # wrapped linears
+    # --- environment ---
+    problems: str = "bundled"            # bundled | path to benchmark JSONL | hf:newfacade/LeetCodeDataset
+    n_problems: int = 0                  # use only the first N problems (0 = all)
+    max_prompt_tokens: int = 1024        # drop problems whose prompt is longer
+    mode: str = "run_tests"              # loophole mode disclosed in the prompt
+    hint: str = "simple"                 # hint variant of the mode
+    correct_reward: float = 1.0          # reward for `passed` (the flawed grade)
+    format_reward: float = 0.25          # bonus for a compiling fenced code block
+    grade_timeout_s: float = 5.0         # wall timeout per graded program
+    grade_workers: int = 0               # grader processes (0 = all cores)
+    # --- arm ---
+    arm: str = "vanilla"                 # vanilla | projected | rebound | random | shuffled
+    v_hack: str = ""                     # path to a v_hack artifact ("" = extract into the run dir)
+    pairs: str = "bundled"               # contrastive code pairs for extraction
+    vhack_m: int = 4                     # directions kept per module
+    vhack_modes: str = ""                # restrict extraction to these modes ("" = all)
+    project_target: str = "grad"         # grad: project δS.grad | update: project the AdamW step
+    rebound_alpha: float = 2.0           # Rebound penalty strength α
+    rebound_form: str = "multiplicative"  # multiplicative | additive
+    persona_pairs: str = "bundled"       # sentence pairs for the Rebound concept direction
+    teacher_pool: str = ""               # JSONL of cached completions mixed into each group
+    mix_ratio: float = 0.0               # share of each group taken from the teacher pool
+    # --- GRPO ---
+    steps: int = 10                      # optimiser steps
+    prompts_per_step: int = 2            # P: prompts per step (global, over all ranks)
+    group_size: int = 2                  # G: samples per prompt
+    max_new_tokens: int = 64             # generation budget; also the loss denominator's length
+    temperature: float = 1.0             # sampling temperature
+    top_p: float = 1.0                   # nucleus sampling
+    beta: float = 0.0                    # K3 KL weight to the δS=0 reference (0 skips its forward)
+    clip_eps: float = 0.2                # PPO ratio clip ε
+    lr: float = 5e-3                     # AdamW learning rate for δS
+    weight_decay: float = 0.0            # AdamW weight decay
+    warmup_steps: int = 1                # linear warmup, then cosine to 0
+    grad_clip: float = 1.0               # global grad-norm clip
+    micro_batch: int = 8                 # sequences per forward/backward chunk
+    logprob_chunk: int = 256             # positions per lm_head chunk in the log-prob pass
+    grad_checkpointing: bool = False     # activation checkpointing in the training forward
+    fast_rollout: bool = True            # CUDA: static-cache compiled decode; CPU: HF generate
+    # --- run ---
+    seed: int = 41                       # seeds sampling, problem order and controls
+    checkpoint_every: int = 1            # steps between checkpoints
+    samples_every: int = 1               # steps between samples.jsonl dumps (0 = never)
+
+    def validate(self) -> None:
+        if self.arm not in ARMS:
+            raise UserError(f"unknown arm {self.arm!r}; choose one of {', '.join(ARMS)}")
+        if self.project_target not in ("grad", "update"):
+            raise UserError(f"--project-target must be grad or update, not {self.project_target!r}")
+        if self.rebound_form not in ("multiplicative", "additive"):
+            raise UserError(f"--rebound-form must be multiplicative or additive, not {self.rebound_form!r}")
+        if not 0.0 <= self.mix_ratio < 1.0:
+            raise UserError(f"--mix-ratio must be in [0, 1), got {self.mix_ratio}")
+        if self.mix_ratio > 0 and not self.teacher_pool:
+            raise UserError("--mix-ratio > 0 needs --teacher-pool FILE")
+        if self.group_size < 2:
+            raise UserError("--group-size must be at least 2 (advantages are relative within a group)")
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+
+    @property
+    def n_teacher(self) -> int:
+        """Teacher completions per group."""
+        return int(round(self.mix_ratio * self.group_size))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown config fields {unknown}")
+        return cls(**d)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # CPU, the embedded model: checks the mechanics end to end in a few minutes on 2 cores.
+    "smoke": TrainConfig(model="tiny-qwen3", device="cpu", problems="bundled", n_problems=30, steps=10,
+                         prompts_per_step=2, group_size=2, max_new_tokens=48, beta=0.0, vhack_m=4),
+    # One GPU, a small real coder model (a hub id or a local .gguf).
+    "lite": TrainConfig(model="Qwen/Qwen2.5-Coder-0.5B-Instruct", problems="bundled", steps=60,
+                        prompts_per_step=8, group_size=8, max_new_tokens=512, beta=0.04, vhack_m=16,
+                        lr=2e-3, warmup_steps=5, micro_batch=16, temperature=0.9),
+    # The journal's full run.
+    "full": TrainConfig(model="Qwen/Qwen2.5-Coder-7B-Instruct", problems="bundled", steps=200,
+                        prompts_per_step=16, group_size=4, max_new_tokens=1024, beta=0.04, vhack_m=16,
+                        lr=1e-3, warmup_steps=10, micro_batch=8, grad_checkpointing=True,
+                        checkpoint_every=5),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name])
+
+
+# ---- CLI bridge ------------------------------------------------------------------------------
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One `--field-name` per TrainConfig field (default None = keep the preset's value)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=_doc(f.name))
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=_doc(f.name))
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    cfg = replace(base, **overrides)
+    cfg.validate()
+    return cfg
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _doc(name: str) -> str:
+    """The field's trailing comment in this file, used as its --help text."""
+    import inspect
+
+    for line in inspect.getsource(TrainConfig).splitlines():
+        stripped = line.strip()
+        if stripped.startswith(f"{name}:") and "#" in stripped:
+            return stripped.split("#", 1)[1].strip()
+    return ""

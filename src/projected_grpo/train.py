@@ -1,0 +1,336 @@
+"""The GRPO training loop: sample → grade → advantages → loss → (all-reduce) → project → step.
+
+One step, for P prompts × G samples (DESIGN §3–§5):
+  1. sample G completions per prompt with δS folded into the weights (teacher-pool rows mixed in);
+  2. grade them; reward uses only the flawed grade `passed` and the format bonus — the strict
+     oracle (`gt_correct`, labels) is logged and never reaches reward, advantage or projection;
+  3. (rebound arm) reward ← Wu & Tang's concept-score penalty;
+  4. A = r − mean_group(r); PPO-clip + K3 loss over completion tokens / (G·max_new_tokens·P);
+  5. δS gradients all-reduced over ranks, then measured against V and (projecting arms) projected;
+  6. grad-norm clip, AdamW step (optionally projecting the step itself), warmup+cosine schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from projected_grpo import dist, runio
+from projected_grpo.adapter import AdapterConfig, attach
+from projected_grpo.config import TrainConfig
+from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
+from projected_grpo.env.problems import load_problems
+from projected_grpo.errors import UserError
+from projected_grpo.grpo import group_advantages, grpo_token_loss, token_logprobs
+from projected_grpo.models import load_model
+from projected_grpo.projection import ProjectionStats, project_grads, project_vector, update_cos
+from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
+from projected_grpo.teacher import TeacherPool
+
+PROJECTING_ARMS = ("projected", "random", "shuffled")
+TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s")
+
+
+class Trainer:
+    """Holds the model, adapter, optimiser and environment of one run."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
+        cfg.validate()
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if self.rank == 0:
+            runio.prepare_dir(self.out, cfg.to_json(), resume)
+        dist.barrier()
+        self.device = torch.device(cfg.device if cfg.device != "auto"
+                                   else dist.default_device())
+        self.model, self.tok = load_model(cfg.model, cfg.dtype, str(self.device))
+        if cfg.grad_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.adapter = attach(self.model, cfg.model, AdapterConfig(targets=tuple(cfg.targets.split(","))))
+        self.env = EnvConfig(mode=cfg.mode, hint=cfg.hint, timeout_s=cfg.grade_timeout_s,
+                             workers=cfg.grade_workers or EnvConfig().workers,
+                             reward=RewardConfig(cfg.correct_reward, cfg.format_reward))
+        self.problems = self._load_problems()
+        # v_hack is loaded (and checked against this model) before anything is generated.
+        self.v_measure, self.v_project = self._load_directions()
+        self.rebound_direction = self._rebound_direction() if cfg.arm == "rebound" else None
+        self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env)
+                        if cfg.n_teacher > 0 else None)
+        self.opt = torch.optim.AdamW(list(self.adapter.params().values()), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda)
+        self.start_step = 0
+        if resume:
+            self._restore()
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def _load_problems(self) -> list:
+        problems = load_problems(self.cfg.problems)
+        if self.cfg.n_problems:
+            problems = problems[: self.cfg.n_problems]
+        kept = [p for p in problems if len(self.tok.apply_chat_template(
+            p.messages(self.cfg.mode, self.cfg.hint), tokenize=True, add_generation_prompt=True))
+            <= self.cfg.max_prompt_tokens]
+        if not kept:
+            raise UserError(f"no problem of {self.cfg.problems!r} fits --max-prompt-tokens "
+                            f"{self.cfg.max_prompt_tokens}")
+        order = list(range(len(kept)))
+        random.Random(self.cfg.seed).shuffle(order)
+        return [kept[i] for i in order]
+
+    def _load_directions(self):
+        from projected_grpo import vhack
+
+        cfg = self.cfg
+        path = Path(cfg.v_hack) if cfg.v_hack else self.out / "v_hack.safetensors"
+        if not cfg.v_hack:
+            if self.rank == 0 and not path.is_file():
+                pairs = vhack.load_pairs_for(cfg.pairs, cfg.vhack_modes)
+                v = vhack.extract_v_hack(self.model, self.tok, self.adapter, pairs, m=cfg.vhack_m,
+                                         control="none", seed=cfg.seed)
+                vhack.save_v_hack(path, v, self.adapter, pairs, m=cfg.vhack_m, control="none")
+            dist.barrier()
+        v_real = {k: t.to(self.device) for k, t in vhack.load_v_hack(path, self.adapter).items()}
+        if cfg.arm in ("random", "shuffled"):
+            cpath = self.out / f"v_hack_{cfg.arm}.safetensors"
+            if self.rank == 0 and not cpath.is_file():
+                pairs = vhack.load_pairs_for(cfg.pairs, cfg.vhack_modes)
+                v = vhack.extract_v_hack(self.model, self.tok, self.adapter, pairs, m=cfg.vhack_m,
+                                         control=cfg.arm, seed=cfg.seed)
+                vhack.save_v_hack(cpath, v, self.adapter, pairs, m=cfg.vhack_m, control=cfg.arm)
+            dist.barrier()
+            v_arm = {k: t.to(self.device) for k, t in vhack.load_v_hack(cpath, self.adapter).items()}
+        else:
+            v_arm = v_real
+        return v_real, v_arm
+
+    def _rebound_direction(self) -> torch.Tensor:
+        from projected_grpo import rebound
+
+        path = self.out / "rebound_direction.safetensors"
+        if self.rank == 0 and not path.is_file():
+            d = rebound.concept_direction(self.model, self.tok, rebound.load_persona(self.cfg.persona_pairs))
+            rebound.save_direction(path, d, self.model, self.cfg.model, self.cfg.dtype)
+        dist.barrier()
+        return rebound.load_direction(path, self.model, self.cfg.model, self.cfg.dtype).to(self.device)
+
+    def _lr_lambda(self, step: int) -> float:
+        warm, total = self.cfg.warmup_steps, self.cfg.steps
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def _state(self, step: int) -> dict:
+        return {"step": step, "delta_s": {k: p.detach().cpu() for k, p in self.adapter.params().items()},
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                        "python": random.getstate()}}
+
+    def _restore(self) -> None:
+        state = runio.load_checkpoint(self.out)
+        if state is None:
+            return
+        with torch.no_grad():
+            for k, p in self.adapter.params().items():
+                p.copy_(state["delta_s"][k])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.start_step = state["step"]
+        if self.rank == 0:
+            for name in (runio.METRICS, runio.SAMPLES):
+                runio.truncate_after(self.out / name, self.start_step)
+
+    # ---- one step -------------------------------------------------------------------------------
+    def step_problems(self, step: int) -> list:
+        """This rank's share of the step's P prompts (a fixed walk through the shuffled set)."""
+        n, P = len(self.problems), self.cfg.prompts_per_step
+        chosen = [self.problems[(step * P + i) % n] for i in range(P)]
+        return chosen[self.rank::self.world]
+
+    def rollouts(self, step: int, problems: list) -> tuple[Rollouts, list[bool]]:
+        """P_local × G rows, group-major; the last n_teacher rows of each group come from the pool."""
+        cfg, G, k = self.cfg, self.cfg.group_size, self.cfg.n_teacher
+        ids, mask = encode_prompts(self.tok, [p.messages(cfg.mode, cfg.hint) for p in problems], self.device)
+        student = sample(self.model, self.tok, self.adapter, ids, mask, G - k, cfg.max_new_tokens,
+                         cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
+                         static_cache=cfg.fast_rollout and self.device.type == "cuda")
+        if not k:
+            return student, [False] * len(student.texts)
+        texts = self.teacher.draw(problems, k, seed=cfg.seed * 7_919 + step)
+        teacher = teacher_rollouts(self.tok, ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
+                                   texts, cfg.max_new_tokens)
+        both = concat([student, teacher], self.tok.pad_token_id)
+        n, gs = len(problems), G - k  # student rows come first in `both`, then teacher rows
+        order = [x for g in range(n)
+                 for x in [g * gs + j for j in range(gs)] + [n * gs + g * k + j for j in range(k)]]
+        idx = torch.tensor(order, device=self.device)
+        rows = Rollouts(both.prompt_ids[idx], both.prompt_mask[idx], both.completion_ids[idx],
+                        both.completion_mask[idx], [both.texts[i] for i in order])
+        return rows, [i >= n * (G - k) for i in order]
+
+    def step(self, step: int) -> tuple[dict, list[dict]]:
+        cfg, G = self.cfg, self.cfg.group_size
+        t0 = time.perf_counter()
+        problems = self.step_problems(step)
+        rows, is_teacher = self.rollouts(step, problems)
+        t1 = time.perf_counter()
+        pids = [p.id for p in problems for _ in range(G)]
+        items = [{"id": pid, "completion": text, "mode": cfg.mode} for pid, text in zip(pids, rows.texts)]
+        graded = iter(grade_many({p.id: p for p in problems},
+                                 [it for it, t in zip(items, is_teacher) if not t], self.env))
+        # teacher rows keep the grade they got once, when the pool was loaded
+        grades = [self.teacher.grade_of(it["id"], it["completion"]) if t else next(graded)
+                  for it, t in zip(items, is_teacher)]
+        t2 = time.perf_counter()
+        # Reward from the flawed grade only; gt_correct / label are never read below this line
+        # until the metrics are assembled.
+        rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32).view(-1, G)   # (P_l, G)
+        if self.rebound_direction is not None:
+            from projected_grpo import rebound
+
+            scores = rebound.rollout_scores(self.model, self.tok, rows, self.rebound_direction)
+            rewards = rebound.modify_rewards(rewards, scores.view(-1, G).cpu(), cfg.rebound_alpha,
+                                             cfg.rebound_form)
+        adv = group_advantages(rewards).view(-1).to(self.device)                               # (B,)
+        loss_sum, kl_sum = self.backward(rows, adv)
+        grads = dist.all_reduce_grads(self.adapter.params())
+        stats = project_grads(grads, self.v_project, apply=cfg.arm in PROJECTING_ARMS)
+        real_stats = (stats if self.v_project is self.v_measure
+                      else project_grads(grads, self.v_measure, apply=False))
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.adapter.params().values()), cfg.grad_clip)
+        before = {k: p.detach().clone() for k, p in self.adapter.params().items()}
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        deltas = {k: p.detach() - before[k] for k, p in self.adapter.params().items()}
+        if cfg.arm in PROJECTING_ARMS and cfg.project_target == "update":
+            with torch.no_grad():
+                for k, p in self.adapter.params().items():
+                    p.copy_(before[k] + project_vector(self.v_project[k], deltas[k]))
+                    deltas[k] = p.detach() - before[k]
+        lr = self.sched.get_last_lr()[0]
+        self.sched.step()
+        t3 = time.perf_counter()
+        record = self._metrics(step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats,
+                               real_stats, float(grad_norm), update_cos(deltas, self.v_project), lr)
+        record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
+        samples = [{"step": step + 1, "problem_id": pid, "teacher": t, "completion": text,
+                    "advantage": round(float(a), 6), **asdict(g)}
+                   for pid, t, text, a, g in zip(pids, is_teacher, rows.texts, adv.tolist(), grades)]
+        return record, dist.gather_rows(samples)
+
+    def backward(self, rows: Rollouts, adv: torch.Tensor) -> tuple[float, float]:
+        """Accumulate ∂L/∂δS over micro-batches. Denominator: G · max_new_tokens · P (global P)."""
+        cfg = self.cfg
+        denom = float(cfg.group_size * cfg.max_new_tokens * cfg.prompts_per_step)
+        n_prompt = rows.prompt_ids.shape[1]
+        ids, att, cmask = rows.input_ids, rows.attention_mask, rows.completion_mask.float()
+        loss_sum = kl_sum = 0.0
+        self.model.train(cfg.grad_checkpointing)
+        for s in range(0, ids.shape[0], cfg.micro_batch):
+            sl = slice(s, s + cfg.micro_batch)
+            if not bool(adv[sl].any()) and cfg.beta == 0:
+                continue  # zero advantage, no KL: this micro-batch has zero gradient
+            logp = token_logprobs(self.model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)
+            logp_ref = None
+            if cfg.beta > 0:
+                with torch.no_grad(), self.adapter.reference():
+                    logp_ref = token_logprobs(self.model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)
+            loss, kl = grpo_token_loss(logp, logp.detach(), adv[sl], cmask[sl], denom, cfg.clip_eps,
+                                       cfg.beta, logp_ref)
+            loss.backward()
+            loss_sum += loss.item()
+            kl_sum += float(kl)
+        self.model.eval()
+        return loss_sum, kl_sum
+
+    def _metrics(self, step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats: ProjectionStats,
+                 real: ProjectionStats, grad_norm, cos_upd, lr) -> dict:
+        """Step metrics over all ranks; rates over student rows, teacher rows in their own columns."""
+        flat = rewards.view(-1).tolist()
+        local = [{"reward": r, "hack": g.label == "reward_hack", "pass": g.gt_correct,
+                  "format": g.format_ok, "teacher": t} for r, g, t in zip(flat, grades, is_teacher)]
+        rows_all = dist.gather_rows(local)
+        groups = dist.gather_rows([{"zero": bool((grp == grp[0]).all())} for grp in rewards])
+        loss_sum, kl_sum, tokens = dist.sum_scalars([loss_sum, kl_sum, float(rows.n_tokens)])
+        student = [r for r in rows_all if not r["teacher"]]
+        teacher = [r for r in rows_all if r["teacher"]]
+        all_r = [r["reward"] for r in rows_all]
+        rec = {"step": step + 1, "reward_mean": float(np.mean(all_r)), "reward_std": float(np.std(all_r)),
+               "hack_rate": _rate(student, "hack"), "pass_rate": _rate(student, "pass"),
+               "format_rate": _rate(student, "format"),
+               "frac_zero_adv": float(np.mean([g["zero"] for g in groups])),
+               "kl": kl_sum / max(tokens, 1.0) if self.cfg.beta > 0 else None, "loss": loss_sum,
+               "grad_norm": grad_norm, "cos_in": stats.cos_in, "cos_out": stats.cos_out,
+               "frac_fired": stats.frac_fired, "cos_update": cos_upd, "cos_in_real": real.cos_in,
+               "lr": lr, "tokens": int(tokens), "n_student": len(student), "n_teacher": len(teacher)}
+        if teacher:
+            rec.update(teacher_hack_rate=_rate(teacher, "hack"), teacher_pass_rate=_rate(teacher, "pass"),
+                       teacher_reward_mean=float(np.mean([r["reward"] for r in teacher])))
+        return rec
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.cfg
+        bar = tqdm(range(self.start_step, cfg.steps), initial=self.start_step, total=cfg.steps,
+                   disable=not self.progress or self.rank != 0, desc=f"{cfg.arm} s{cfg.seed}")
+        for step in bar:
+            record, samples = self.step(step)
+            if self.rank == 0:
+                if cfg.samples_every and (step + 1) % cfg.samples_every == 0:
+                    runio.append_jsonl(self.out / runio.SAMPLES, samples)
+                runio.append_jsonl(self.out / runio.METRICS, [record])
+                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                    runio.save_checkpoint(self.out, self._state(step + 1))
+                bar.set_postfix(reward=f"{record['reward_mean']:.2f}", hack=f"{record['hack_rate']:.2f}",
+                                cos_in=f"{record['cos_in']:.3f}")
+            dist.barrier()
+        if self.rank == 0:
+            self.adapter.save(self.out / "delta_s.safetensors")
+        return self.out
+
+
+def _rate(rows: list[dict], key: str) -> float | None:
+    return float(np.mean([r[key] for r in rows])) if rows else None
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) one training run into `out`; returns the run dir."""
+    return Trainer(cfg, Path(out), resume=resume, progress=progress).run()
+
+
+# ---- CLI: pgrpo train ------------------------------------------------------------------------
+def _cmd_train(args) -> int:
+    from projected_grpo.config import config_from_args, preset
+
+    dist.init_from_env()
+    cfg = config_from_args(args, preset(args.preset))
+    out = train(cfg, args.out, resume=args.resume)
+    if dist.rank() == 0:
+        last = runio.read_jsonl(out / runio.METRICS)[-1]
+        print(f"run finished: {out}")
+        print(json.dumps({k: last[k] for k in ("step", "reward_mean", "hack_rate", "pass_rate", "cos_in",
+                                              "cos_out", "frac_fired")}))
+    return 0
+
+
+def add_commands(sub) -> None:
+    from projected_grpo.config import PRESETS, add_config_flags
+
+    p = sub.add_parser("train", help="one GRPO run (one arm, one seed) into --out")
+    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_config_flags(p)
+    p.set_defaults(func=_cmd_train)

@@ -1,0 +1,102 @@
+"""Advantages, the loss against a hand computation, and the projection math."""
+
+import math
+
+import torch
+
+from projected_grpo.grpo import group_advantages, grpo_token_loss
+from projected_grpo.projection import hackward_cos, project_grads, project_vector, update_cos
+
+
+def test_advantages_dr_grpo_and_exact_zero_for_equal_groups():
+    r = torch.tensor([[1.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 0.0, 1.0]])
+    a = group_advantages(r)
+    assert torch.allclose(a[0], torch.tensor([0.75, -0.25, -0.25, -0.25]))  # no std division
+    assert torch.equal(a[1], torch.zeros(4))  # all equal: exactly zero, never noise
+    assert torch.allclose(a[2], torch.tensor([-0.5, 0.5, -0.5, 0.5]))
+    # floating-point: 0.1 + 0.2 style groups where mean - r is not exactly 0 must still give 0
+    same = torch.full((1, 3), 0.1 + 0.2)
+    assert torch.equal(group_advantages(same), torch.zeros(1, 3))
+
+
+def test_loss_matches_hand_computation():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]], requires_grad=True)
+    old = torch.tensor([[-1.2, -1.9, -0.5], [-0.3, -1.0, -9.0]])
+    ref = torch.tensor([[-1.1, -2.2, -0.4], [-0.2, -0.7, -9.0]])
+    adv = torch.tensor([0.5, -1.0])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # last token of row 2 is padding
+    eps, beta, denom = 0.2, 0.04, 2 * 3 * 1.0
+    loss, kl = grpo_token_loss(logp, old, adv, mask, denom, eps, beta, ref)
+    total, kl_hand = 0.0, 0.0
+    for b in range(2):
+        for t in range(3):
+            if mask[b, t] == 0:
+                continue
+            rho = math.exp(logp[b, t].item() - old[b, t].item())
+            a = adv[b].item()
+            surr = min(rho * a, min(max(rho, 1 - eps), 1 + eps) * a)
+            lr = ref[b, t].item() - logp[b, t].item()
+            k3 = math.exp(lr) - lr - 1
+            total += -surr + beta * k3
+            kl_hand += k3
+    assert math.isclose(loss.item(), total / denom, rel_tol=1e-6)
+    assert math.isclose(kl.item(), kl_hand, rel_tol=1e-6)
+    loss.backward()
+    assert logp.grad[1, 2] == 0  # masked token gets no gradient
+
+
+def test_loss_at_ratio_one_is_policy_gradient():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, _ = grpo_token_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2), 4.0, 0.2, 0.0)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-0.5, -0.5]]))  # -A/denom per token
+
+
+def _orthonormal(m, r, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(r, m, generator=torch.Generator().manual_seed(seed)))
+    return q.T.contiguous()  # (m, r)
+
+
+def test_projection_removes_only_positive_coefficients_within_span():
+    v = _orthonormal(3, 10)
+    g = torch.randn(10, generator=torch.Generator().manual_seed(1))
+    c = v @ g
+    out = project_vector(v, g)
+    removed = g - out
+    # removed lies in span V
+    assert torch.allclose(v.T @ (v @ removed), removed, atol=1e-6)
+    c_out = v @ out
+    for i in range(3):
+        if c[i] > 0:
+            assert abs(c_out[i]) < 1e-6        # hack-ward component gone
+        else:
+            assert torch.isclose(c_out[i], c[i], atol=1e-6)  # anti-hack component kept
+    assert hackward_cos(v, out) < 1e-6
+
+
+def test_project_grads_stats_vanilla_untouched_and_projected():
+    v = {"a": _orthonormal(2, 8, 0), "b": _orthonormal(2, 8, 1)}
+    g0 = {"a": torch.randn(8), "b": torch.randn(8)}
+    grads = {k: t.clone() for k, t in g0.items()}
+    s = project_grads(grads, v, apply=False)
+    assert all(torch.equal(grads[k], g0[k]) for k in g0)
+    assert s.cos_in == s.cos_out
+    fired = sum(int(((v[k] @ g0[k]) > 0).sum()) for k in g0)
+    assert s.frac_fired == fired / 4
+    s2 = project_grads(grads, v, apply=True)
+    assert s2.cos_in == s.cos_in and s2.cos_out < 1e-6
+    # a gradient pointing straight down the hack axis is removed entirely
+    g = {"a": 3.0 * v["a"][0].clone()}
+    s3 = project_grads(g, {"a": v["a"]}, apply=True)
+    assert abs(s3.cos_in - 1.0) < 1e-6 and torch.allclose(g["a"], torch.zeros(8), atol=1e-6)
+    # and one pointing away from it is untouched
+    g = {"a": -3.0 * v["a"][0].clone()}
+    before = g["a"].clone()
+    project_grads(g, {"a": v["a"]}, apply=True)
+    assert torch.equal(g["a"], before)
+
+
+def test_update_cos():
+    v = {"a": _orthonormal(1, 4)}
+    assert abs(update_cos({"a": 2 * v["a"][0]}, v) - 1.0) < 1e-6
+    assert update_cos({"a": -v["a"][0]}, v) == 0.0
