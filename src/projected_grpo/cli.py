@@ -11,6 +11,10 @@ from projected_grpo.errors import UserError
 # Modules that define `add_commands(subparsers)`; each sets `func` on its parsers.
 COMMAND_MODULES = [
     "projected_grpo.adapter",
+    "projected_grpo.vhack",
+    "projected_grpo.rebound",
+    "projected_grpo.env.commands",
+    "projected_grpo.experiments",
 ]
 
 
