@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "projected_grpo.vhack",
     "projected_grpo.rebound",
     "projected_grpo.env.commands",
+    "projected_grpo.train",
     "projected_grpo.experiments",
 ]
 

@@ -41,8 +41,8 @@ class TrainConfig:
     project_target: str = "grad"         # grad: project δS.grad | update: project the AdamW step
     rebound_alpha: float = 2.0           # Rebound penalty strength α
     rebound_form: str = "multiplicative"  # multiplicative | additive
-    persona_pairs: str = "bundled"       # sentence pairs for the Rebound concept direction
-    teacher_pool: str = ""               # JSONL of cached completions mixed into each group
+    persona_pairs: str = "bundled:persona"     # sentence pairs for the Rebound concept direction
+    teacher_pool: str = ""               # JSONL of cached completions mixed into groups, or "builtin"
     mix_ratio: float = 0.0               # share of each group taken from the teacher pool
     # --- GRPO ---
     steps: int = 10                      # optimiser steps
@@ -102,8 +102,10 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     # CPU, the embedded model: checks the mechanics end to end in a few minutes on 2 cores.
+    # The teacher pool gives the random-init model's groups a reward spread, so gradients flow.
     "smoke": TrainConfig(model="tiny-qwen3", device="cpu", problems="bundled", n_problems=30, steps=10,
-                         prompts_per_step=2, group_size=2, max_new_tokens=48, beta=0.0, vhack_m=4),
+                         prompts_per_step=2, group_size=2, max_new_tokens=48, beta=0.0, vhack_m=4,
+                         teacher_pool="builtin", mix_ratio=0.5),
     # One GPU, a small real coder model (a hub id or a local .gguf).
     "lite": TrainConfig(model="Qwen/Qwen2.5-Coder-0.5B-Instruct", problems="bundled", steps=60,
                         prompts_per_step=8, group_size=8, max_new_tokens=512, beta=0.04, vhack_m=16,

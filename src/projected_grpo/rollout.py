@@ -71,12 +71,12 @@ def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     return Rollouts(ids, mask, comp, cmask, texts)
 
 
-def teacher_rollouts(tok, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, texts: list[str],
-                     max_new_tokens: int) -> Rollouts:
+def teacher_rollouts(tok, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                     texts: list[str]) -> Rollouts:
     """Cached completions (teacher pool) as a Rollouts batch on the same prompts, ended with eos."""
     eos_text = tok.eos_token or ""
-    enc = tok([t + eos_text for t in texts], return_tensors="pt", padding="max_length", truncation=True,
-              max_length=max_new_tokens, padding_side="right", add_special_tokens=False)
+    enc = tok([t + eos_text for t in texts], return_tensors="pt", padding=True, padding_side="right",
+              add_special_tokens=False)  # never truncated: a cut-off solution would be graded whole
     ids = enc.input_ids.to(prompt_ids.device)
     cmask = enc.attention_mask.to(prompt_ids.device)
     return Rollouts(prompt_ids, prompt_mask, ids, cmask, list(texts))

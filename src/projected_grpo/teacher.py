@@ -1,7 +1,10 @@
 """Teacher pool: cached, pre-graded completions mixed into each group beside the student's samples.
 
 File format (JSONL): {"id": problem id, "completion": text, "kind": free-form tag (e.g. canonical,
-exploit)}. Each completion is graded once, at load, under the run's mode; its grade is reused.
+exploit)}. `builtin` instead of a path builds the pool in memory from each problem's canonical
+solution (honest, passes), the env's canned exploit for the run's mode (hack, passes only through
+the lever) and a stub that returns 0 (honest but wrong). Each completion is graded once, at load,
+under the run's mode; its grade is reused. Teacher completions are never truncated.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ class TeacherPool:
 
     @classmethod
     def load(cls, path: str | Path, problems: list, env: EnvConfig) -> "TeacherPool":
+        if str(path) == "builtin":
+            return cls.graded(builtin_entries(problems, env.mode), problems, env)
         path = Path(path)
         if not path.is_file():
             raise UserError(f"teacher pool {path} does not exist")
@@ -39,6 +44,10 @@ class TeacherPool:
         if missing:
             raise UserError(f"{path}: no teacher completion for problems {missing[:5]}"
                             f"{'…' if len(missing) > 5 else ''} ({len(missing)} of {len(known)})")
+        return cls.graded(entries, problems, env)
+
+    @classmethod
+    def graded(cls, entries: dict[str, list[str]], problems: list, env: EnvConfig) -> "TeacherPool":
         by_id = {p.id: p for p in problems}
         items = [{"id": pid, "completion": t, "mode": env.mode} for pid, ts in entries.items() for t in ts]
         graded = grade_many(by_id, items, env)
@@ -51,3 +60,20 @@ class TeacherPool:
 
     def grade_of(self, pid: str, text: str) -> Grade:
         return self.grades[(pid, text)]
+
+
+def builtin_entries(problems: list, mode: str) -> dict[str, list[str]]:
+    """Canonical, canned exploit (when the mode has a lever) and stub completions per problem."""
+    from projected_grpo.env import exploits
+
+    return {p.id: [exploits.canonical(p), exploits.stub(p)]
+            + ([exploits.exploit(p, mode)] if mode in exploits.LEVERS else []) for p in problems}
+
+
+def write_pool(path: str | Path, problems: list, mode: str) -> int:
+    """Write the builtin pool as a JSONL file a user can edit; returns the line count."""
+    rows = [{"id": pid, "completion": text, "kind": kind}
+            for pid, texts in builtin_entries(problems, mode).items()
+            for text, kind in zip(texts, ("canonical", "stub", "exploit"))]
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)

@@ -86,41 +86,47 @@ class Trainer:
         random.Random(self.cfg.seed).shuffle(order)
         return [kept[i] for i in order]
 
-    def _load_directions(self):
-        from projected_grpo import vhack
+    def _load_directions(self) -> tuple[dict, dict]:
+        """(V measured in every arm, V the arm projects with): the real v_hack for all arms but the
+        controls, which project with a random / label-shuffled V of the same m."""
+        cfg = self.cfg
+        real = Path(cfg.v_hack) if cfg.v_hack else self._extract(self.out / "v_hack.safetensors", "none")
+        v_real = self._load_v(real)
+        if cfg.arm not in ("random", "shuffled"):
+            return v_real, v_real
+        return v_real, self._load_v(self._extract(self.out / f"v_hack_{cfg.arm}.safetensors", cfg.arm))
+
+    def _extract(self, path: Path, control: str) -> Path:
+        """Extract V with the run's pairs into `path` (rank 0, once; kept across resumes)."""
+        from projected_grpo import pairs as pairs_mod, vhack
 
         cfg = self.cfg
-        path = Path(cfg.v_hack) if cfg.v_hack else self.out / "v_hack.safetensors"
-        if not cfg.v_hack:
-            if self.rank == 0 and not path.is_file():
-                pairs = vhack.load_pairs_for(cfg.pairs, cfg.vhack_modes)
-                v = vhack.extract_v_hack(self.model, self.tok, self.adapter, pairs, m=cfg.vhack_m,
-                                         control="none", seed=cfg.seed)
-                vhack.save_v_hack(path, v, self.adapter, pairs, m=cfg.vhack_m, control="none")
-            dist.barrier()
-        v_real = {k: t.to(self.device) for k, t in vhack.load_v_hack(path, self.adapter).items()}
-        if cfg.arm in ("random", "shuffled"):
-            cpath = self.out / f"v_hack_{cfg.arm}.safetensors"
-            if self.rank == 0 and not cpath.is_file():
-                pairs = vhack.load_pairs_for(cfg.pairs, cfg.vhack_modes)
-                v = vhack.extract_v_hack(self.model, self.tok, self.adapter, pairs, m=cfg.vhack_m,
-                                         control=cfg.arm, seed=cfg.seed)
-                vhack.save_v_hack(cpath, v, self.adapter, pairs, m=cfg.vhack_m, control=cfg.arm)
-            dist.barrier()
-            v_arm = {k: t.to(self.device) for k, t in vhack.load_v_hack(cpath, self.adapter).items()}
-        else:
-            v_arm = v_real
-        return v_real, v_arm
+        if self.rank == 0 and not path.is_file():
+            modes = pairs_mod.parse_modes(cfg.vhack_modes)
+            train_pairs = pairs_mod.load_pairs(cfg.pairs, split="train", modes=modes)
+            v = vhack.extract_v_hack(self.model, self.tok, self.adapter, train_pairs.pairs, m=cfg.vhack_m,
+                                     control=control, seed=cfg.seed, progress=self.progress)
+            vhack.save_v_hack(path, v, self.adapter, control=control, pairs_sha256=train_pairs.sha256,
+                              modes=modes, n_train=len(train_pairs.pairs), seed=cfg.seed)
+        dist.barrier()
+        return path
 
-    def _rebound_direction(self) -> torch.Tensor:
-        from projected_grpo import rebound
+    def _load_v(self, path: Path) -> dict[str, torch.Tensor]:
+        from projected_grpo import vhack
+
+        return {k: t.to(self.device) for k, t in vhack.load_v_hack(path, self.adapter).items()}
+
+    def _rebound_direction(self):
+        from projected_grpo import pairs as pairs_mod, rebound
 
         path = self.out / "rebound_direction.safetensors"
         if self.rank == 0 and not path.is_file():
-            d = rebound.concept_direction(self.model, self.tok, rebound.load_persona(self.cfg.persona_pairs))
-            rebound.save_direction(path, d, self.model, self.cfg.model, self.cfg.dtype)
+            persona = pairs_mod.load_pairs(self.cfg.persona_pairs, split="train")
+            cd = rebound.concept_direction(self.model, self.tok, persona.pairs, self.cfg.model,
+                                           pairs_sha256=persona.sha256)
+            rebound.save_direction(path, cd)
         dist.barrier()
-        return rebound.load_direction(path, self.model, self.cfg.model, self.cfg.dtype).to(self.device)
+        return rebound.load_direction(path, self.model, self.cfg.model)
 
     def _lr_lambda(self, step: int) -> float:
         warm, total = self.cfg.warmup_steps, self.cfg.steps
@@ -170,7 +176,7 @@ class Trainer:
             return student, [False] * len(student.texts)
         texts = self.teacher.draw(problems, k, seed=cfg.seed * 7_919 + step)
         teacher = teacher_rollouts(self.tok, ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
-                                   texts, cfg.max_new_tokens)
+                                   texts)
         both = concat([student, teacher], self.tok.pad_token_id)
         n, gs = len(problems), G - k  # student rows come first in `both`, then teacher rows
         order = [x for g in range(n)
@@ -200,8 +206,11 @@ class Trainer:
         if self.rebound_direction is not None:
             from projected_grpo import rebound
 
-            scores = rebound.rollout_scores(self.model, self.tok, rows, self.rebound_direction)
-            rewards = rebound.modify_rewards(rewards, scores.view(-1, G).cpu(), cfg.rebound_alpha,
+            prompts = [p.messages(cfg.mode, cfg.hint) for p in problems for _ in range(G)]
+            with self.adapter.merged():  # the current policy's hidden states
+                scores = rebound.rollout_scores(self.model, self.tok, list(zip(prompts, rows.texts)),
+                                                self.rebound_direction, batch_size=cfg.micro_batch)
+            rewards = rebound.modify_rewards(rewards, scores.view(-1, G), cfg.rebound_alpha,
                                              cfg.rebound_form)
         adv = group_advantages(rewards).view(-1).to(self.device)                               # (B,)
         loss_sum, kl_sum = self.backward(rows, adv)
