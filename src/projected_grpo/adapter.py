@@ -42,6 +42,7 @@ class DeltaSLinear(nn.Module):
         self.register_buffer("vh", vh, persistent=False)  # (r, d_in), model dtype
         self.delta_s = nn.Parameter(torch.zeros(u.shape[1], device=u.device, dtype=torch.float32))
         self.active = True  # False: plain base forward (reference model / folded weights)
+        self.per_sample_delta_s: torch.Tensor | None = None  # (B, r) while in `per_sample` only
 
     @property
     def rank(self) -> int:
@@ -51,8 +52,19 @@ class DeltaSLinear(nn.Module):
         y = self.base(x)                                   # (..., d_out)
         if not self.active:
             return y
+        if self.per_sample_delta_s is not None:
+            return y + self._per_sample_delta(x)
         h = (x @ self.vh.T) * self.delta_s.to(x.dtype)     # (..., r)
         return y + h @ self.u.T
+
+    def _per_sample_delta(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
+        """U (δS_b ⊙ (Vh x_b)) with one δS row per batch row b (see DeltaSAdapter.per_sample)."""
+        delta_s = self.per_sample_delta_s                  # (B, r)
+        if x.dim() != 3 or x.shape[0] != delta_s.shape[0]:
+            raise RuntimeError(f"per-sample δS expects input (B={delta_s.shape[0]}, T, d_in), "
+                               f"got {tuple(x.shape)}")
+        h = (x @ self.vh.T) * delta_s[:, None, :].to(x.dtype)  # (B, T, r)
+        return h @ self.u.T                                     # (B, T, d_out)
 
 
 def weight_hash(w: torch.Tensor) -> str:
@@ -152,6 +164,26 @@ class DeltaSAdapter:
                     if k in saved:
                         m.base.weight.copy_(saved[k])
                     m.active = True
+
+    # ---- per-sample gradients ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def per_sample(self, batch_size: int):
+        """Give every batch row its own copy of δS, so ONE backward yields each row's gradient.
+
+        Yields {module key: leaf tensor (batch_size, r), fp32, requires_grad} initialised to the
+        current δS (0 for a fresh adapter). Inside, each module computes U (δS_b ⊙ (Vh x_b)) for
+        row b of a (B, T, d_in) input. Rows do not interact (no batch norm in a causal LM), so
+        ∂(Σ_b loss_b)/∂leaf[b] = ∂loss_b/∂δS. The shared δS parameters get no gradient; the
+        ordinary forward is restored on exit."""
+        leaves = {k: m.delta_s.detach().expand(batch_size, m.rank).clone().requires_grad_(True)
+                  for k, m in self.modules.items()}
+        for k, m in self.modules.items():
+            m.per_sample_delta_s = leaves[k]
+        try:
+            yield leaves
+        finally:
+            for m in self.modules.values():
+                m.per_sample_delta_s = None
 
     # ---- save / load ------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:

@@ -1,0 +1,348 @@
+"""The hack direction V (DESIGN §2): extraction from contrastive pairs, the artifact, verification.
+
+Per pair and targeted module, at the adapter's current δS (0 for a fresh adapter):
+    d = ∂NLL(hack)/∂δS − ∂NLL(clean)/∂δS ∈ R^r,
+where NLL is the MEAN negative log-likelihood over the completion's tokens (prompt tokens are
+not scored; the mean keeps long completions from dominating). One backward per batch gives every
+pair's d (DeltaSAdapter.per_sample). Per module the training pairs' d stack into D (n × r) and
+    m > 1: V = top-m right singular vectors of D (m × r, orthonormal rows), each row flipped so that
+           most pairs have D v > 0 (a tie goes to the sign of Σ D v);
+    m = 1: V = mean(D) / ‖mean(D)‖, the normalised mean difference (hack-ward by construction:
+           Σ_i d_i · mean(D) = n ‖mean(D)‖² ≥ 0).
+A module whose D is all zero gets V = 0 (reported as a zero-norm module).
+Controls: `random` = random orthonormal rows (same m, seeded); `shuffled` = hack/clean swapped
+(d → −d) in a seeded half of the pairs (`label_shuffle`), then extracted the same way. Note: DᵀD
+does not change when rows change sign, so for m > 1 the shuffled control spans the same subspace as
+the real V and differs only in each row's orientation; for m = 1 (the mean) it is another direction.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+from projected_grpo.adapter import DeltaSAdapter, read_metadata
+from projected_grpo.errors import UserError
+from projected_grpo.pairs import Batch, Pair, chunks, load_pairs, pair_batch, parse_modes
+
+CONTROLS = ("none", "random", "shuffled")
+ARTIFACT = "v_hack"           # metadata["artifact"] of a V file
+LOGIT_CHUNK = 1024            # completion tokens per lm_head chunk (recomputed in backward)
+
+
+# ---- gradients ----------------------------------------------------------------------------
+def completion_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean NLL over each row's completion tokens -> (B,). Logits only for scored positions, in
+    chunks recomputed in backward (full-vocab logits of every position would not fit). Assumes
+    logits = lm_head(last hidden state), as in Qwen/Llama (no logit soft-capping or scaling)."""
+    device = next(model.parameters()).device
+    ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
+    hidden = model.base_model(input_ids=ids, attention_mask=attention,
+                              use_cache=False).last_hidden_state      # (B, T, d_model)
+    scored = batch.completion_mask[:, 1:].to(device)                    # token t+1 is scored at t
+    rows, pos = scored.nonzero(as_tuple=True)                           # (N,), (N,)
+    h, targets = hidden[rows, pos], ids[rows, pos + 1]                  # (N, d_model), (N,)
+    lm_head = model.get_output_embeddings()
+
+    def token_nll(h_c: torch.Tensor, t_c: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(lm_head(h_c).float(), dim=-1)         # (n, V)
+        return -logp.gather(1, t_c[:, None])[:, 0]                      # (n,)
+
+    nll = torch.cat([checkpoint(token_nll, h[i:i + LOGIT_CHUNK], targets[i:i + LOGIT_CHUNK],
+                                use_reentrant=False) for i in range(0, len(rows), LOGIT_CHUNK)])
+    total = torch.zeros(ids.shape[0], device=device).index_add(0, rows, nll)  # (B,)
+    return total / scored.sum(1).clamp(min=1)
+
+
+def pair_differences(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], batch_size: int = 8,
+                     progress: bool = True) -> dict[str, torch.Tensor]:
+    """Per module, D = the stacked d of `pairs` -> {key: (n, r) fp32 on the CPU}."""
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in adapter.modules}
+    for group in tqdm(chunks(pairs, batch_size), desc="pair gradients", unit="batch",
+                      disable=not progress, file=sys.stderr):
+        b = len(group)
+        with torch.enable_grad(), adapter.per_sample(2 * b) as leaves:
+            nll = completion_nll(model, pair_batch(tok, group))         # (2B,): hacks, then cleans
+            grads = torch.autograd.grad(nll.sum(), list(leaves.values()), allow_unused=True)
+        for (k, leaf), g in zip(leaves.items(), grads):
+            g = torch.zeros_like(leaf) if g is None else g              # (2B, r)
+            rows[k].append((g[:b] - g[b:]).detach().float().cpu())      # d, (B, r)
+    return {k: torch.cat(v) for k, v in rows.items()}
+
+
+# ---- D -> V ---------------------------------------------------------------------------------
+def v_from_differences(D: torch.Tensor, m: int) -> torch.Tensor:
+    """D (n × r) -> V (m × r): see the module docstring. Requires 1 ≤ m ≤ min(n, r)."""
+    n, r = D.shape
+    if not 1 <= m <= min(n, r):
+        raise ValueError(f"m={m} must lie in [1, min(n={n}, r={r})]")
+    D = D.double()
+    if D.abs().max() == 0:
+        return torch.zeros(m, r)
+    if m == 1:
+        mean = D.mean(0)                                                # (r,)
+        norm = mean.norm()
+        return (mean / norm)[None].float() if norm > 0 else torch.zeros(1, r)
+    _, _, vh = torch.linalg.svd(D, full_matrices=False)                 # (min(n, r), r)
+    V = vh[:m]                                                          # (m, r)
+    proj = D @ V.T                                                      # (n, m)
+    votes = torch.sign(proj).sum(0)                                     # (m,)
+    flip = torch.where((votes < 0) | ((votes == 0) & (proj.sum(0) < 0)), -1.0, 1.0)
+    return (V * flip[:, None]).float()
+
+
+def random_v(r: int, m: int, generator: torch.Generator) -> torch.Tensor:
+    """m random orthonormal rows in R^r (QR of a Gaussian matrix)."""
+    q, _ = torch.linalg.qr(torch.randn(r, m, generator=generator, dtype=torch.float64))
+    return q.T.float().contiguous()                                     # (m, r)
+
+
+def label_shuffle(D: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Swap hack and clean (d_i -> −d_i) in exactly ⌊n/2⌋ pairs, chosen by a seeded permutation and
+    shared by all modules. Balanced rather than a coin per pair: with a coin the shared hack-ward
+    component survives in proportion to (kept − swapped)/n, so the control would still carry
+    (or reverse) the real direction."""
+    n = next(iter(D.values())).shape[0]
+    swapped = torch.randperm(n, generator=generator)[: n // 2]          # pairs whose labels swap
+    sign = torch.ones(n, 1)
+    sign[swapped] = -1.0                                                # (n, 1)
+    return {k: d * sign for k, d in D.items()}
+
+
+def effective_m(m: int, n_train: int, ranks: dict[str, int]) -> int:
+    """m capped at the number of training pairs and the smallest module rank."""
+    if m < 1:
+        raise UserError(f"--m must be at least 1, got {m}")
+    return min(m, n_train, min(ranks.values()))
+
+
+def extract_v_hack(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], m: int = 16,
+                   control: str = "none", seed: int = 0, batch_size: int = 8,
+                   progress: bool = True) -> dict[str, torch.Tensor]:
+    """{module key: V (m_eff × r) fp32 CPU} from training pairs (m_eff = `effective_m`)."""
+    if control not in CONTROLS:
+        raise UserError(f"unknown control {control!r}; known: {', '.join(CONTROLS)}")
+    if not pairs:
+        raise UserError("no training pairs to extract from (check --pairs and --modes)")
+    m_eff = effective_m(m, len(pairs), adapter.ranks())
+    gen = torch.Generator().manual_seed(seed)
+    if control == "random":
+        return {k: random_v(r, m_eff, gen) for k, r in adapter.ranks().items()}
+    D = pair_differences(model, tok, adapter, pairs, batch_size, progress)
+    if control == "shuffled":
+        D = label_shuffle(D, gen)
+    return {k: v_from_differences(d, m_eff) for k, d in D.items()}
+
+
+# ---- artifact -------------------------------------------------------------------------------
+def save_v_hack(path: str | Path, v: dict[str, torch.Tensor], adapter: DeltaSAdapter, *,
+                control: str, pairs_sha256: str, modes: tuple[str, ...] | None, n_train: int,
+                seed: int = 0) -> Path:
+    """Write V (fp32, one tensor per module) with the metadata the loader checks; atomic."""
+    path = Path(path)
+    if set(v) != set(adapter.modules):
+        raise ValueError("V must have exactly the adapter's module keys")
+    m = next(iter(v.values())).shape[0]
+    meta = adapter.metadata() | {
+        "artifact": ARTIFACT, "m": str(m), "control": control, "pairs_sha256": pairs_sha256,
+        "modes": json.dumps(list(modes) if modes else []), "n_train": str(n_train), "seed": str(seed),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    save_file({k: t.detach().float().cpu().contiguous() for k, t in v.items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_v_hack(path: str | Path, adapter: DeltaSAdapter) -> dict[str, torch.Tensor]:
+    """The one V loader (verify and train): refuses legacy files, another model, dtype, module set,
+    rank or weights, and V of the wrong shape. -> {key: (m, r) fp32 on that module's device}."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"v_hack file {path} does not exist")
+    meta = read_metadata(path)
+    adapter.check_metadata(meta, path, "v_hack")
+    if meta.get("artifact") != ARTIFACT:
+        raise UserError(f"{path}: not a v_hack artifact (artifact={meta.get('artifact')!r})")
+    m = int(meta["m"])
+    tensors = load_file(path)
+    out = {}
+    for k, mod in adapter.modules.items():
+        t = tensors.get(k)
+        if t is None or tuple(t.shape) != (m, mod.rank):
+            got = None if t is None else tuple(t.shape)
+            raise UserError(f"{path}: v_hack for module {k} has shape {got}, expected {(m, mod.rank)}")
+        if not torch.isfinite(t).all():
+            raise UserError(f"{path}: v_hack for module {k} has non-finite values")
+        out[k] = t.float().to(mod.delta_s.device)
+    return out
+
+
+# ---- verification ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VerifyThresholds:
+    """What a held-out check must reach to pass."""
+
+    min_frac_pos: float = 0.8   # least share of modules whose mean signed top-axis cos is > 0
+
+
+def heldout_cosines(V: torch.Tensor, D: torch.Tensor) -> tuple[float, float, int]:
+    """Mean over held-out pairs of cos = (v_top · d)/‖d‖ and frac_in_span = ‖V d‖/‖d‖, and the
+    number of pairs used (pairs with d = 0 carry no direction and are skipped)."""
+    norms = D.norm(dim=1)                                               # (n,)
+    d = D[norms > 0].double()
+    if not len(d) or V.abs().max() == 0:
+        return 0.0, 0.0, len(d)
+    norms = d.norm(dim=1)
+    cos = (d @ V[0].double()) / norms                                   # (n,)
+    span = (d @ V.double().T).norm(dim=1) / norms                       # (n,)
+    return cos.mean().item(), span.mean().item(), len(d)
+
+
+def verification_stats(cos_per_module: dict[str, float], ranks: dict[str, int], m: int,
+                       thresholds: VerifyThresholds = VerifyThresholds(),
+                       span_per_module: dict[str, float] | None = None) -> dict:
+    """Summary over modules of the mean signed top-axis cos, and the pass decision.
+
+    null_cos = median over modules of sqrt(1/r): the RMS cos of a random unit vector with a fixed
+    axis in R^r. `pass` = frac_pos ≥ min_frac_pos and median(cos) > null_cos. For m > 1 the span
+    share is reported beside its own null, null_span = median sqrt(m/r) (not used by `pass`)."""
+    if not cos_per_module:
+        raise UserError("no modules to verify")
+    cos = list(cos_per_module.values())
+    frac_pos = sum(c > 0 for c in cos) / len(cos)
+    median = statistics.median(cos)
+    null_cos = statistics.median(math.sqrt(1 / ranks[k]) for k in cos_per_module)
+    stats = {"frac_pos": frac_pos, "mean": statistics.fmean(cos), "median": median,
+             "n_modules": len(cos), "null_cos": null_cos}
+    if span_per_module and m > 1:
+        stats["span_median"] = statistics.median(span_per_module.values())
+        stats["null_span"] = statistics.median(math.sqrt(m / ranks[k]) for k in span_per_module)
+    stats["pass"] = bool(frac_pos >= thresholds.min_frac_pos and median > null_cos)
+    return stats
+
+
+def verify_v_hack(model, tok, adapter: DeltaSAdapter, v: dict[str, torch.Tensor], pairs: list[Pair],
+                  thresholds: VerifyThresholds = VerifyThresholds(), batch_size: int = 8,
+                  progress: bool = True) -> dict:
+    """Held-out check of V: verification_stats plus zero_norm_modules, n_pairs and `per_module`
+    rows {module, r, cos, frac_in_span, n}."""
+    if not pairs:
+        raise UserError("no held-out pairs to verify on (check --pairs and --modes)")
+    D = pair_differences(model, tok, adapter, pairs, batch_size, progress)
+    rows, cos, span = [], {}, {}
+    for k, V in v.items():
+        cos[k], span[k], n = heldout_cosines(V.cpu(), D[k])
+        rows.append({"module": k, "r": V.shape[1], "cos": cos[k], "frac_in_span": span[k], "n": n})
+    m = next(iter(v.values())).shape[0]
+    stats = verification_stats(cos, adapter.ranks(), m, thresholds, span)
+    zero = sum(int(V.abs().max() == 0) for V in v.values())
+    return stats | {"zero_norm_modules": zero, "n_pairs": len(pairs), "per_module": rows}
+
+
+def write_table(path: Path, rows: list[dict]) -> None:
+    """Per-module verification table, CSV for a .csv path and Markdown otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["module", "r", "cos", "frac_in_span", "n"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return
+    lines = ["| module | r | cos mean | frac_in_span | n |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {x['module']} | {x['r']} | {x['cos']:+.4f} | {x['frac_in_span']:.4f} | {x['n']} |"
+              for x in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def _load(args) -> tuple:
+    from projected_grpo.adapter import attach
+    from projected_grpo.models import load_model
+
+    model, tok = load_model(args.model, args.dtype, args.device)
+    return model, tok, attach(model, args.model)
+
+
+def _cmd_extract(args) -> int:
+    start = time.time()
+    modes = parse_modes(args.modes)
+    pair_set = load_pairs(args.pairs, split="train", modes=modes)
+    model, tok, adapter = _load(args)
+    m_eff = effective_m(args.m, max(len(pair_set.pairs), 1), adapter.ranks())
+    if m_eff != args.m:
+        print(f"note: m capped from {args.m} to {m_eff} (training pairs {len(pair_set.pairs)}, "
+              f"smallest rank {min(adapter.ranks().values())})", file=sys.stderr)
+    v = extract_v_hack(model, tok, adapter, pair_set.pairs, args.m, args.control, args.seed,
+                       args.batch_size)
+    save_v_hack(args.out, v, adapter, control=args.control, pairs_sha256=pair_set.sha256,
+                modes=modes, n_train=len(pair_set.pairs), seed=args.seed)
+    zero = sum(int(V.abs().max() == 0) for V in v.values())
+    print(f"wrote {args.out}: {len(v)} modules, m={m_eff}, control={args.control}, "
+          f"{len(pair_set.pairs)} training pairs from {pair_set.path}")
+    print(json.dumps({"modules": len(v), "scalars": adapter.n_scalars, "m": m_eff,
+                      "zero_norm_modules": zero, "pairs": len(pair_set.pairs),
+                      "seconds": round(time.time() - start, 2)}))
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    start = time.time()
+    model, tok, adapter = _load(args)
+    v = load_v_hack(args.v_hack, adapter)
+    meta = read_metadata(args.v_hack)
+    modes = parse_modes(args.modes) if args.modes else (tuple(json.loads(meta["modes"])) or None)
+    pair_set = load_pairs(args.pairs, split="heldout", modes=modes)
+    result = verify_v_hack(model, tok, adapter, v, pair_set.pairs,
+                           VerifyThresholds(min_frac_pos=args.min_frac_pos), args.batch_size)
+    v_path = Path(args.v_hack)
+    table = Path(args.table) if args.table else v_path.with_name(v_path.stem + ".verify.md")
+    write_table(table, result.pop("per_module"))
+    print(f"held-out check of {v_path} (m={meta['m']}, control={meta.get('control')}) on "
+          f"{len(pair_set.pairs)} pairs; per-module table: {table}")
+    print(f"frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} median={result['median']:+.3f} "
+          f"null_cos={result['null_cos']:.3f} modules={result['n_modules']} -> "
+          f"{'PASS' if result['pass'] else 'FAIL'} ({time.time() - start:.1f}s)")
+    print(json.dumps(result))
+    return 0 if result["pass"] else 1
+
+
+def _common(p) -> None:
+    p.add_argument("--model", default="tiny-qwen3", help="embedded name, hub id, local dir or .gguf")
+    p.add_argument("--pairs", default="bundled:code", help="pair file, or bundled:code / bundled:persona")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="model dtype (the SVD basis, hence V, is dtype-specific)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per backward")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("extract", help="extract the hack direction V from contrastive pairs")
+    _common(p)
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--m", type=int, default=16, help="directions per module (1 = mean difference)")
+    p.add_argument("--modes", default=None, help="comma-separated loophole modes (default: all)")
+    p.add_argument("--control", default="none", choices=CONTROLS)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random/shuffled controls")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("verify", help="check V on the held-out pairs; exit 1 when it fails")
+    _common(p)
+    p.add_argument("--v-hack", required=True, help="V file written by `pgrpo extract`")
+    p.add_argument("--modes", default=None, help="loophole modes (default: those V was extracted on)")
+    p.add_argument("--min-frac-pos", type=float, default=0.8)
+    p.add_argument("--table", default=None, help="per-module table (.md or .csv; default beside V)")
+    p.set_defaults(func=_cmd_verify)
