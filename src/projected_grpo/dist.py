@@ -3,14 +3,25 @@
 Each rank generates and grades its share of the step's prompts; the δS gradients (one vector per
 module) are summed over ranks *before* the projection, so every rank projects the same gradient and
 the result does not depend on the number of ranks.
+
+Launch: `torchrun --nproc-per-node N -m projected_grpo.cli train ...` (see README). On a machine with
+CUDA the group is `cpu:gloo,cuda:nccl` (tensors on the GPU go through NCCL; object gathers, barriers
+and anything on the CPU, e.g. the CPU `smoke` preset, through gloo); without CUDA it is gloo.
 """
 
 from __future__ import annotations
 
+import atexit
+import datetime
 import os
 
 import torch
 import torch.distributed as tdist
+
+# NVLink multicast (NVLS) off in NCCL, PyTorch symmetric memory and NVSHMEM: a program that uses it
+# can take a shared host's GPUs out of service. Forced (not defaulted) before any group exists.
+NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                    "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def active() -> bool:
@@ -31,18 +42,32 @@ def default_device() -> str:
     return "cpu"
 
 
+def disable_multicast() -> None:
+    os.environ.update(NO_MULTICAST_ENV)
+
+
 def init_from_env() -> None:
-    """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); no-op otherwise."""
+    """Join the process group torchrun describes (NCCL for GPU tensors, gloo for CPU ones);
+    no-op at WORLD_SIZE 1 or when a group already exists."""
+    disable_multicast()
     if active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
+    if not tdist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    # rank 0 alone extracts v_hack while the others wait at a barrier: allow it time.
+    timeout = datetime.timedelta(minutes=float(os.environ.get("PGRPO_DIST_TIMEOUT_MIN", "60")))
     if torch.cuda.is_available():
-        # NVLink multicast (NVLS) off, as the lent machines require.
-        for var in ("NCCL_NVLS_ENABLE", "NCCL_CUMEM_ENABLE", "NCCL_CUMEM_HOST_ENABLE"):
-            os.environ.setdefault(var, "0")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        tdist.init_process_group("nccl")
+        tdist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
     else:
-        tdist.init_process_group("gloo")
+        tdist.init_process_group("gloo", timeout=timeout)
+    atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    """Leave the process group (registered at exit by `init_from_env`)."""
+    if active():
+        tdist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -51,18 +76,25 @@ def barrier() -> None:
 
 
 def all_reduce_grads(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """Sum δS gradients over ranks (missing grads count as zeros); returns key -> grad."""
+    """Sum δS gradients over ranks (missing grads count as zeros); returns key -> grad.
+
+    One flat fp32 buffer per device, so low-precision grads are summed without extra rounding and
+    every rank ends with bit-identical gradients."""
     for p in params.values():
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     grads = {k: p.grad for k, p in params.items()}
-    if active():
-        flat = torch.cat([g.view(-1) for g in grads.values()])
-        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
-        offset = 0
+    if active() and grads:
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
         for g in grads.values():
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+            by_device.setdefault(g.device, []).append(g)
+        for device, gs in by_device.items():
+            flat = torch.cat([g.reshape(-1).to(torch.float32) for g in gs])
+            tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+            offset = 0
+            for g in gs:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
     return grads
 
 
@@ -76,9 +108,12 @@ def gather_rows(rows: list) -> list:
 
 
 def sum_scalars(values: list[float]) -> list[float]:
+    """Sum a list of floats over ranks (float64)."""
     if not active():
         return values
-    t = torch.tensor(values, dtype=torch.float64,
-                     device="cuda" if tdist.get_backend() == "nccl" else "cpu")
+    device = "cpu"
+    if tdist.get_backend() == "nccl":  # a pure-NCCL group set up by the caller
+        device = f"cuda:{torch.cuda.current_device()}"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return t.tolist()

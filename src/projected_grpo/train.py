@@ -36,7 +36,6 @@ from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, tea
 from projected_grpo.teacher import TeacherPool
 
 PROJECTING_ARMS = ("projected", "random", "shuffled")
-TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s")
 
 
 class Trainer:
@@ -46,6 +45,8 @@ class Trainer:
         cfg.validate()
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.rank, self.world = dist.rank(), dist.world_size()
+        if self.world > cfg.prompts_per_step:  # every rank must hold at least one prompt group
+            raise UserError(f"--prompts-per-step {cfg.prompts_per_step} is less than the {self.world} ranks")
         if self.rank == 0:
             runio.prepare_dir(self.out, cfg.to_json(), resume)
         dist.barrier()
@@ -290,9 +291,11 @@ class Trainer:
         return rec
 
     # ---- the loop -------------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self, until: int | None = None) -> Path:
+        """Train to cfg.steps (or stop after step `until`, as an interrupted run would)."""
         cfg = self.cfg
-        bar = tqdm(range(self.start_step, cfg.steps), initial=self.start_step, total=cfg.steps,
+        bar = tqdm(range(self.start_step, min(until or cfg.steps, cfg.steps)), initial=self.start_step,
+                   total=cfg.steps,
                    disable=not self.progress or self.rank != 0, desc=f"{cfg.arm} s{cfg.seed}")
         for step in bar:
             record, samples = self.step(step)
@@ -305,8 +308,8 @@ class Trainer:
                 bar.set_postfix(reward=f"{record['reward_mean']:.2f}", hack=f"{record['hack_rate']:.2f}",
                                 cos_in=f"{record['cos_in']:.3f}")
             dist.barrier()
-        if self.rank == 0:
-            self.adapter.save(self.out / "delta_s.safetensors")
+        if self.rank == 0 and self.start_step + len(bar) == cfg.steps:
+            self.adapter.save(self.out / "delta_s.safetensors")  # marks the run finished
         return self.out
 
 

@@ -1,0 +1,175 @@
+"""Trainer: one smoke run per arm, resume equality (also after SIGKILL), the no-cheat rule,
+update-space projection, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from projected_grpo import runio
+from projected_grpo import train as train_mod
+from projected_grpo.cli import main
+from projected_grpo.config import TIMING_KEYS, preset
+from projected_grpo.errors import UserError
+
+FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2)
+REQUIRED = ("step", "reward_mean", "reward_std", "hack_rate", "pass_rate", "format_rate", "frac_zero_adv",
+            "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "cos_update", "tokens", "gen_s",
+            "grade_s", "train_s", "teacher_hack_rate", "teacher_pass_rate")
+
+
+def smoke(**kw):
+    return replace(preset("smoke"), **(FAST | kw))
+
+
+@pytest.fixture(scope="module")
+def small_pairs(tmp_path_factory) -> tuple[str, str]:
+    """A few bundled code and persona pairs, so each extraction in these tests stays quick."""
+    d = tmp_path_factory.mktemp("pairs")
+    for name, n in (("pairs_code.jsonl", 6), ("pairs_persona.jsonl", 6)):
+        rows = (Path(train_mod.__file__).parent / "data" / name).read_text().splitlines()
+        (d / name).write_text("\n".join([r for r in rows if '"train"' in r][:n]) + "\n")
+    return str(d / "pairs_code.jsonl"), str(d / "pairs_persona.jsonl")
+
+
+@pytest.fixture(scope="module")
+def v_hack(tmp_path_factory, small_pairs) -> str:
+    """One extracted artifact shared by the runs below (the trainer extracts it in the first run)."""
+    out = tmp_path_factory.mktemp("first") / "run"
+    train_mod.train(smoke(arm="vanilla", steps=1, pairs=small_pairs[0]), out, progress=False)
+    assert (out / "v_hack.safetensors").is_file()
+    return str(out / "v_hack.safetensors")
+
+
+def metrics(out: Path) -> list[dict]:
+    return runio.read_jsonl(out / runio.METRICS)
+
+
+@pytest.mark.parametrize("arm", ["vanilla", "projected", "random", "shuffled", "rebound"])
+def test_smoke_run_per_arm(arm, v_hack, small_pairs, tmp_path):
+    out = tmp_path / arm
+    train_mod.train(smoke(arm=arm, v_hack=v_hack, pairs=small_pairs[0], persona_pairs=small_pairs[1]),
+                    out, progress=False)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
+        assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
+        assert 0 <= r["frac_fired"] <= 1
+    if arm in ("vanilla", "rebound"):
+        assert all(r["cos_out"] == r["cos_in"] for r in rows)  # measured, never changed
+    else:
+        assert all(r["cos_out"] < 1e-6 for r in rows)          # projected away
+        assert any(r["cos_in"] > 0 for r in rows) and any(r["frac_fired"] > 0 for r in rows)
+    if arm in ("random", "shuffled"):
+        control = load_file(out / f"v_hack_{arm}.safetensors")
+        real = load_file(v_hack)
+        key = next(iter(real))
+        assert not torch.allclose(control[key], real[key])
+    if arm == "rebound":
+        assert (out / "rebound_direction.safetensors").is_file()
+    cfg = json.loads((out / runio.CONFIG).read_text())
+    assert cfg["arm"] == arm and cfg["v_hack"] == v_hack
+    samples = runio.read_jsonl(out / runio.SAMPLES)
+    assert len(samples) == 2 * 2 * 2 and {"gt_correct", "label", "reward", "advantage"} <= set(samples[0])
+    assert (out / "delta_s.safetensors").is_file() and runio.load_checkpoint(out)["step"] == 2
+
+
+def _comparable(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(v_hack, tmp_path):
+    cfg = smoke(arm="projected", v_hack=v_hack, steps=3)
+    full = tmp_path / "full"
+    train_mod.train(cfg, full, progress=False)
+    cut = tmp_path / "cut"
+    train_mod.Trainer(cfg, cut, progress=False).run(until=2)     # a run stopped after step 2 ...
+    assert len(metrics(cut)) == 2 and not (cut / "delta_s.safetensors").exists()
+    train_mod.train(cfg, cut, resume=True, progress=False)       # ... continued to step 3
+    assert _comparable(metrics(cut)) == _comparable(metrics(full))
+    a, b = load_file(full / "delta_s.safetensors"), load_file(cut / "delta_s.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, tmp_path):
+    args = ["--preset", "smoke", "--arm", "projected", "--v-hack", v_hack, "--steps", "4"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "steps"]
+    ref = tmp_path / "ref"
+    assert main(["train", "--out", str(ref), *args]) == 0
+    out = tmp_path / "killed"
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "projected_grpo.cli", "train", "--out", str(out), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(metrics(out)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(metrics(out))
+    assert 1 <= done < 4, f"kill landed after {done} steps"
+    assert main(["train", "--out", str(out), "--resume", *args]) == 0
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert _comparable(rows) == _comparable(metrics(ref))
+
+
+def test_oracle_never_reaches_reward_advantage_or_projection(v_hack, tmp_path, monkeypatch):
+    cfg = smoke(arm="projected", v_hack=v_hack, steps=2)
+    honest = tmp_path / "honest"
+    train_mod.train(cfg, honest, progress=False)
+
+    real_grade_many = train_mod.grade_many
+
+    def scrambled(*args, **kwargs):  # the oracle's verdicts inverted, labels all 'reward_hack'
+        grades = real_grade_many(*args, **kwargs)
+        for g in grades:
+            g.gt_correct, g.label = not g.gt_correct, "reward_hack"
+        return grades
+
+    monkeypatch.setattr(train_mod, "grade_many", scrambled)
+    monkeypatch.setattr("projected_grpo.teacher.grade_many", scrambled)
+    lied = tmp_path / "scrambled"
+    train_mod.train(cfg, lied, progress=False)
+    a, b = metrics(honest), metrics(lied)
+    training = ("reward_mean", "reward_std", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired",
+                "cos_update", "frac_zero_adv")
+    assert [[r[k] for k in training] for r in a] == [[r[k] for k in training] for r in b]
+    assert [r["hack_rate"] for r in b] == [1.0, 1.0] != [r["hack_rate"] for r in a]
+    da, db = load_file(honest / "delta_s.safetensors"), load_file(lied / "delta_s.safetensors")
+    assert all(torch.equal(da[k], db[k]) for k in da)
+
+
+def test_update_space_projection_removes_hackward_part_of_the_step(v_hack, tmp_path):
+    out = tmp_path / "upd"
+    train_mod.train(smoke(arm="projected", v_hack=v_hack, project_target="update"), out, progress=False)
+    assert all(r["cos_update"] < 1e-5 for r in metrics(out))
+
+
+def test_bad_input_stops_with_a_message_naming_it(v_hack, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "a"), "--arm", "nonsense"]) == 2
+    assert "unknown arm 'nonsense'" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "a"), "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "a"), "--model", "no-org/no-model-here"]) == 2
+    assert "no-org/no-model-here" in capsys.readouterr().err
+    # a v_hack made for another dtype is refused before anything is generated
+    out = tmp_path / "mismatch"
+    with pytest.raises(UserError, match="dtype"):
+        train_mod.train(smoke(v_hack=v_hack, dtype="float32"), out, progress=False)
+    assert not (out / runio.METRICS).exists()
+    # an output dir that holds another run needs --resume
+    first = tmp_path / "taken"
+    train_mod.train(smoke(v_hack=v_hack, steps=1), first, progress=False)
+    with pytest.raises(UserError, match="already holds a run"):
+        train_mod.train(smoke(v_hack=v_hack, steps=1), first, progress=False)
