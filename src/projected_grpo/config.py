@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from projected_grpo.errors import UserError
 
 ARMS = ("vanilla", "projected", "rebound", "random", "shuffled")
+TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s")  # metrics that differ between identical runs
 
 
 @dataclass
