@@ -1,0 +1,184 @@
+"""probe gates on constructed numbers; sweep resumability with a fake trainer (no real training)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from projected_grpo import experiments, runio
+from projected_grpo.config import preset
+from projected_grpo.errors import UserError
+from projected_grpo.experiments import ProbeThresholds, SweepPlan, probe_verdict, run_state, sweep
+
+GOOD_V = {"pass": True, "frac_pos": 0.95, "median": 0.3, "null_cos": 0.09}
+BAD_V = {"pass": False, "frac_pos": 0.40, "median": -0.01, "null_cos": 0.09}
+
+
+def rows(key: str, values: list) -> list[dict]:
+    return [{"step": i + 1, key: v} for i, v in enumerate(values)]
+
+
+# ---- probe gates ----------------------------------------------------------------------------
+def test_probe_all_gates_pass():
+    passed, gate, msg = probe_verdict(GOOD_V, rows("hack_rate", [0, 0, 0.4, 0.5, 0.6]),
+                                      rows("frac_fired", [0.5, 0.6]), ProbeThresholds(0.3, 3))
+    assert passed and gate is None
+    assert "0.50" in msg and "0.550" in msg
+
+
+def test_probe_gate1_fails_on_verify():
+    passed, gate, msg = probe_verdict(BAD_V, rows("hack_rate", [1.0]), rows("frac_fired", [1.0]))
+    assert (passed, gate) == (False, 1)
+    assert msg.startswith("gate 1") and "0.400" in msg
+    assert probe_verdict(None, None, None)[1] == 1
+
+
+def test_probe_gate2_fails_on_low_vanilla_hack_rate():
+    # the first steps hack a lot, the last k do not: the window is the last k steps only
+    vanilla = rows("hack_rate", [0.9, 0.9, 0.1, 0.2, 0.0])
+    passed, gate, msg = probe_verdict(GOOD_V, vanilla, rows("frac_fired", [0.5]), ProbeThresholds(0.3, 3))
+    assert (passed, gate) == (False, 2)
+    assert msg == "gate 2 (vanilla hack rate 0.10 < 0.30 over the last 3 steps)"
+    # null hack rates (no student rows) never pass
+    assert probe_verdict(GOOD_V, rows("hack_rate", [None, None]), None)[1] == 2
+    assert probe_verdict(GOOD_V, [], None)[1] == 2
+    # exactly at the threshold passes gate 2
+    assert probe_verdict(GOOD_V, rows("hack_rate", [0.3]), rows("frac_fired", [0.1]),
+                         ProbeThresholds(0.3, 1))[0]
+
+
+def test_probe_gate3_fails_when_projection_never_fires():
+    passed, gate, msg = probe_verdict(GOOD_V, rows("hack_rate", [0.5] * 5), rows("frac_fired", [0.0] * 4))
+    assert (passed, gate) == (False, 3)
+    assert "frac_fired 0.000" in msg
+    assert probe_verdict(GOOD_V, rows("hack_rate", [0.5]), None)[1] == 3
+
+
+def test_probe_command_stops_at_first_failed_gate(tmp_path, monkeypatch, capsys):
+    """The probe driver with a fake V check and fake trainer: gate 2 fails, the projected run never starts."""
+    calls = []
+    monkeypatch.setattr(experiments, "prepare_v_hack", lambda cfg, path, verify, progress=True: dict(GOOD_V,
+                        mean=0.3, n_modules=28))
+    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, hack=0.0))
+    from projected_grpo.cli import main
+
+    code = main(["probe", "--preset", "smoke", "--seed", "7", "--steps", "4", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "VERDICT: FAIL at gate 2 (vanilla hack rate 0.00 < 0.30 over the last 5 steps)" in out
+    assert [c[0] for c in calls] == ["vanilla"]
+    record = json.loads((tmp_path / "probe.json").read_text())
+    assert record["failed_gate"] == 2 and record["gate2"]["hack_rate_last_k"] == 0.0
+    assert record["gate1"]["pass"] is True and "gate3" not in record
+
+    calls.clear()
+    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, hack=0.5))
+    code = main(["probe", "--preset", "smoke", "--seed", "8", "--steps", "4", "--out", str(tmp_path / "b")])
+    assert code == 0 and [c[0] for c in calls] == ["vanilla", "projected"]
+    assert "VERDICT: PASS" in capsys.readouterr().out
+
+
+# ---- sweep resumability ---------------------------------------------------------------------
+class Crash(RuntimeError):
+    """The fake trainer's stand-in for a killed run."""
+
+
+class FakeTrain:
+    """Writes a synthetic run dir like train() does; crashes after `crash_after` steps of the runs named."""
+
+    def __init__(self, calls: list, crash: dict | None = None, hack: float = 0.5):
+        self.calls, self.crash, self.hack = calls, crash or {}, hack
+
+    def __call__(self, cfg, out, resume=False, progress=True):
+        out = Path(out)
+        self.calls.append((cfg.arm, cfg.seed, resume, cfg.v_hack))
+        runio.prepare_dir(out, cfg.to_json(), resume)
+        start = len(runio.read_jsonl(out / runio.METRICS)) if resume else 0
+        stop = self.crash.pop(out.name, cfg.steps)
+        for step in range(start, min(stop, cfg.steps)):
+            runio.append_jsonl(out / runio.METRICS, [{"step": step + 1, "hack_rate": self.hack,
+                                                      "pass_rate": 0.1, "frac_fired": 0.5, "cos_in": 0.1,
+                                                      "cos_out": 0.0, "reward_mean": 0.5}])
+        if stop < cfg.steps:
+            raise Crash(f"killed at step {stop}")
+        (out / "delta_s.safetensors").write_bytes(b"fake")
+        return out
+
+
+@pytest.fixture()
+def plan(tmp_path: Path) -> SweepPlan:
+    v = tmp_path / "shared" / "v.safetensors"
+    v.parent.mkdir()
+    v.write_bytes(b"fake V")
+    return SweepPlan(preset="smoke", arms=["vanilla", "projected"], seeds=[41, 42], overrides={"steps": 3},
+                     v_hack=str(v), out=str(tmp_path / "sweep"))
+
+
+def test_sweep_skips_resumes_and_starts(plan, monkeypatch):
+    calls: list = []
+    base = replace(preset("smoke"), steps=3)
+    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, crash={"projected_s41": 1}))
+    with pytest.raises(Crash):
+        sweep(plan, base, progress=False)
+    out = Path(plan.out)
+    assert [c[:3] for c in calls] == [("vanilla", 41, False), ("vanilla", 42, False), ("projected", 41, False)]
+    assert run_state(out / "vanilla_s41", 3) == "finished"
+    assert run_state(out / "projected_s41", 3) == "unfinished"
+    assert run_state(out / "projected_s42", 3) == "missing"
+    assert json.loads((out / "sweep.json").read_text())["v_hack"] == plan.v_hack
+
+    calls.clear()
+    done = sweep(plan, base, progress=False)
+    assert done == {"vanilla_s41": "skipped", "vanilla_s42": "skipped", "projected_s41": "resumed",
+                    "projected_s42": "started"}
+    assert [c[:3] for c in calls] == [("projected", 41, True), ("projected", 42, False)]
+    for name in done:
+        cfg = json.loads((out / name / "config.json").read_text())
+        assert cfg["v_hack"] == str(Path(plan.v_hack).resolve())
+        assert len(runio.read_jsonl(out / name / runio.METRICS)) == 3      # no step lost or doubled
+
+    calls.clear()
+    assert set(sweep(plan, base, progress=False).values()) == {"skipped"} and calls == []
+    # a finished run is never skipped under another config: the sweep refuses, naming the field
+    with pytest.raises(UserError, match="lr differ"):
+        sweep(plan, replace(base, lr=0.5), progress=False)
+
+
+def test_sweep_extracts_one_shared_artifact(tmp_path, monkeypatch):
+    calls, extracted = [], []
+
+    def fake_prepare(cfg, path, verify, progress=True):
+        extracted.append(Path(path))
+        Path(path).write_bytes(b"fake V")
+
+    monkeypatch.setattr(experiments, "prepare_v_hack", fake_prepare)
+    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls))
+    out = tmp_path / "sw"
+    p = SweepPlan(preset="smoke", arms=["vanilla", "random"], seeds=[1, 2], overrides={},
+                  v_hack=str((out / experiments.V_HACK).resolve()), out=str(out))
+    sweep(p, replace(preset("smoke"), steps=2), progress=False)
+    assert extracted == [(out / experiments.V_HACK).resolve()]
+    assert {c[3] for c in calls} == {p.v_hack} and len(calls) == 4
+
+    missing = replace(p, v_hack=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(UserError, match="does not exist"):
+        sweep(missing, preset("smoke"), progress=False)
+
+
+def test_sweep_cli_writes_report(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(experiments, "prepare_v_hack",
+                        lambda cfg, path, verify, progress=True: Path(path).write_bytes(b"V"))
+    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls))
+    from projected_grpo.cli import main
+
+    out = tmp_path / "s"
+    assert main(["sweep", "--arms", "vanilla,projected", "--seeds", "5", "--steps", "2", "--lr", "0.01",
+                 "--out", str(out)]) == 0
+    sweep_json = json.loads((out / "sweep.json").read_text())
+    assert sweep_json["overrides"] == {"steps": 2, "lr": 0.01} and sweep_json["seeds"] == [5]
+    assert (out / "results.md").is_file() and (out / "hack_rate.png").stat().st_size > 0
+    assert main(["sweep", "--arms", "vanilla,bogus", "--out", str(out)]) == 2
