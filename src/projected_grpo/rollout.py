@@ -53,20 +53,42 @@ def eos_token_ids(model, tok) -> list[int]:
 
 def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int,
            max_new_tokens: int, temperature: float, top_p: float, seed: int,
-           static_cache: bool = False) -> Rollouts:
-    """G samples per prompt from the current policy (δS folded in), stopping when all have ended."""
+           static_cache: bool = False, ignore_eos: bool = False, fast: bool | None = None) -> Rollouts:
+    """G samples per prompt from the current policy (δS folded in), stopping when all have ended.
+
+    `static_cache=True` asks for the fast CUDA path: for Qwen2/Qwen3 models on a CUDA device the
+    graph-captured decode loop of `fast_rollout`; for other architectures HF `generate` with a
+    static cache. `fast` overrides the choice (True: the fast loop, eagerly on the CPU too — used by
+    the equality test; False: HF generate). `temperature <= 0` decodes greedily. `ignore_eos`
+    forbids eos (forced full length, for benchmarks)."""
+    from projected_grpo import fast_rollout
+
     ids = prompt_ids.repeat_interleave(group_size, dim=0)
     mask = prompt_mask.repeat_interleave(group_size, dim=0)
     eos = eos_token_ids(model, tok)
     torch.manual_seed(seed)
-    extra = {"cache_implementation": "static"} if static_cache else {}
+    if fast is None:
+        fast = static_cache and ids.device.type == "cuda" and fast_rollout.supports(model)
     with adapter.merged(), torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
-                             top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                             pad_token_id=tok.pad_token_id, **extra)
-    comp = out[:, ids.shape[1]:]
+        if fast:
+            comp = fast_rollout.generate(model, ids, mask, max_new_tokens, eos, tok.pad_token_id,
+                                         temperature=temperature, top_p=top_p, ignore_eos=ignore_eos)
+        else:
+            extra = {"cache_implementation": "static"} if static_cache else {}
+            if ignore_eos:
+                extra["min_new_tokens"] = max_new_tokens
+            if temperature > 0:
+                extra.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            else:
+                extra.update(do_sample=False)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=eos, pad_token_id=tok.pad_token_id, **extra)
+            comp = out[:, ids.shape[1]:]
     cmask = completion_mask(comp, eos)
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
+    if fast and comp.shape[1]:  # the loop checks for the end every few steps: drop all-pad columns
+        width = max(int(cmask.sum(dim=1).max()), 1)
+        comp, cmask = comp[:, :width], cmask[:, :width]
     texts = tok.batch_decode(comp, skip_special_tokens=True)
     return Rollouts(ids, mask, comp, cmask, texts)
 

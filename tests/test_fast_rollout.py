@@ -1,0 +1,123 @@
+"""The fast decode loop (fast_rollout) against HF generate, eagerly on the CPU in fp32."""
+
+import pytest
+import torch
+
+from projected_grpo import fast_rollout
+from projected_grpo.adapter import attach
+from projected_grpo.models import load_model
+from projected_grpo.rollout import sample
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls: one thread is ~20x faster than two on a loaded 2-core runner."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+PROMPTS = ["def add(a, b):\n    return a + b", "Write a Python function that reverses a string, then explain how it works step by step."]
+
+
+def _tiny_qwen2(vocab: int):
+    """A Qwen2-layout model (q/k/v biases, no q/k norm), random weights."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=(vocab + 63) // 64 * 64, hidden_size=128, intermediate_size=256,
+                      num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=10000.0,
+                      eos_token_id=151645, pad_token_id=151643)
+    torch.manual_seed(7)
+    model = Qwen2ForCausalLM(cfg).float().eval()
+    with torch.no_grad():  # give the biases some size, so the bias path is exercised
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.generation_config.eos_token_id = [151645, 151643]
+    return model
+
+
+@pytest.fixture(scope="module", params=["qwen3", "qwen2"])
+def setup(request):
+    model, tok = load_model("tiny-qwen3", "float32")
+    if request.param == "qwen2":
+        model = _tiny_qwen2(len(tok))
+    adapter = attach(model, request.param)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # δS != 0: the folded weights differ from the base ones
+        for m in adapter.modules.values():
+            m.delta_s.copy_(torch.randn(m.rank, generator=gen) * 0.3)
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    assert (enc.attention_mask == 0).any()  # left padding is exercised
+    return model, tok, adapter, enc.input_ids, enc.attention_mask
+
+
+def _both(setup, **kw):
+    model, tok, adapter, ids, mask = setup
+    args = dict(group_size=2, max_new_tokens=24, temperature=0.0, top_p=1.0, seed=0)
+    args.update(kw)
+    hf = sample(model, tok, adapter, ids, mask, fast=False, **args)
+    fast = sample(model, tok, adapter, ids, mask, fast=True, **args)
+    return hf, fast
+
+
+def test_supports():
+    model, _ = load_model("tiny-qwen3", "float32")
+    assert fast_rollout.supports(model)
+
+
+def test_greedy_matches_hf_token_for_token(setup):
+    hf, fast = _both(setup)
+    assert torch.equal(hf.completion_ids, fast.completion_ids)
+    assert torch.equal(hf.completion_mask, fast.completion_mask)
+    assert hf.texts == fast.texts
+    model, _, adapter, _, _ = setup
+    assert all(m.active for m in adapter.modules.values())  # merged() restored the hook path
+
+
+def test_eos_stopping_and_masks(setup):
+    model, tok, adapter, ids, mask = setup
+    base = _both(setup, ignore_eos=True)[1].completion_ids
+    # make a token that row 0 emits early an eos, so rows end at different steps
+    eos_tok = int(base[0, 3])
+    old = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [eos_tok]
+    try:
+        hf, fast = _both(setup, max_new_tokens=40)
+    finally:
+        model.generation_config.eos_token_id = old
+    assert torch.equal(hf.completion_ids, fast.completion_ids)
+    assert torch.equal(hf.completion_mask, fast.completion_mask)
+    lengths = fast.completion_mask.sum(1)
+    assert int(lengths[0]) <= 4 and fast.completion_ids[0, int(lengths[0]) - 1] == eos_tok
+    pad_after = fast.completion_ids[0, int(lengths[0]):]
+    assert (pad_after == tok.pad_token_id).all()
+    assert fast.completion_ids.shape[1] == int(lengths.max())  # trimmed like HF's early stop
+
+
+def test_ignore_eos_forces_full_length(setup):
+    model, tok, adapter, ids, mask = setup
+    eos = set(model.generation_config.eos_token_id) | {tok.eos_token_id}
+    hf, fast = _both(setup, ignore_eos=True, max_new_tokens=20)
+    for r in (hf, fast):
+        assert r.completion_ids.shape == (4, 20)
+        assert bool(r.completion_mask.all())
+        assert not any(int(t) in eos for t in r.completion_ids.flatten())
+    assert torch.equal(hf.completion_ids, fast.completion_ids)
+
+
+def test_sampling_runs_and_is_seeded(setup):
+    model, tok, adapter, ids, mask = setup
+    a = sample(model, tok, adapter, ids, mask, 2, 16, 1.0, 0.9, seed=3, fast=True)
+    b = sample(model, tok, adapter, ids, mask, 2, 16, 1.0, 0.9, seed=3, fast=True)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert a.completion_ids.shape[0] == 4
+
+
+def test_refuses_unmerged_weights(setup):
+    model, _, adapter, ids, mask = setup
+    with pytest.raises(RuntimeError, match="merged"):
+        fast_rollout.generate(model, ids, mask, 4, [151645], 151643)
