@@ -253,3 +253,28 @@ def test_cli_extract_then_verify(tmp_path, pair_file, capsys):
     assert {"frac_pos", "mean", "median", "n_modules", "null_cos", "pass"} <= set(result)
     assert rc == (0 if result["pass"] else 1) and result["n_modules"] == 28
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 29
+
+
+def test_a_pair_with_non_finite_gradients_is_dropped_not_the_batch(fp32, train_D, monkeypatch, capsys):
+    model, tok, adapter = fp32
+    pairs, D = train_D
+    bad = pairs[1]
+    real_nll = vhack.completion_nll
+
+    def poisoned(model_, batch):  # NaN in the bad pair's hack NLL, whichever batch it lands in
+        nll = real_nll(model_, batch)
+        b = batch.input_ids.shape[0] // 2
+        ids = [tuple(row.tolist()) for row in batch.input_ids[:b]]
+        target = tuple(pair_batch(tok, [bad]).input_ids[0].tolist())
+        hits = [i for i, row in enumerate(ids) if row[:len(target)] == target]
+        scale = torch.ones_like(nll)
+        scale[hits] = float("nan")
+        return nll * scale
+
+    monkeypatch.setattr(vhack, "completion_nll", poisoned)
+    D_drop = vhack.pair_differences(model, tok, adapter, pairs, batch_size=3, progress=False)
+    assert bad.id in capsys.readouterr().err
+    keep = [i for i, p in enumerate(pairs) if p.id != bad.id]
+    for k in D:
+        assert D_drop[k].shape[0] == len(pairs) - 1
+        assert torch.allclose(D_drop[k], D[k][keep], atol=1e-5)

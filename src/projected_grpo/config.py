@@ -111,6 +111,14 @@ PRESETS: dict[str, TrainConfig] = {
     "lite": TrainConfig(model="Qwen/Qwen2.5-Coder-0.5B-Instruct", problems="bundled", steps=60,
                         prompts_per_step=8, group_size=8, max_new_tokens=512, beta=0.04, vhack_m=16,
                         lr=2e-3, warmup_steps=5, micro_batch=16, temperature=0.9),
+    # One lent H100 session: the real Qwen2.5-Coder-0.5B-Instruct (GGUF from scripts/fetch_qwen_gguf.py)
+    # on the bundled easier problems. Hacking is made to emerge by the builtin teacher pool (canonical
+    # solutions, canned run_tests exploits and stubs mixed into every group) under the "aware" hint.
+    "qwen05": TrainConfig(model="models/qwen2.5-coder-0.5b-instruct-q8_0.gguf", problems="bundled",
+                          mode="run_tests", hint="aware", steps=16, prompts_per_step=8, group_size=8,
+                          max_new_tokens=320, beta=0.0, vhack_m=16, lr=1e-2, warmup_steps=2,
+                          micro_batch=16, temperature=1.0, teacher_pool="builtin", mix_ratio=0.25,
+                          grade_timeout_s=5.0),
     # The journal's full run.
     "full": TrainConfig(model="Qwen/Qwen2.5-Coder-7B-Instruct", problems="bundled", steps=200,
                         prompts_per_step=16, group_size=4, max_new_tokens=1024, beta=0.04, vhack_m=16,

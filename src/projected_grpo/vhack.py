@@ -69,18 +69,46 @@ def completion_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 def pair_differences(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], batch_size: int = 8,
                      progress: bool = True) -> dict[str, torch.Tensor]:
-    """Per module, D = the stacked d of `pairs` -> {key: (n, r) fp32 on the CPU}."""
+    """Per module, D = the stacked d of `pairs` -> {key: (n, r) fp32 on the CPU}.
+
+    A pair whose d is non-finite in any module (seen in bf16 on a real 0.5B model) is dropped with a
+    warning naming it; since one such pair poisons its whole batch's backward, a batch holding one
+    is recomputed a pair at a time first, so only the culprit is lost."""
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in adapter.modules}
+    dropped: list[str] = []
     for group in tqdm(chunks(pairs, batch_size), desc="pair gradients", unit="batch",
                       disable=not progress, file=sys.stderr):
-        b = len(group)
-        with torch.enable_grad(), adapter.per_sample(2 * b) as leaves:
-            nll = completion_nll(model, pair_batch(tok, group))         # (2B,): hacks, then cleans
-            grads = torch.autograd.grad(nll.sum(), list(leaves.values()), allow_unused=True)
-        for (k, leaf), g in zip(leaves.items(), grads):
-            g = torch.zeros_like(leaf) if g is None else g              # (2B, r)
-            rows[k].append((g[:b] - g[b:]).detach().float().cpu())      # d, (B, r)
+        d = _batch_differences(model, tok, adapter, group)
+        finite = _finite_rows(d)
+        if not finite.all() and len(group) > 1:
+            singles = [_batch_differences(model, tok, adapter, [p]) for p in group]
+            d = {k: torch.cat([one[k] for one in singles]) for k in d}
+            finite = _finite_rows(d)
+        dropped += [p.id for p, ok in zip(group, finite.tolist()) if not ok]
+        for k, t in d.items():
+            rows[k].append(t[finite])
+    if dropped:
+        print(f"warning: dropped {len(dropped)} pair(s) with non-finite gradients: {', '.join(dropped)}",
+              file=sys.stderr)
     return {k: torch.cat(v) for k, v in rows.items()}
+
+
+def _batch_differences(model, tok, adapter: DeltaSAdapter, group: list[Pair]) -> dict[str, torch.Tensor]:
+    """{key: (B, r)} d of each pair in `group`, from one backward over hacks and cleans."""
+    b = len(group)
+    with torch.enable_grad(), adapter.per_sample(2 * b) as leaves:
+        nll = completion_nll(model, pair_batch(tok, group))         # (2B,): hacks, then cleans
+        grads = torch.autograd.grad(nll.sum(), list(leaves.values()), allow_unused=True)
+    out = {}
+    for (k, leaf), g in zip(leaves.items(), grads):
+        g = torch.zeros_like(leaf) if g is None else g              # (2B, r)
+        out[k] = (g[:b] - g[b:]).detach().float().cpu()             # d, (B, r)
+    return out
+
+
+def _finite_rows(d: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) True where a pair's d is finite in every module."""
+    return torch.stack([torch.isfinite(t).all(dim=1) for t in d.values()]).all(dim=0)
 
 
 # ---- D -> V ---------------------------------------------------------------------------------
@@ -142,6 +170,10 @@ def extract_v_hack(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], m: int
     if control == "random":
         return {k: random_v(r, m_eff, gen) for k, r in adapter.ranks().items()}
     D = pair_differences(model, tok, adapter, pairs, batch_size, progress)
+    n_kept = next(iter(D.values())).shape[0]
+    if n_kept == 0:
+        raise UserError("every training pair had non-finite gradients; try --dtype float32")
+    m_eff = min(m_eff, n_kept)
     if control == "shuffled":
         D = label_shuffle(D, gen)
     return {k: v_from_differences(d, m_eff) for k, d in D.items()}
