@@ -26,12 +26,10 @@ class ProjectionStats:
     frac_fired: float   # share of (module, axis) coefficients with c > 0
 
 
-def hackward_cos(v: torch.Tensor, g: torch.Tensor) -> float:
-    """‖relu(V g)‖ / ‖g‖ for V (m, r), g (r,); 0 for a zero g."""
+def hackward_cos(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """‖relu(V g)‖ / ‖g‖ for V (m, r), g (r,) as a 0-dim tensor (0 for a zero g); no host sync."""
     norm = g.norm()
-    if norm <= EPS:
-        return 0.0
-    return (torch.relu(v @ g).norm() / norm).item()
+    return torch.where(norm > EPS, torch.relu(v @ g).norm() / norm.clamp(min=EPS), torch.zeros_like(norm))
 
 
 def project_vector(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -44,22 +42,26 @@ def project_grads(grads: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor
                   apply: bool) -> ProjectionStats:
     """Measure (and, when `apply`, project in place) every module's gradient.
 
-    `grads`: module key -> δS.grad (r,); `v_hack`: module key -> V (m, r) on the same device."""
-    cos_in, cos_out, fired, axes = [], [], 0, 0
+    `grads`: module key -> δS.grad (r,); `v_hack`: module key -> V (m, r) on the same device.
+    The statistics stay on the device until one transfer at the end."""
+    cos_in, cos_out, fired, axes = [], [], [], 0
     for key, g in grads.items():
         v = v_hack[key].to(g.dtype)
-        c = v @ g
-        fired += int((c > 0).sum())
+        c = v @ g                                   # (m,)
+        fired.append((c > 0).sum())
         axes += c.numel()
         cos_in.append(hackward_cos(v, g))
         if apply:
-            g.copy_(project_vector(v, g))
+            g.sub_(torch.relu(c) @ v)
         cos_out.append(hackward_cos(v, g))
-    n = max(len(cos_in), 1)
-    return ProjectionStats(cos_in=sum(cos_in) / n, cos_out=sum(cos_out) / n, frac_fired=fired / max(axes, 1))
+    if not cos_in:
+        return ProjectionStats(0.0, 0.0, 0.0)
+    mean_in, mean_out, n_fired = torch.stack([torch.stack(cos_in).mean(), torch.stack(cos_out).mean(),
+                                              torch.stack(fired).sum().to(cos_in[0].dtype)]).tolist()
+    return ProjectionStats(cos_in=mean_in, cos_out=mean_out, frac_fired=n_fired / max(axes, 1))
 
 
 def update_cos(deltas: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor]) -> float:
     """Mean over modules of ‖relu(V Δδ)‖/‖Δδ‖ for the actual optimiser step Δδ."""
     vals = [hackward_cos(v_hack[k].to(d.dtype), d) for k, d in deltas.items()]
-    return sum(vals) / max(len(vals), 1)
+    return torch.stack(vals).mean().item() if vals else 0.0

@@ -144,7 +144,8 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
     configs = [json.loads((root / r.dir / runio.CONFIG).read_text()) for r in runs if r.status != "missing"]
     header = {"preset": sweep.get("preset"), "last_k": last_k,
               "n_finished": len(finished), "n_listed": len(runs)}
-    for key in ("model", "mode", "steps", "dtype", "group_size", "prompts_per_step", "vhack_m"):
+    for key in ("model", "mode", "hint", "steps", "dtype", "group_size", "prompts_per_step", "vhack_m",
+                "teacher_pool", "mix_ratio"):
         header[key] = sorted({c.get(key) for c in configs}, key=str)
     summary = {"header": header, "arms": arms,
                "runs": [{k: v for k, v in asdict(r).items() if k != "metrics"} for r in runs],
@@ -190,7 +191,11 @@ def markdown(summary: dict) -> str:
     lines = ["# Results", "",
              f"- preset: {h['preset'] or DASH + ' (no sweep.json)'}; model: {show(h['model'])}; "
              f"loophole mode: {show(h['mode'])}; steps: {show(h['steps'])}; dtype: {show(h['dtype'])}; "
-             f"P × G: {show(h['prompts_per_step'])} × {show(h['group_size'])}; m: {show(h['vhack_m'])}",
+             f"P × G: {show(h['prompts_per_step'])} × {show(h['group_size'])}; m: {show(h['vhack_m'])}; "
+             f"hint: {show(h['hint'])}",
+             "- hacking induced by: " + (f"teacher pool {show(h['teacher_pool'])} mixed into every group "
+                                        f"(mix ratio {show(h['mix_ratio'])}; rates count student rows only)"
+                                        if any(h["teacher_pool"]) else "nothing (no teacher pool)"),
              f"- k = {h['last_k']}: hack rate, pass rate and reward are the mean over each run's last "
              f"{h['last_k']} steps, then mean ± sem over seeds (sem = sample std / √n; n = 1 → {DASH}).",
              "- Δ vs vanilla: per seed, arm minus the vanilla run of the same seed, then mean ± sem "
