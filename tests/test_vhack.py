@@ -60,7 +60,7 @@ def test_pair_files_validate_and_filter(tmp_path, pair_file):
     assert len(load_pairs("bundled:code").pairs) > 0
     bad = tmp_path / "bad.jsonl"
     good = json.dumps(code_pair(0, "train"))
-    for line, match in [("{not json", "bad JSON"), (json.dumps({"id": "x", "split": "train"}), "missing field"),
+    for line, match in [("{not json", "invalid JSON"), (json.dumps({"id": "x", "split": "train"}), "missing field"),
                         (good.replace('"train"', '"dev"'), "split 'dev'")]:
         bad.write_text(good.replace('"t-0"', '"t-a"') + "\n" + line + "\n")
         with pytest.raises(UserError, match=match) as err:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from projected_grpo.errors import UserError
 

@@ -14,7 +14,6 @@ follows its prompt, so the completion mask is exact. Batches are right-padded.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from projected_grpo.env.prompts import HINTS, MODES
 from projected_grpo.errors import UserError
+from projected_grpo.jsonl import json_objects
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED = {"code": DATA_DIR / "pairs_code.jsonl", "persona": DATA_DIR / "pairs_persona.jsonl"}
@@ -88,14 +88,8 @@ def parse_modes(text: str | None) -> tuple[str, ...] | None:
     return modes
 
 
-def _parse_line(raw: str, where: str, kind: str | None) -> tuple[Pair, str]:
-    """One JSON line -> (Pair, its kind), raising UserError that names file:line."""
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where}: bad JSON ({err.msg} at column {err.colno})") from err
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+def _parse_row(row: dict, where: str, kind: str | None) -> tuple[Pair, str]:
+    """One JSON object -> (Pair, its kind), raising UserError that names file:line."""
     looks_like_code = isinstance(row.get("prompt"), list) or "mode" in row
     row_kind = kind or ("code" if looks_like_code else "persona")   # the file's first line decides
     fields = CODE_FIELDS if row_kind == "code" else PERSONA_FIELDS
@@ -130,11 +124,8 @@ def load_pairs(spec: str, split: str | None = None, modes: tuple[str, ...] | Non
     path = resolve(spec)
     data = path.read_bytes()
     pairs, kind, seen = [], None, set()
-    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{lineno}"
-        pair, kind = _parse_line(raw, where, kind)
+    for where, row in json_objects(data.decode("utf-8"), path):
+        pair, kind = _parse_row(row, where, kind)
         if pair.id in seen:
             raise UserError(f"{where}: duplicate pair id {pair.id!r}")
         seen.add(pair.id)

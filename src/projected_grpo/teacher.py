@@ -15,6 +15,7 @@ from pathlib import Path
 
 from projected_grpo.env.grader import EnvConfig, Grade, grade_many
 from projected_grpo.errors import UserError
+from projected_grpo.jsonl import json_objects
 
 
 class TeacherPool:
@@ -30,14 +31,10 @@ class TeacherPool:
             raise UserError(f"teacher pool {path} does not exist")
         known = {p.id for p in problems}
         entries: dict[str, list[str]] = {}
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                pid, text = str(rec["id"]), str(rec["completion"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise UserError(f"{path}:{n}: bad teacher-pool line ({err})") from err
+        for where, rec in json_objects(path.read_text(encoding="utf-8"), path):
+            if "id" not in rec or "completion" not in rec:
+                raise UserError(f"{where}: a teacher-pool line needs fields id and completion")
+            pid, text = str(rec["id"]), str(rec["completion"])
             if pid in known:
                 entries.setdefault(pid, []).append(text)
         missing = sorted(known - set(entries))

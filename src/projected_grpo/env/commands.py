@@ -17,6 +17,7 @@ from projected_grpo.env.problems import by_id, load_problems
 from projected_grpo.env.prompts import HINTS, MODES
 from projected_grpo.env.sandbox import resolve_backend
 from projected_grpo.errors import UserError
+from projected_grpo.jsonl import json_objects
 
 ITEM_FIELDS = ("id", "completion", "mode")
 
@@ -110,28 +111,18 @@ def read_items(path: Path, known_ids: set[str]) -> list[dict]:
     if not path.is_file():
         raise UserError(f"completions file {path} does not exist")
     items = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{where}: invalid JSON ({err.msg})") from err
-            if not isinstance(rec, dict):
-                raise UserError(f"{where}: expected a JSON object")
-            missing = [k for k in ITEM_FIELDS if k not in rec]
-            if missing:
-                raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
-            rec["id"] = str(rec["id"])
-            if rec["id"] not in known_ids:
-                raise UserError(f"{where}: unknown problem id {rec['id']!r}")
-            if rec["mode"] not in MODES:
-                raise UserError(f"{where}: unknown mode {rec['mode']!r}; known: {', '.join(MODES)}")
-            if not isinstance(rec["completion"], str):
-                raise UserError(f"{where}: field completion must be a string")
-            items.append(rec)
+    for where, rec in json_objects(path.read_text(encoding="utf-8"), path):
+        missing = [k for k in ITEM_FIELDS if k not in rec]
+        if missing:
+            raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
+        rec["id"] = str(rec["id"])
+        if rec["id"] not in known_ids:
+            raise UserError(f"{where}: unknown problem id {rec['id']!r}")
+        if rec["mode"] not in MODES:
+            raise UserError(f"{where}: unknown mode {rec['mode']!r}; known: {', '.join(MODES)}")
+        if not isinstance(rec["completion"], str):
+            raise UserError(f"{where}: field completion must be a string")
+        items.append(rec)
     return items
 
 

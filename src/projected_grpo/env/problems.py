@@ -8,12 +8,12 @@ func_name (`Solution().method`), setup_code, canonical_solution, prompt_metadata
 from __future__ import annotations
 
 import ast
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from projected_grpo.env.prompts import build_messages, method_name, problem_statement
 from projected_grpo.errors import UserError
+from projected_grpo.jsonl import json_objects
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "problems_bundled.jsonl"
 HF_PREFIX = "hf:"
@@ -112,20 +112,12 @@ def load_jsonl(path: str | Path) -> list[Problem]:
     if not path.is_file():
         raise UserError(f"problems file {path} does not exist")
     problems, seen = [], set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{where}: invalid JSON ({err.msg})") from err
-            prob = problem_from_record(rec, where)
-            if prob.id in seen:
-                raise UserError(f"{where}: duplicate problem id {prob.id}")
-            seen.add(prob.id)
-            problems.append(prob)
+    for where, rec in json_objects(path.read_text(encoding="utf-8"), path):
+        prob = problem_from_record(rec, where)
+        if prob.id in seen:
+            raise UserError(f"{where}: duplicate problem id {prob.id}")
+        seen.add(prob.id)
+        problems.append(prob)
     if not problems:
         raise UserError(f"{path}: no problems")
     return problems
