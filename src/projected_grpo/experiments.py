@@ -29,36 +29,22 @@ DEMO_SEEDS = (41,)
 
 
 # ---- the shared artifact ----------------------------------------------------------------------
-def _model_for(cfg: TrainConfig):
-    """(model, tokenizer, adapter) exactly as the trainer builds them (same dtype, device, targets)."""
-    from projected_grpo import dist
-    from projected_grpo.adapter import AdapterConfig, attach
-    from projected_grpo.models import load_model
-
-    device = cfg.device if cfg.device != "auto" else dist.default_device()
-    model, tok = load_model(cfg.model, cfg.dtype, device)
-    adapter = attach(model, cfg.model, AdapterConfig(targets=tuple(cfg.targets.split(","))))
-    return model, tok, adapter
-
-
 def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = True) -> dict | None:
     """Extract V into `path` from cfg.pairs / cfg.vhack_m unless it exists; with `verify`, run the
     held-out check (per-module table beside V) and return its summary dict (no per-module rows)."""
     from projected_grpo import vhack
     from projected_grpo.pairs import load_pairs, parse_modes
+    from projected_grpo.train import load_policy
 
     path = Path(path)
     if path.is_file() and not verify:
         return None
     modes = parse_modes(cfg.vhack_modes)
-    model, tok, adapter = _model_for(cfg)
+    model, tok, adapter = load_policy(cfg)
     if not path.is_file():
-        train_pairs = load_pairs(cfg.pairs, split="train", modes=modes)
         t0 = time.time()
-        v = vhack.extract_v_hack(model, tok, adapter, train_pairs.pairs, m=cfg.vhack_m, control="none",
-                                 seed=cfg.seed, progress=progress)
-        vhack.save_v_hack(path, v, adapter, control="none", pairs_sha256=train_pairs.sha256, modes=modes,
-                          n_train=len(train_pairs.pairs), seed=cfg.seed)
+        v, train_pairs = vhack.extract_to_file(path, model, tok, adapter, cfg.pairs, cfg.vhack_modes,
+                                               cfg.vhack_m, seed=cfg.seed, progress=progress)
         print(f"extracted V: {len(v)} modules, m={next(iter(v.values())).shape[0]}, "
               f"{len(train_pairs.pairs)} training pairs -> {path} ({time.time() - t0:.0f}s)")
     if not verify:
@@ -92,8 +78,7 @@ def ensure_run(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> str:
 
     state = run_state(run_dir, cfg.steps)
     if state != "missing":
-        old, new = json.loads((run_dir / runio.CONFIG).read_text()), json.loads(cfg.to_json())
-        diff = sorted(k for k in set(old) | set(new) if k != "steps" and old.get(k) != new.get(k))
+        diff = runio.config_diff(json.loads((run_dir / runio.CONFIG).read_text()), json.loads(cfg.to_json()))
         if diff:
             raise UserError(f"{run_dir} holds a run with another config ({', '.join(diff)} differ); "
                             "move it away or choose another --out")

@@ -57,6 +57,11 @@ def truncate_after(path: Path, step: int) -> None:
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
+def config_diff(old: dict, new: dict) -> list[str]:
+    """Fields in which two run configs differ, ignoring `steps` (a run may be extended)."""
+    return sorted(k for k in set(old) | set(new) if k != "steps" and old.get(k) != new.get(k))
+
+
 def prepare_dir(out: Path, config_json: str, resume: bool) -> None:
     """Create the run dir, or check a resumed one holds the same run."""
     cfg_path = out / CONFIG
@@ -64,8 +69,7 @@ def prepare_dir(out: Path, config_json: str, resume: bool) -> None:
         if not resume:
             raise UserError(f"{out} already holds a run ({CONFIG}); pass --resume to continue it "
                             "or choose another --out")
-        old, new = json.loads(cfg_path.read_text()), json.loads(config_json)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "steps")
+        diff = config_diff(json.loads(cfg_path.read_text()), json.loads(config_json))
         if diff:
             raise UserError(f"{out}: --resume with a different config ({', '.join(diff)} differ)")
     out.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,18 @@ from projected_grpo.teacher import TeacherPool
 PROJECTING_ARMS = ("projected", "random", "shuffled")
 
 
+def policy_device(cfg: TrainConfig) -> torch.device:
+    """cfg.device, with `auto` = this rank's GPU when there is one, else the CPU."""
+    return torch.device(cfg.device if cfg.device != "auto" else dist.default_device())
+
+
+def load_policy(cfg: TrainConfig):
+    """(model, tokenizer, δS adapter) as every stage of a run builds them: same model, dtype, device
+    and targets, so a V extracted outside the trainer matches the trainer's adapter."""
+    model, tok = load_model(cfg.model, cfg.dtype, str(policy_device(cfg)))
+    return model, tok, attach(model, cfg.model, AdapterConfig(targets=tuple(cfg.targets.split(","))))
+
+
 class Trainer:
     """Holds the model, adapter, optimiser and environment of one run."""
 
@@ -50,12 +62,10 @@ class Trainer:
         if self.rank == 0:
             runio.prepare_dir(self.out, cfg.to_json(), resume)
         dist.barrier()
-        self.device = torch.device(cfg.device if cfg.device != "auto"
-                                   else dist.default_device())
-        self.model, self.tok = load_model(cfg.model, cfg.dtype, str(self.device))
+        self.device = policy_device(cfg)
+        self.model, self.tok, self.adapter = load_policy(cfg)
         if cfg.grad_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.adapter = attach(self.model, cfg.model, AdapterConfig(targets=tuple(cfg.targets.split(","))))
         self.env = EnvConfig(mode=cfg.mode, hint=cfg.hint, timeout_s=cfg.grade_timeout_s,
                              workers=cfg.grade_workers or EnvConfig().workers,
                              reward=RewardConfig(cfg.correct_reward, cfg.format_reward))
@@ -99,16 +109,12 @@ class Trainer:
 
     def _extract(self, path: Path, control: str) -> Path:
         """Extract V with the run's pairs into `path` (rank 0, once; kept across resumes)."""
-        from projected_grpo import pairs as pairs_mod, vhack
+        from projected_grpo import vhack
 
         cfg = self.cfg
         if self.rank == 0 and not path.is_file():
-            modes = pairs_mod.parse_modes(cfg.vhack_modes)
-            train_pairs = pairs_mod.load_pairs(cfg.pairs, split="train", modes=modes)
-            v = vhack.extract_v_hack(self.model, self.tok, self.adapter, train_pairs.pairs, m=cfg.vhack_m,
-                                     control=control, seed=cfg.seed, progress=self.progress)
-            vhack.save_v_hack(path, v, self.adapter, control=control, pairs_sha256=train_pairs.sha256,
-                              modes=modes, n_train=len(train_pairs.pairs), seed=cfg.seed)
+            vhack.extract_to_file(path, self.model, self.tok, self.adapter, cfg.pairs, cfg.vhack_modes,
+                                  cfg.vhack_m, control, cfg.seed, progress=self.progress)
         dist.barrier()
         return path
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from projected_grpo.adapter import DeltaSAdapter, read_metadata
 from projected_grpo.errors import UserError
-from projected_grpo.pairs import Batch, Pair, chunks, load_pairs, pair_batch, parse_modes
+from projected_grpo.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
 
 CONTROLS = ("none", "random", "shuffled")
 ARTIFACT = "v_hack"           # metadata["artifact"] of a V file
@@ -199,6 +199,20 @@ def save_v_hack(path: str | Path, v: dict[str, torch.Tensor], adapter: DeltaSAda
     return path
 
 
+def extract_to_file(path: str | Path, model, tok, adapter: DeltaSAdapter, pairs: str, modes: str | None,
+                    m: int, control: str = "none", seed: int = 0, batch_size: int = 8,
+                    progress: bool = True) -> tuple[dict[str, torch.Tensor], PairSet]:
+    """Extract V from the training split of the pair file `pairs` (restricted to `modes`, e.g.
+    'run_tests,stdout') and save it to `path`. The one extraction path of the CLI, probe/sweep and
+    trainer. Returns (V, the training pairs)."""
+    mode_set = parse_modes(modes)
+    train_pairs = load_pairs(pairs, split="train", modes=mode_set)
+    v = extract_v_hack(model, tok, adapter, train_pairs.pairs, m, control, seed, batch_size, progress)
+    save_v_hack(path, v, adapter, control=control, pairs_sha256=train_pairs.sha256, modes=mode_set,
+                n_train=len(train_pairs.pairs), seed=seed)
+    return v, train_pairs
+
+
 def load_v_hack(path: str | Path, adapter: DeltaSAdapter) -> dict[str, torch.Tensor]:
     """The one V loader (verify and train): refuses legacy files, another model, dtype, module set,
     rank or weights, and V of the wrong shape. -> {key: (m, r) fp32 on that module's device}."""
@@ -311,17 +325,13 @@ def _load(args) -> tuple:
 
 def _cmd_extract(args) -> int:
     start = time.time()
-    modes = parse_modes(args.modes)
-    pair_set = load_pairs(args.pairs, split="train", modes=modes)
     model, tok, adapter = _load(args)
-    m_eff = effective_m(args.m, max(len(pair_set.pairs), 1), adapter.ranks())
+    v, pair_set = extract_to_file(args.out, model, tok, adapter, args.pairs, args.modes, args.m,
+                                  args.control, args.seed, args.batch_size)
+    m_eff = next(iter(v.values())).shape[0]
     if m_eff != args.m:
         print(f"note: m capped from {args.m} to {m_eff} (training pairs {len(pair_set.pairs)}, "
               f"smallest rank {min(adapter.ranks().values())})", file=sys.stderr)
-    v = extract_v_hack(model, tok, adapter, pair_set.pairs, args.m, args.control, args.seed,
-                       args.batch_size)
-    save_v_hack(args.out, v, adapter, control=args.control, pairs_sha256=pair_set.sha256,
-                modes=modes, n_train=len(pair_set.pairs), seed=args.seed)
     zero = sum(int(V.abs().max() == 0) for V in v.values())
     print(f"wrote {args.out}: {len(v)} modules, m={m_eff}, control={args.control}, "
           f"{len(pair_set.pairs)} training pairs from {pair_set.path}")
