@@ -121,3 +121,72 @@ def test_refuses_unmerged_weights(setup):
     model, _, adapter, ids, mask = setup
     with pytest.raises(RuntimeError, match="merged"):
         fast_rollout.generate(model, ids, mask, 4, [151645], 151643)
+
+
+def test_fused_projections_are_views_with_unchanged_values():
+    model, _ = load_model("tiny-qwen3", "float32")
+    ids = torch.tensor([[9707, 11, 1879, 0, 42]])
+    before = model(ids).logits
+    attn = model.model.layers[0].self_attn
+    q0 = attn.q_proj.weight.detach().clone()
+    adapter = attach(model, "tiny-qwen3")
+    with torch.no_grad():
+        for m in adapter.modules.values():
+            m.delta_s.fill_(0.2)
+    wqkv, bqkv = fast_rollout.fuse_projections([m.base for m in (adapter.modules[k] for k in (
+        "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"))])
+    assert bqkv is None and wqkv.shape[0] == sum(p.weight.shape[0] for p in (attn.q_proj.base, attn.k_proj.base,
+                                                                            attn.v_proj.base))
+    assert torch.equal(attn.q_proj.base.weight, q0)
+    # the linear's weight IS a block of the fused tensor: writes through one show in the other
+    assert attn.k_proj.base.weight.data_ptr() == wqkv.data_ptr() + q0.numel() * q0.element_size()
+    again, _ = fast_rollout.fuse_projections([attn.q_proj.base, attn.k_proj.base, attn.v_proj.base])
+    assert again.data_ptr() == wqkv.data_ptr()  # idempotent: no second copy
+    base = {k: m.base.weight.detach().clone() for k, m in adapter.modules.items()}
+    with adapter.merged():
+        folded = wqkv[: q0.shape[0]].clone()
+        expected = (adapter.modules["model.layers.0.self_attn.q_proj"].u * 0.2) @ \
+            adapter.modules["model.layers.0.self_attn.q_proj"].vh + q0
+        assert torch.allclose(folded, expected, atol=1e-5)  # δS folded in place is what the fused matmul reads
+    assert all(torch.equal(base[k], m.base.weight) for k, m in adapter.modules.items())
+    with torch.no_grad():
+        for m in adapter.modules.values():
+            m.delta_s.zero_()
+    assert torch.equal(model(ids).logits, before)  # the model computes exactly what it did
+
+
+def test_fuse_projections_refuses_mixed_biases():
+    lins = [torch.nn.Linear(4, 3, bias=True), torch.nn.Linear(4, 2, bias=False)]
+    with pytest.raises(ValueError, match="bias"):
+        fast_rollout.fuse_projections(lins)
+
+
+def test_matmul_attention_matches_sdpa(setup):
+    model, tok, adapter, ids, mask = setup
+    eos = list(model.generation_config.eos_token_id)
+    with adapter.merged(), torch.no_grad():
+        a = fast_rollout.generate(model, ids, mask, 20, eos, tok.pad_token_id, temperature=0.0, cache=False)
+        b = fast_rollout.generate(model, ids, mask, 20, eos, tok.pad_token_id, temperature=0.0, cache=False,
+                                  attention="matmul")
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="attention"):
+        fast_rollout.generate(model, ids, mask, 4, eos, tok.pad_token_id, attention="flash")
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_sampler_draws_from_softmax_and_nucleus(top_p):
+    """Gumbel-max over (B, V) logits: empirical frequencies match softmax(l / T) (renormalised over
+    the nucleus when top_p < 1); eos is never drawn under ignore_eos."""
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0]).repeat(20_000, 1)
+    T = 0.8
+    spec = fast_rollout.SamplingSpec(temperature=T, top_p=top_p, ignore_eos=True, eos=(4,), pad=4)
+    ids = fast_rollout._sample_next(logits, spec, torch.tensor([4]))
+    freq = torch.bincount(ids, minlength=5).float() / ids.numel()
+    p = torch.softmax(logits[0, :4] / T, dim=0)
+    if top_p < 1.0:  # keep tokens whose preceding mass is <= top_p
+        keep = (p.cumsum(0) - p) <= top_p
+        p = torch.where(keep, p, torch.zeros_like(p))
+        p = p / p.sum()
+    assert freq[4] == 0
+    assert torch.allclose(freq[:4], p, atol=0.015), (freq, p)

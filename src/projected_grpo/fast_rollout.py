@@ -5,11 +5,17 @@ own weights, read in place (call it inside `adapter.merged()`, so δS is folded 
 
 - prefill: one eager forward over the prompt (SDPA, causal + padding mask), K/V written into a
   static cache (per layer: (B, n_kv, Lp + T, head_dim)), the first token sampled from its logits;
+- fused projections: q/k/v (and their biases) and gate/up are each ONE matmul. The model's own
+  parameters are re-pointed, once, at row blocks of a single buffer per layer (`fuse_projections`:
+  same values, same shapes, no extra memory), so δS folded into them in place by `merged()` is
+  what the fused matmul reads;
 - decode: one token per step for all rows. The step reads its inputs from fixed device buffers
   (current token, step counter, the cache) and writes its outputs back there, so on CUDA it is
   captured once in a CUDA graph and each step costs one `graph.replay()`; there is no Python per
   token beyond that. Attention reads only the cache prefix that can be filled: one graph per
-  bucket of `bucket` key positions, so early steps do not read the whole cache;
+  bucket of `bucket` key positions, so early steps do not read the whole cache. Attention is one
+  SDPA call per layer with the G query heads of each kv head as its "query length" (no repeated
+  K/V) and an additive mask for prompt padding and unwritten slots;
 - sampling on the GPU: temperature, optional top-p, then Gumbel-max (argmax of scores minus the
   log of Exp(1) noise: the same distribution as softmax + multinomial, from a different random
   stream); greedy when temperature <= 0; eos logits set to -inf when `ignore_eos` (forced length);
@@ -17,8 +23,10 @@ own weights, read in place (call it inside `adapter.merged()`, so δS is folded 
   all rows have ended.
 
 Optionally (CUDA, `compile_layers`) the elementwise work around the matmuls of each layer
-(RMSNorm, q/k norm, rotary, SiLU·mul, residual adds) is fused by torch.compile before capture; the
-matmuls stay cuBLAS calls. Any compile failure falls back to the eager functions.
+(RMSNorm, q/k norm, rotary, SiLU·mul, residual adds) and the sampling pass over the logits
+(temperature, eos mask, Gumbel noise, argmax: one read of the (B, V) logits instead of seven) are
+fused by torch.compile before capture; the matmuls stay cuBLAS calls. Any compile failure falls
+back to the eager functions.
 
 On the CPU everything runs eagerly (no graphs, no compile); the test compares greedy decoding
 token for token with HF `generate`. Graphs and buffers are cached between calls for one
@@ -65,21 +73,59 @@ def _linear(m: nn.Module, check: bool = True) -> nn.Linear:
     return m
 
 
+def _fused_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The one tensor whose consecutive row blocks `tensors` are, or None if they are not."""
+    first = tensors[0]
+    same = all(t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+               and t.is_contiguous() and t.shape[1:] == first.shape[1:] for t in tensors)
+    if not same:
+        return None
+    offset = first.storage_offset()
+    for t in tensors:
+        if t.storage_offset() != offset:
+            return None
+        offset += t.numel()
+    rows = sum(t.shape[0] for t in tensors)
+    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(),
+                                   (rows, *first.shape[1:]), first.stride())
+
+
+def fuse_projections(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of the concatenation of `linears`, where each linear's own weight and bias
+    become views of row blocks of it (values unchanged). One matmul then computes every linear,
+    and in-place writes to any of them (δS folded by `adapter.merged()`) land in the fused tensor.
+    Idempotent: already-fused linears just return the existing buffer."""
+    weights = [lin.weight for lin in linears]
+    biases = [lin.bias for lin in linears]
+    if any(b is None for b in biases) and not all(b is None for b in biases):
+        raise ValueError("fuse_projections: either every linear has a bias or none has")
+    out = []
+    for group in (weights, None if biases[0] is None else biases):
+        if group is None:
+            out.append(None)
+            continue
+        fused = _fused_view([t.data for t in group])
+        if fused is None:
+            fused = torch.cat([t.detach() for t in group])
+            offset = 0
+            for t in group:  # re-point the parameter at its block; the old storage is freed
+                n = t.shape[0]
+                t.data = fused[offset:offset + n]
+                offset += n
+        out.append(fused)
+    return out[0], out[1]
+
+
 @dataclass
 class _LayerW:
     ln1: torch.Tensor
-    wq: torch.Tensor
-    bq: torch.Tensor | None
-    wk: torch.Tensor
-    bk: torch.Tensor | None
-    wv: torch.Tensor
-    bv: torch.Tensor | None
+    wqkv: torch.Tensor           # (n_heads·D + 2·n_kv·D, d): rows of q, then k, then v
+    bqkv: torch.Tensor | None
     wo: torch.Tensor
     qn: torch.Tensor | None
     kn: torch.Tensor | None
     ln2: torch.Tensor
-    wg: torch.Tensor
-    wu: torch.Tensor
+    wgu: torch.Tensor            # (2·I, d): rows of gate, then up
     wd: torch.Tensor
 
 
@@ -96,13 +142,12 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rot * sin
 
 
-def _pre_attn(x, ln1, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, n_kv: int, hd: int):
+def _pre_attn(x, ln1, wqkv, bqkv, qn, kn, cos, sin, eps: float, n_heads: int, n_kv: int, hd: int):
     """x (B, S, d) -> q (B, H, S, D), k, v (B, n_kv, S, D), rotary applied. cos/sin (B, S, D)."""
     B, S, _ = x.shape
     h = _rms(x, ln1, eps)
-    q = F.linear(h, wq, bq).view(B, S, -1, hd)
-    k = F.linear(h, wk, bk).view(B, S, n_kv, hd)
-    v = F.linear(h, wv, bv).view(B, S, n_kv, hd)
+    q, k, v = F.linear(h, wqkv, bqkv).split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)
+    q, k, v = q.view(B, S, n_heads, hd), k.view(B, S, n_kv, hd), v.view(B, S, n_kv, hd)
     if qn is not None:
         q, k = _rms(q, qn, eps), _rms(k, kn, eps)
     c, s = cos[:, :, None, :], sin[:, :, None, :]
@@ -110,18 +155,18 @@ def _pre_attn(x, ln1, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, n_kv
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-def _post_attn(x, attn, wo, ln2, wg, wu, wd, eps: float):
+def _post_attn(x, attn, wo, ln2, wgu, wd, eps: float):
     """Residual + o_proj, then the SwiGLU MLP block. x, attn (B, S, ·)."""
     x = x + F.linear(attn, wo)
-    h = _rms(x, ln2, eps)
-    return x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+    gate, up = F.linear(_rms(x, ln2, eps), wgu).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, wd)
 
 
 class _Model:
     """Weight views and shape facts of one Qwen2/Qwen3 model (no copies of any weight)."""
 
     def __init__(self, model, check: bool = True):
-        lin = lambda mod: _linear(mod, check)  # noqa: E731
+        lin = lambda mod: _linear(mod, check)
         cfg, body = model.config, model.model
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -136,14 +181,13 @@ class _Model:
         self.layers: list[_LayerW] = []
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
-            q, k, v, o = lin(a.q_proj), lin(a.k_proj), lin(a.v_proj), lin(a.o_proj)
+            wqkv, bqkv = fuse_projections([lin(a.q_proj), lin(a.k_proj), lin(a.v_proj)])
+            wgu, _ = fuse_projections([lin(m.gate_proj), lin(m.up_proj)])
             self.layers.append(_LayerW(
-                ln1=layer.input_layernorm.weight, wq=q.weight, bq=q.bias, wk=k.weight, bk=k.bias,
-                wv=v.weight, bv=v.bias, wo=o.weight,
+                ln1=layer.input_layernorm.weight, wqkv=wqkv, bqkv=bqkv, wo=lin(a.o_proj).weight,
                 qn=a.q_norm.weight if hasattr(a, "q_norm") else None,
                 kn=a.k_norm.weight if hasattr(a, "k_norm") else None,
-                ln2=layer.post_attention_layernorm.weight, wg=lin(m.gate_proj).weight,
-                wu=lin(m.up_proj).weight, wd=lin(m.down_proj).weight))
+                ln2=layer.post_attention_layernorm.weight, wgu=wgu, wd=lin(m.down_proj).weight))
         self.dtype = self.embed.dtype
         self.device = self.embed.device
 
@@ -177,29 +221,42 @@ class SamplingSpec:
         return self.temperature <= 0
 
 
-def _sample_next(logits: torch.Tensor, spec: SamplingSpec, eos_t: torch.Tensor) -> torch.Tensor:
-    """logits (B, V) fp32 -> next ids (B,). All on the device, capturable in a CUDA graph."""
-    if spec.ignore_eos:
-        logits = logits.index_fill(1, eos_t, float("-inf"))
+def _pick(logits: torch.Tensor, noise: torch.Tensor | None, eos_t: torch.Tensor, temperature: float,
+          ignore_eos: bool) -> torch.Tensor:
+    """logits (B, V) -> next ids (B,). noise: (B, V) fp32 Exp(1) draws, None for greedy.
+    Gumbel-max: argmax(s/T − log E) with E ~ Exp(1) samples softmax(s/T). One pass over the logits
+    once compiled; capturable in a CUDA graph."""
+    s = logits.float()
+    if ignore_eos:
+        s = s.index_fill(1, eos_t, float("-inf"))
+    if noise is None:
+        return s.argmax(dim=-1)
+    return (s / temperature - noise.log()).argmax(dim=-1)
+
+
+def _sample_next(logits: torch.Tensor, spec: SamplingSpec, eos_t: torch.Tensor,
+                 noise: torch.Tensor | None = None, pick=_pick) -> torch.Tensor:
+    """Sample next ids (B,) from logits (B, V); `noise` is a reusable (B, V) fp32 buffer."""
     if spec.greedy:
-        return logits.argmax(dim=-1)
-    scores = logits / spec.temperature
-    if spec.top_p < 1.0:
-        sorted_s, idx = scores.sort(dim=-1, descending=True)
+        return pick(logits, None, eos_t, spec.temperature, spec.ignore_eos)
+    if spec.top_p < 1.0:  # nucleus: drop tokens outside the top-p mass of softmax(s/T), eos excluded first
+        s = logits.float()
+        if spec.ignore_eos:
+            s = s.index_fill(1, eos_t, float("-inf"))
+        sorted_s, idx = (s / spec.temperature).sort(dim=-1, descending=True)
         probs = sorted_s.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs           # mass strictly before each token
-        drop_sorted = before > spec.top_p                # keeps at least the top token
-        drop = drop_sorted.scatter(1, idx, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    noise = torch.empty_like(scores).exponential_()     # Gumbel-max: argmax(s - log E), E ~ Exp(1)
-    return (scores - noise.log()).argmax(dim=-1)
+        drop_sorted = probs.cumsum(dim=-1) - probs > spec.top_p  # mass strictly before; keeps the top
+        logits = s.masked_fill(drop_sorted.scatter(1, idx, drop_sorted), float("-inf"))
+    noise = (torch.empty(logits.shape, dtype=torch.float32, device=logits.device) if noise is None
+             else noise).exponential_()
+    return pick(logits, noise, eos_t, spec.temperature, spec.ignore_eos)
 
 
 class _Decoder:
     """Static buffers (+ CUDA graphs) for one (batch, padded prompt length, T, sampling) key."""
 
     def __init__(self, m: _Model, B: int, Lp: int, T: int, spec: SamplingSpec, use_graphs: bool,
-                 compile_layers: bool, bucket: int):
+                 compile_layers: bool, bucket: int, attention: str = "sdpa"):
         self.m, self.B, self.Lp, self.T, self.spec = m, B, Lp, T, spec
         self.L = Lp + T
         dev, dt = m.device, m.dtype
@@ -213,11 +270,14 @@ class _Decoder:
         self.out = torch.full((B, T), spec.pad, dtype=torch.long, device=dev)
         self.eos_t = torch.tensor(spec.eos or [spec.pad], dtype=torch.long, device=dev)
         self.key_pos = torch.arange(self.L, device=dev)
-        self.pre, self.post = _pre_attn, _post_attn
+        self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
+        self.attention = attention
+        self.pre, self.post, self.pick = _pre_attn, _post_attn, _pick
         if compile_layers:
             try:
                 self.pre = torch.compile(_pre_attn, dynamic=False, fullgraph=True)
                 self.post = torch.compile(_post_attn, dynamic=False, fullgraph=True)
+                self.pick = torch.compile(_pick, dynamic=False, fullgraph=True)
             except Exception as err:  # noqa: BLE001 - compile is an optimisation only
                 log.warning("torch.compile unavailable (%s); eager layers", err)
         self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
@@ -233,23 +293,25 @@ class _Decoder:
         cos, sin = m.cos_sin(pos)
         x = F.embedding(self.tok[:, None], m.embed)                  # (B, 1, d)
         ok = self.key_ok[:, :end] & (self.key_pos[:end] <= slot)     # (B, end)
-        bias = torch.zeros(B, 1, 1, end, device=x.device, dtype=torch.float32).masked_fill(
-            ~ok[:, None, None, :], float("-inf"))
+        bias = torch.zeros(B, 1, 1, end, device=x.device, dtype=m.dtype).masked_fill(
+            ~ok[:, None, None, :], float("-inf"))                    # (B, 1, 1, end) additive mask
         G = m.n_heads // m.n_kv
-        scale = m.hd ** -0.5
         for i, lw in enumerate(m.layers):
-            q, k, v = self.pre(x, lw.ln1, lw.wq, lw.bq, lw.wk, lw.bk, lw.wv, lw.bv, lw.qn, lw.kn,
-                               cos, sin, m.eps, m.n_kv, m.hd)       # q (B, H, 1, D)
+            q, k, v = self.pre(x, lw.ln1, lw.wqkv, lw.bqkv, lw.qn, lw.kn, cos, sin, m.eps,
+                               m.n_heads, m.n_kv, m.hd)             # q (B, H, 1, D)
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc.index_copy_(2, slot, k)
             vc.index_copy_(2, slot, v)
-            qg = q.reshape(B, m.n_kv, G, m.hd)
-            scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2)).float() * scale + bias
-            probs = scores.softmax(dim=-1).to(q.dtype)              # (B, n_kv, G, end)
-            attn = torch.matmul(probs, vc[:, :, :end]).reshape(B, 1, m.n_heads * m.hd)
-            x = self.post(x, attn, lw.wo, lw.ln2, lw.wg, lw.wu, lw.wd, m.eps)
-        logits = F.linear(_rms(x[:, 0], m.norm, m.eps), m.head).float()
-        nxt = _sample_next(logits, spec, self.eos_t)
+            # the G query heads sharing a kv head play the role of G query positions
+            qg = q.reshape(B, m.n_kv, G, m.hd)                       # (B, n_kv, G, D)
+            if self.attention == "sdpa":
+                attn = F.scaled_dot_product_attention(qg, kc[:, :, :end], vc[:, :, :end], attn_mask=bias)
+            else:  # explicit matmuls (kept for comparison in bench/grpo_step.py --check)
+                scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2)).float() * m.hd ** -0.5 + bias
+                attn = torch.matmul(scores.softmax(dim=-1).to(q.dtype), vc[:, :, :end])
+            x = self.post(x, attn.reshape(B, 1, m.n_heads * m.hd), lw.wo, lw.ln2, lw.wgu, lw.wd, m.eps)
+        logits = F.linear(_rms(x[:, 0], m.norm, m.eps), m.head)      # (B, V)
+        nxt = _sample_next(logits, spec, self.eos_t, self.noise, self.pick)
         nxt = torch.where(self.finished, torch.full_like(nxt, spec.pad), nxt)
         if not spec.ignore_eos:
             self.finished |= (nxt[:, None] == self.eos_t).any(dim=1)
@@ -292,16 +354,16 @@ class _Decoder:
         allowed = (causal & (valid[:, None, :] | eye))[:, None]      # (B, 1, Lp, Lp)
         rep = m.n_heads // m.n_kv
         for i, lw in enumerate(m.layers):
-            q, k, v = _pre_attn(x, lw.ln1, lw.wq, lw.bq, lw.wk, lw.bk, lw.wv, lw.bv, lw.qn, lw.kn,
-                                cos, sin, m.eps, m.n_kv, m.hd)
+            q, k, v = _pre_attn(x, lw.ln1, lw.wqkv, lw.bqkv, lw.qn, lw.kn, cos, sin, m.eps,
+                                m.n_heads, m.n_kv, m.hd)
             self.k_cache[i][:, :, :Lp].copy_(k)
             self.v_cache[i][:, :, :Lp].copy_(v)
             attn = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
                                                   attn_mask=allowed)
-            x = _post_attn(x, attn.transpose(1, 2).reshape(B, Lp, -1), lw.wo, lw.ln2, lw.wg, lw.wu,
-                           lw.wd, m.eps)
-        logits = F.linear(_rms(x[:, -1], m.norm, m.eps), m.head).float()
-        first = _sample_next(logits, self.spec, self.eos_t)
+            x = _post_attn(x, attn.transpose(1, 2).reshape(B, Lp, -1), lw.wo, lw.ln2, lw.wgu, lw.wd,
+                           m.eps)
+        logits = F.linear(_rms(x[:, -1], m.norm, m.eps), m.head)
+        first = _sample_next(logits, self.spec, self.eos_t, self.noise)
         self.n_valid.copy_(mask.long().sum(-1))
         self.key_ok.fill_(True)
         self.key_ok[:, :Lp].copy_(valid)
@@ -320,12 +382,12 @@ class _Decoder:
         if self.use_graphs and not self.graphs and self.T > 1:
             try:
                 self._capture()
-            except Exception as err:  # noqa: BLE001 - a compile failure falls back to eager layers
+            except Exception as err:  # a compile failure falls back to eager layers
                 if self.pre is _pre_attn:
                     raise
                 log.warning("compiled decode step failed (%s: %s); capturing eager layers",
                             type(err).__name__, err)
-                self.pre, self.post, self.compile_layers = _pre_attn, _post_attn, False
+                self.pre, self.post, self.pick, self.compile_layers = _pre_attn, _post_attn, _pick, False
                 self.graphs.clear()
                 self._prefill(ids, mask)
                 self._capture()
@@ -355,12 +417,15 @@ def release() -> None:
 def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: list[int],
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0, ignore_eos: bool = False,
              use_graphs: bool | None = None, compile_layers: bool | None = None, bucket: int = 128,
-             check_every: int = 16, cache: bool = True) -> torch.Tensor:
+             check_every: int = 16, cache: bool = True, attention: str = "sdpa") -> torch.Tensor:
     """Completion ids (B, ≤ max_new_tokens), right-padded with `pad_id` after each row's first eos.
 
     `ids`/`mask`: left-padded prompts (B, Lp). Read the weights inside `adapter.merged()`.
     Seed with `torch.manual_seed` before the call (the noise comes from the default generator).
-    Graphs and compile default to on for CUDA, off elsewhere."""
+    Graphs and compile default to on for CUDA, off elsewhere. `attention`: "sdpa" (one fused call per
+    layer) or "matmul" (explicit scores and softmax; for comparison)."""
+    if attention not in ("sdpa", "matmul"):
+        raise ValueError(f"attention must be 'sdpa' or 'matmul', not {attention!r}")
     if not supports(model):
         raise RuntimeError(f"fast rollout supports {SUPPORTED_TYPES}, not "
                            f"{getattr(model.config, 'model_type', '?')}")
@@ -376,11 +441,12 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     # the cached decoder holds the weight tensors, so their addresses identify this model's weights
     first = model.model.layers[0].mlp.down_proj
     key = (id(model), model.model.embed_tokens.weight.data_ptr(), _linear(first, False).weight.data_ptr(),
-           B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket, str(ids.device))
+           B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket, attention, str(ids.device))
     dec = _CACHE.get(key)
     if dec is None:
         _CACHE.clear()  # one entry: a decoder holds a KV cache the size of the batch
-        dec = _Decoder(_Model(model), B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket)
+        dec = _Decoder(_Model(model), B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket,
+                       attention)
         if cache:
             _CACHE[key] = dec
     return dec.run(ids, mask, check_every).clone()
