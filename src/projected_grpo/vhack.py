@@ -363,7 +363,7 @@ def _cmd_verify(args) -> int:
 
 
 def _common(p) -> None:
-    p.add_argument("--model", default="tiny-qwen3", help="embedded name, hub id, local dir or .gguf")
+    p.add_argument("--model", default="tiny-qwen3", help="embedded name, random:SHAPE, hub id, local dir or .gguf")
     p.add_argument("--pairs", default="bundled:code", help="pair file, or bundled:code / bundled:persona")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="model dtype (the SVD basis, hence V, is dtype-specific)")
