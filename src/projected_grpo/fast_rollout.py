@@ -157,6 +157,11 @@ def _qkv(h, wqkv, bqkv, qn, kn, cos, sin, eps: float, n_heads: int, n_kv: int, h
     return q.transpose(1, 2), torch.stack((k.transpose(1, 2), v.transpose(1, 2)))
 
 
+def _masked_softmax(scores, bias, scale: float):
+    """softmax(scores · scale + bias) over the keys, in fp32, back in the scores' dtype."""
+    return (scores.float() * scale + bias).softmax(dim=-1).to(scores.dtype)
+
+
 def _block_out(x, attn, wo, ln2, wgu, wd, ln_next, eps: float):
     """Residual + o_proj, the SwiGLU MLP block, and the NEXT norm (the following layer's input norm,
     or the final norm) in the same pass as the last residual add. x, attn (B, S, ·) -> (x, h_next)."""
@@ -278,12 +283,14 @@ class _Decoder:
         self.key_pos = torch.arange(self.L, device=dev)
         self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
         self.attention = attention
-        self.qkv, self.block_out, self.pick = _qkv, _block_out, _pick
+        self.qkv, self.block_out, self.pick, self.softmax = _qkv, _block_out, _pick, _masked_softmax
         if compile_layers:
             try:
                 self.qkv = torch.compile(_qkv, dynamic=False, fullgraph=True)
                 self.block_out = torch.compile(_block_out, dynamic=False, fullgraph=True)
                 self.pick = torch.compile(_pick, dynamic=False, fullgraph=True)
+                # the key length changes with the bucket: a dynamic-shape kernel from the 2nd one on
+                self.softmax = torch.compile(_masked_softmax, fullgraph=True)
             except Exception as err:  # noqa: BLE001 - compile is an optimisation only
                 log.warning("torch.compile unavailable (%s); eager layers", err)
         self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
@@ -312,9 +319,9 @@ class _Decoder:
             qg = q.reshape(B, m.n_kv, G, m.hd)                       # (B, n_kv, G, D)
             if self.attention == "sdpa":
                 attn = F.scaled_dot_product_attention(qg, kc[:, :, :end], vc[:, :, :end], attn_mask=bias)
-            else:  # explicit matmuls (kept for comparison in bench/grpo_step.py --check)
-                scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2)).float() * m.hd ** -0.5 + bias
-                attn = torch.matmul(scores.softmax(dim=-1).to(q.dtype), vc[:, :, :end])
+            else:  # two cuBLAS matmuls around one (compiled) masked softmax
+                scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2))     # (B, n_kv, G, end)
+                attn = torch.matmul(self.softmax(scores, bias, m.hd ** -0.5), vc[:, :, :end])
             x, h = self.block_out(x, attn.reshape(B, 1, m.n_heads * m.hd), lw.wo, lw.ln2, lw.wgu, lw.wd,
                                   m.next_norm[i], m.eps)
         logits = F.linear(h[:, 0], m.head)                           # (B, V); h is final-normed
@@ -395,6 +402,7 @@ class _Decoder:
                 log.warning("compiled decode step failed (%s: %s); capturing eager layers",
                             type(err).__name__, err)
                 self.qkv, self.block_out, self.pick, self.compile_layers = _qkv, _block_out, _pick, False
+                self.softmax = _masked_softmax
                 self.graphs.clear()
                 self._prefill(ids, mask)
                 self._capture()
@@ -430,7 +438,7 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     `ids`/`mask`: left-padded prompts (B, Lp). Read the weights inside `adapter.merged()`.
     Seed with `torch.manual_seed` before the call (the noise comes from the default generator).
     Graphs and compile default to on for CUDA, off elsewhere. `attention`: "sdpa" (one fused call per
-    layer) or "matmul" (explicit scores and softmax); both compute the same thing,
+    layer) or "matmul" (two matmuls around a masked softmax); both compute the same thing,
     bench/grpo_step.py --check times them."""
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {ATTENTION}, not {attention!r}")
