@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from projected_grpo import fast_rollout
+from projected_grpo import decode_layers, fast_rollout
 from projected_grpo.adapter import attach
 from projected_grpo.models import load_model
 from projected_grpo.rollout import sample
@@ -133,14 +133,14 @@ def test_fused_projections_are_views_with_unchanged_values():
     with torch.no_grad():
         for m in adapter.modules.values():
             m.delta_s.fill_(0.2)
-    wqkv, bqkv = fast_rollout.fuse_projections([m.base for m in (adapter.modules[k] for k in (
+    wqkv, bqkv = decode_layers.fuse_projections([m.base for m in (adapter.modules[k] for k in (
         "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"))])
     assert bqkv is None and wqkv.shape[0] == sum(p.weight.shape[0] for p in (attn.q_proj.base, attn.k_proj.base,
                                                                             attn.v_proj.base))
     assert torch.equal(attn.q_proj.base.weight, q0)
     # the linear's weight IS a block of the fused tensor: writes through one show in the other
     assert attn.k_proj.base.weight.data_ptr() == wqkv.data_ptr() + q0.numel() * q0.element_size()
-    again, _ = fast_rollout.fuse_projections([attn.q_proj.base, attn.k_proj.base, attn.v_proj.base])
+    again, _ = decode_layers.fuse_projections([attn.q_proj.base, attn.k_proj.base, attn.v_proj.base])
     assert again.data_ptr() == wqkv.data_ptr()  # idempotent: no second copy
     base = {k: m.base.weight.detach().clone() for k, m in adapter.modules.items()}
     with adapter.merged():
@@ -158,7 +158,7 @@ def test_fused_projections_are_views_with_unchanged_values():
 def test_fuse_projections_refuses_mixed_biases():
     lins = [torch.nn.Linear(4, 3, bias=True), torch.nn.Linear(4, 2, bias=False)]
     with pytest.raises(ValueError, match="bias"):
-        fast_rollout.fuse_projections(lins)
+        decode_layers.fuse_projections(lins)
 
 
 @pytest.mark.parametrize("attention", ["matmul"])
@@ -185,8 +185,8 @@ def test_sampler_draws_from_softmax_and_nucleus(top_p):
     torch.manual_seed(0)
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0]).repeat(20_000, 1)
     T = 0.8
-    spec = fast_rollout.SamplingSpec(temperature=T, top_p=top_p, ignore_eos=True, eos=(4,), pad=4)
-    ids = fast_rollout._sample_next(logits, spec, torch.tensor([4]))
+    spec = decode_layers.SamplingSpec(temperature=T, top_p=top_p, ignore_eos=True, eos=(4,), pad=4)
+    ids = decode_layers.sample_next(logits, spec, torch.tensor([4]))
     freq = torch.bincount(ids, minlength=5).float() / ids.numel()
     p = torch.softmax(logits[0, :4] / T, dim=0)
     if top_p < 1.0:  # keep tokens whose preceding mass is <= top_p
