@@ -84,7 +84,7 @@ class _Decoder:
         self.key_pos = torch.arange(self.L, device=dev)
         self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
         self.attention = attention
-        self.qkv, self.block_out, self.pick, self.softmax = qkv, block_out, pick, masked_softmax
+        self._use_eager_functions()
         if compile_layers:
             try:
                 self.qkv = torch.compile(qkv, dynamic=False, fullgraph=True)
@@ -94,10 +94,15 @@ class _Decoder:
                 self.softmax = torch.compile(masked_softmax, fullgraph=True)
             except Exception as err:  # noqa: BLE001 - compile is an optimisation only
                 log.warning("torch.compile unavailable (%s); eager layers", err)
+                self._use_eager_functions()
         self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.use_graphs = use_graphs
         self.compile_layers = compile_layers
+
+    def _use_eager_functions(self) -> None:
+        """The step's per-layer functions and sampler, uncompiled."""
+        self.qkv, self.block_out, self.pick, self.softmax = qkv, block_out, pick, masked_softmax
 
     # ---- one decode step over keys [0, end) --------------------------------------------------
     def _step(self, end: int) -> None:
@@ -202,8 +207,8 @@ class _Decoder:
                     raise
                 log.warning("compiled decode step failed (%s: %s); capturing eager layers",
                             type(err).__name__, err)
-                self.qkv, self.block_out, self.pick, self.compile_layers = qkv, block_out, pick, False
-                self.softmax = masked_softmax
+                self._use_eager_functions()
+                self.compile_layers = False
                 self.graphs.clear()
                 self._prefill(ids, mask)
                 self._capture()

@@ -28,8 +28,13 @@ class ProjectionStats:
 
 def hackward_cos(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """‖relu(V g)‖ / ‖g‖ for V (m, r), g (r,) as a 0-dim tensor (0 for a zero g); no host sync."""
-    norm = g.norm()
-    return torch.where(norm > EPS, torch.relu(v @ g).norm() / norm.clamp(min=EPS), torch.zeros_like(norm))
+    return _cos_from(v @ g, g)
+
+
+def _cos_from(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """‖relu(c)‖ / ‖g‖ over the last dim, given c = V g: c (..., m), g (..., r); 0 where g = 0."""
+    norm = g.norm(dim=-1)
+    return torch.where(norm > EPS, torch.relu(c).norm(dim=-1) / norm.clamp(min=EPS), torch.zeros_like(norm))
 
 
 def project_vector(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -56,24 +61,18 @@ def project_grads(grads: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor
         c = torch.bmm(V, G[:, :, None])[:, :, 0]                          # (n, m): c = V g per module
         fired.append((c > 0).sum())
         axes += c.numel()
-        cos_in.append(_batched_cos(c, G))
+        cos_in.append(_cos_from(c, G))
         if apply:
             G = G - torch.bmm(torch.relu(c)[:, None, :], V)[:, 0, :]      # g − relu(V g) V
             torch._foreach_copy_([grads[k] for k in keys], list(G.unbind(0)))
             c = torch.bmm(V, G[:, :, None])[:, :, 0]
-        cos_out.append(_batched_cos(c, G))
+        cos_out.append(_cos_from(c, G))
     if not cos_in:
         return ProjectionStats(0.0, 0.0, 0.0)
     cos_in_all, cos_out_all = torch.cat(cos_in), torch.cat(cos_out)
     mean_in, mean_out, n_fired = torch.stack([cos_in_all.mean(), cos_out_all.mean(),
                                               torch.stack(fired).sum().to(cos_in_all.dtype)]).tolist()
     return ProjectionStats(cos_in=mean_in, cos_out=mean_out, frac_fired=n_fired / max(axes, 1))
-
-
-def _batched_cos(c: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """Per module ‖relu(c)‖/‖g‖ for c (n, m) = V g and G (n, r); 0 for a zero g."""
-    norm = G.norm(dim=1)
-    return torch.where(norm > EPS, torch.relu(c).norm(dim=1) / norm.clamp(min=EPS), torch.zeros_like(norm))
 
 
 def update_cos(deltas: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor]) -> float:
