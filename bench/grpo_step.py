@@ -126,7 +126,7 @@ def bench_ours(size: str, args, tok) -> dict:
         proj_times.append(time.perf_counter() - t)
         return s
 
-    patches = [(train, "load_model", lambda name, dtype, device: (model, tok)),
+    patches = [(train, "load_model", lambda name, dtype, device, m=model: (m, tok)),
                (adapter_mod, "svd_basis", fake_svd),
                (adapter_mod, "weight_hash", lambda w: f"{tuple(w.shape)}:{w.data_ptr()}"),
                (train, "grade_many", fake_grades),
@@ -141,7 +141,8 @@ def bench_ours(size: str, args, tok) -> dict:
                           n_problems=args.prompts, prompts_per_step=args.prompts, group_size=args.group,
                           max_new_tokens=args.new_tokens, beta=0.0, arm="projected", vhack_m=args.m,
                           micro_batch=args.micro_batch, grad_checkpointing=size in args.ckpt_sizes,
-                          fast_rollout=True, steps=args.warmup + args.steps, warmup_steps=1,
+                          fast_rollout=True, decode_attention=args.attention,
+                          steps=args.warmup + args.steps, warmup_steps=1,
                           max_prompt_tokens=4096, samples_every=0)
         _reset_peak()
         with tempfile.TemporaryDirectory() as out:
@@ -194,7 +195,8 @@ def decode_profile(model, trainer, tok, args) -> dict:
             _sync()
             t = time.perf_counter()
             with trainer.adapter.merged(), torch.no_grad():
-                fast_rollout.generate(model, ids, mask, n, eos, tok.pad_token_id, ignore_eos=True)
+                fast_rollout.generate(model, ids, mask, n, eos, tok.pad_token_id, ignore_eos=True,
+                                      attention=args.attention)
             _sync()
             times.append(time.perf_counter() - t)
         return statistics.median(times[1:])
@@ -244,7 +246,8 @@ def gpu_check(tok, args) -> None:
     ids, mask = encode_prompts(tok, msgs, DEVICE)
     ids, mask = ids.repeat_interleave(args.group, 0), mask.repeat_interleave(args.group, 0)
     eos, T = eos_token_ids(model, tok), args.new_tokens
-    for graphs, comp, attention in ((True, False, "sdpa"), (True, True, "matmul"), (True, True, "sdpa")):
+    for graphs, comp, attention in ((True, False, "sdpa"), (True, True, "matmul"), (True, True, "sdpa"),
+                                    (True, True, "triton")):
         times = []
         try:
             for _ in range(3):
@@ -384,7 +387,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", default="", help="append one JSON line per result here")
     ap.add_argument("--device", default="cuda", help="cpu: dry-run the plumbing (use --sizes tiny)")
-    ap.add_argument("--profile-attention", default="sdpa", help="decode attention profiled by --check")
+    ap.add_argument("--profile-attention", default="auto", help="decode attention profiled by --check")
+    ap.add_argument("--attention", default="auto", help="decode attention of our step (TrainConfig.decode_attention)")
     ap.add_argument("--check", action="store_true", help="first: fast path vs HF greedy + decode timings")
     args = ap.parse_args(argv)
     global DEVICE

@@ -161,7 +161,7 @@ def test_fuse_projections_refuses_mixed_biases():
         decode_layers.fuse_projections(lins)
 
 
-@pytest.mark.parametrize("attention", ["matmul"])
+@pytest.mark.parametrize("attention", ["matmul", "triton"])
 def test_attention_variants_match_sdpa(setup, attention):
     model, tok, adapter, ids, mask = setup
     eos = list(model.generation_config.eos_token_id)

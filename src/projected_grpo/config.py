@@ -62,6 +62,7 @@ class TrainConfig:
     logprob_chunk: int = 256             # positions per lm_head chunk in the log-prob pass
     grad_checkpointing: bool = False     # activation checkpointing in the training forward
     fast_rollout: bool = True            # CUDA: static-cache compiled decode; CPU: HF generate
+    decode_attention: str = "auto"       # fast decode's attention: auto | triton | sdpa | matmul
     # --- run ---
     seed: int = 41                       # seeds sampling, problem order and controls
     checkpoint_every: int = 1            # steps between checkpoints
@@ -74,6 +75,9 @@ class TrainConfig:
             raise UserError(f"--project-target must be grad or update, not {self.project_target!r}")
         if self.rebound_form not in ("multiplicative", "additive"):
             raise UserError(f"--rebound-form must be multiplicative or additive, not {self.rebound_form!r}")
+        if self.decode_attention not in ("auto", "triton", "sdpa", "matmul"):
+            raise UserError("--decode-attention must be auto, triton, sdpa or matmul, "
+                            f"not {self.decode_attention!r}")
         if not 0.0 <= self.mix_ratio < 1.0:
             raise UserError(f"--mix-ratio must be in [0, 1), got {self.mix_ratio}")
         if self.mix_ratio > 0 and not self.teacher_pool:

@@ -11,9 +11,11 @@ own weights, read in place (call it inside `adapter.merged()`, so δS is folded 
   (current token, step counter, the cache) and writes its outputs back there, so on CUDA it is
   captured once in a CUDA graph and each step costs one `graph.replay()`; there is no Python per
   token beyond that. Attention reads only the cache prefix that can be filled: one graph per
-  bucket of `bucket` key positions, so early steps do not read the whole cache. Attention is one
-  SDPA call per layer with the G query heads of each kv head as its "query length" (no repeated
-  K/V) and an additive mask for prompt padding and unwritten slots;
+  bucket of `bucket` key positions, so early steps do not read the whole cache. Attention (the
+  G query heads of each kv head together, no repeated K/V; prompt padding and unwritten slots
+  masked) is by default the split-KV Triton kernel of `decode_attention`, which spreads each
+  row's keys over several thread blocks; or one SDPA call per layer with the G heads as its
+  "query length" and an additive mask;
 - sampling on the GPU: temperature, optional top-p, then Gumbel-max (argmax of scores minus the
   log of Exp(1) noise: the same distribution as softmax + multinomial, from a different random
   stream); greedy when temperature <= 0; eos logits set to -inf when `ignore_eos` (forced length);
@@ -40,13 +42,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from projected_grpo import decode_attention
 from projected_grpo.decode_layers import (SamplingSpec, Weights, block_out, masked_softmax, pick,
                                           plain_linear, qkv, rms, sample_next)
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("qwen2", "qwen3")
-ATTENTION = ("sdpa", "matmul")  # decode-attention implementations
+ATTENTION = ("sdpa", "matmul", "triton")  # decode-attention implementations
 PROMPT_ALIGN = 64  # prompts are left-padded to a multiple of this, so graphs are reused across steps
 
 
@@ -77,6 +80,7 @@ class _Decoder:
         self.tok = torch.zeros(B, dtype=torch.long, device=dev)         # this step's input token
         self.step = torch.zeros(1, dtype=torch.long, device=dev)        # s: input token = out[:, s]
         self.n_valid = torch.zeros(B, dtype=torch.long, device=dev)     # real prompt tokens per row
+        self.first = torch.zeros(B, dtype=torch.long, device=dev)       # first real prompt slot per row
         self.key_ok = torch.ones(B, self.L, dtype=torch.bool, device=dev)  # prompt padding is False
         self.finished = torch.zeros(B, dtype=torch.bool, device=dev)
         self.out = torch.full((B, T), spec.pad, dtype=torch.long, device=dev)
@@ -84,6 +88,12 @@ class _Decoder:
         self.key_pos = torch.arange(self.L, device=dev)
         self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
         self.attention = attention
+        self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
+        if attention == "triton":  # split-KV kernel; chunks per (row, kv head) chosen per bucket
+            G = m.n_heads // m.n_kv
+            self.n_split = {end: decode_attention.choose_split(B * m.n_kv, end, dev, m.hd) for end in self.ends}
+            self.attend = decode_attention.DecodeAttention(B, m.n_kv, G, m.hd, dev, dt,
+                                                           max(self.n_split.values()))
         self._use_eager_functions()
         if compile_layers:
             try:
@@ -95,7 +105,6 @@ class _Decoder:
             except Exception as err:  # noqa: BLE001 - compile is an optimisation only
                 log.warning("torch.compile unavailable (%s); eager layers", err)
                 self._use_eager_functions()
-        self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.use_graphs = use_graphs
         self.compile_layers = compile_layers
@@ -111,20 +120,26 @@ class _Decoder:
         pos = (self.n_valid + self.step)[:, None]                    # (B, 1) its rotary position
         cos, sin = m.cos_sin(pos)
         x = F.embedding(self.tok[:, None], m.embed)                  # (B, 1, d)
-        ok = self.key_ok[:, :end] & (self.key_pos[:end] <= slot)     # (B, end)
-        bias = torch.zeros(B, 1, 1, end, device=x.device, dtype=m.dtype).masked_fill(
-            ~ok[:, None, None, :], float("-inf"))                    # (B, 1, 1, end) additive mask
+        if self.attention == "triton":  # the kernel reads key_ok and slot itself
+            n_split = self.n_split.get(end) or decode_attention.choose_split(B * m.n_kv, end, x.device, m.hd)
+        else:
+            ok = self.key_ok[:, :end] & (self.key_pos[:end] <= slot)     # (B, end)
+            bias = torch.zeros(B, 1, 1, end, device=x.device, dtype=m.dtype).masked_fill(
+                ~ok[:, None, None, :], float("-inf"))                    # (B, 1, 1, end) additive mask
         G = m.n_heads // m.n_kv
         h = rms(x, m.layers[0].ln1, m.eps)
         for i, lw in enumerate(m.layers):
             q, kv = self.qkv(h, lw.wqkv, lw.bqkv, lw.qn, lw.kn, cos, sin, m.eps,
                              m.n_heads, m.n_kv, m.hd)               # q (B, H, 1, D), kv (2, B, n_kv, 1, D)
-            self.kv_cache[i].index_copy_(3, slot, kv)
             kc, vc = self.kv_cache[i]
+            if self.attention != "triton":  # the kernel writes the new K/V itself
+                self.kv_cache[i].index_copy_(3, slot, kv)
             # the G query heads sharing a kv head play the role of G query positions
             qg = q.reshape(B, m.n_kv, G, m.hd)                       # (B, n_kv, G, D)
             if self.attention == "sdpa":
                 attn = F.scaled_dot_product_attention(qg, kc[:, :, :end], vc[:, :, :end], attn_mask=bias)
+            elif self.attention == "triton":
+                attn = self.attend(qg, kc, vc, self.key_ok, slot, end, n_split, self.first, kv)
             else:  # two cuBLAS matmuls around one (compiled) masked softmax
                 scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2))     # (B, n_kv, G, end)
                 attn = torch.matmul(self.softmax(scores, bias, m.hd ** -0.5), vc[:, :, :end])
@@ -185,6 +200,7 @@ class _Decoder:
         logits = F.linear(h[:, -1], m.head)
         first = sample_next(logits, self.spec, self.eos_t, self.noise)
         self.n_valid.copy_(mask.long().sum(-1))
+        self.first.copy_(valid.long().argmax(-1))
         self.key_ok.fill_(True)
         self.key_ok[:, :Lp].copy_(valid)
         self.finished.fill_(False)
@@ -200,18 +216,22 @@ class _Decoder:
     def run(self, ids: torch.Tensor, mask: torch.Tensor, check_every: int) -> torch.Tensor:
         self._prefill(ids, mask)
         if self.use_graphs and not self.graphs and self.T > 1:
-            try:
-                self._capture()
-            except Exception as err:  # a compile failure falls back to eager layers
-                if self.qkv is qkv:
-                    raise
-                log.warning("compiled decode step failed (%s: %s); capturing eager layers",
-                            type(err).__name__, err)
-                self._use_eager_functions()
-                self.compile_layers = False
-                self.graphs.clear()
-                self._prefill(ids, mask)
-                self._capture()
+            while True:
+                try:
+                    self._capture()
+                    break
+                except Exception as err:  # noqa: BLE001 - kernel or compile failure: fall back, once each
+                    if self.attention == "triton":
+                        fallback, self.attention = "SDPA attention", "sdpa"
+                    elif self.qkv is not qkv:
+                        fallback, self.compile_layers = "eager layers", False
+                        self._use_eager_functions()
+                    else:
+                        raise
+                    log.warning("decode step capture failed (%s: %s); using %s", type(err).__name__, err,
+                                fallback)
+                    self.graphs.clear()
+                    self._prefill(ids, mask)
         done = 1
         for s in range(self.T - 1):
             end = next(e for e in self.ends if e >= self.Lp + s + 1)
@@ -238,16 +258,19 @@ def release() -> None:
 def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: list[int],
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0, ignore_eos: bool = False,
              use_graphs: bool | None = None, compile_layers: bool | None = None, bucket: int = 128,
-             check_every: int = 16, cache: bool = True, attention: str = "sdpa") -> torch.Tensor:
+             check_every: int = 16, cache: bool = True, attention: str = "auto") -> torch.Tensor:
     """Completion ids (B, ≤ max_new_tokens), right-padded with `pad_id` after each row's first eos.
 
     `ids`/`mask`: left-padded prompts (B, Lp). Read the weights inside `adapter.merged()`.
     Seed with `torch.manual_seed` before the call (the noise comes from the default generator).
-    Graphs and compile default to on for CUDA, off elsewhere. `attention`: "sdpa" (one fused call per
-    layer) or "matmul" (two matmuls around a masked softmax); both compute the same thing,
-    bench/grpo_step.py --check times them."""
+    Graphs and compile default to on for CUDA, off elsewhere. `attention`: "triton" (the split-KV
+    kernel of `decode_attention`), "sdpa" (one fused call per layer) or "matmul" (two matmuls around
+    a masked softmax) all compute the same thing; "auto" is triton on CUDA when Triton imports, else
+    sdpa. bench/decode_attention.py and bench/grpo_step.py --check time them."""
+    if attention == "auto":  # the split-KV kernel where Triton runs on the GPU, else one SDPA call
+        attention = "triton" if ids.device.type == "cuda" and decode_attention.available() else "sdpa"
     if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {ATTENTION}, not {attention!r}")
+        raise ValueError(f"attention must be auto or one of {ATTENTION}, not {attention!r}")
     if not supports(model):
         raise RuntimeError(f"fast rollout supports {SUPPORTED_TYPES}, not "
                            f"{getattr(model.config, 'model_type', '?')}")

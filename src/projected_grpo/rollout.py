@@ -53,14 +53,15 @@ def eos_token_ids(model, tok) -> list[int]:
 
 def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int,
            max_new_tokens: int, temperature: float, top_p: float, seed: int,
-           static_cache: bool = False, ignore_eos: bool = False, fast: bool | None = None) -> Rollouts:
+           static_cache: bool = False, ignore_eos: bool = False, fast: bool | None = None,
+           attention: str = "auto") -> Rollouts:
     """G samples per prompt from the current policy (δS folded in), stopping when all have ended.
 
     `static_cache=True` asks for the fast CUDA path: for Qwen2/Qwen3 models on a CUDA device the
     graph-captured decode loop of `fast_rollout`; for other architectures HF `generate` with a
     static cache. `fast` overrides the choice (True: the fast loop, eagerly on the CPU too — used by
     the equality test; False: HF generate). `temperature <= 0` decodes greedily. `ignore_eos`
-    forbids eos (forced full length, for benchmarks)."""
+    forbids eos (forced full length, for benchmarks). `attention`: the fast loop's decode attention."""
     from projected_grpo import fast_rollout
 
     ids = prompt_ids.repeat_interleave(group_size, dim=0)
@@ -72,7 +73,8 @@ def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     with adapter.merged(), torch.no_grad():
         if fast:
             comp = fast_rollout.generate(model, ids, mask, max_new_tokens, eos, tok.pad_token_id,
-                                         temperature=temperature, top_p=top_p, ignore_eos=ignore_eos)
+                                         temperature=temperature, top_p=top_p, ignore_eos=ignore_eos,
+                                         attention=attention)
         else:
             extra = {"cache_implementation": "static"} if static_cache else {}
             if ignore_eos:

@@ -178,7 +178,8 @@ class Trainer:
         ids, mask = encode_prompts(self.tok, [p.messages(cfg.mode, cfg.hint) for p in problems], self.device)
         student = sample(self.model, self.tok, self.adapter, ids, mask, G - k, cfg.max_new_tokens,
                          cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
-                         static_cache=cfg.fast_rollout and self.device.type == "cuda")
+                         static_cache=cfg.fast_rollout and self.device.type == "cuda",
+                         attention=cfg.decode_attention)
         if not k:
             return student, [False] * len(student.texts)
         texts = self.teacher.draw(problems, k, seed=cfg.seed * 7_919 + step)
