@@ -18,8 +18,10 @@ Here the keys are split into `n_split` chunks ("split-KV" / flash-decoding):
 The kernel can also take the step's new K/V and write them into the cache itself (saving the
 separate cache-write kernel), and skips each row's key blocks before its first valid (non-padding)
 key. Everything the step reads that changes between steps (`slot`, `key_ok`, `first`) is read from
-device memory, so the launch is capturable in a CUDA graph. On the CPU the kernels run under Triton's interpreter
-(TRITON_INTERPRET=1, set before triton is imported); the tests compare them there with SDPA.
+device memory, so the launch is capturable in a CUDA graph, and the keys read stop at the newest:
+one graph serves every step of a generation, with no key past the newest read. On the CPU the
+kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported); the
+tests compare them there with SDPA.
 """
 
 from __future__ import annotations
@@ -82,13 +84,15 @@ if triton is not None:
         slot = tl.load(SLOT)
         first = tl.load(FIRST + b)                  # keys before the row's first valid block: skipped
         lo = tl.maximum(split * chunk, (first // BLOCK) * BLOCK)
-        hi = tl.minimum(split * chunk + chunk, end)
-        if WRITE:  # this step's K/V: into the cache at `slot` (split 0 writes), used directly below
+        hi = tl.minimum(tl.minimum(split * chunk + chunk, end), slot + 1)  # no key past the newest
+        if WRITE:  # this step's K/V into the cache at `slot` (split 0 writes them)
             k_new = tl.load(NEW + b * s_nb + h * s_nh + d)
             v_new = tl.load(NEW + s_nw + b * s_nb + h * s_nh + d)
             first_split = (d * 0 + split) == 0
             tl.store(K + b * s_kb + h * s_kh + slot * s_kn + d, k_new, mask=first_split)
             tl.store(V + b * s_vb + h * s_vh + slot * s_vn + d, v_new, mask=first_split)
+            if DIRECT:  # one program per (row, kv head): the barrier makes its own writes visible
+                tl.debug_barrier()
         m_i = tl.full([G_PAD], -1.0e30, tl.float32)
         l_i = tl.zeros([G_PAD], tl.float32)
         acc = tl.zeros([G_PAD, D], tl.float32)
@@ -96,16 +100,16 @@ if triton is not None:
             n = start + tl.arange(0, BLOCK)
             inside = n < hi
             k = tl.load(K + b * s_kb + h * s_kh + n[:, None] * s_kn + d[None, :], mask=inside[:, None], other=0.0)
-            if WRITE:
+            if WRITE and not DIRECT:  # another chunk's program may not see the write: use the values
                 k = tl.where((n == slot)[:, None], k_new[None, :], k)
-            ok = (tl.load(OK + b * s_ok + n, mask=inside, other=0) != 0) & (n <= slot) & inside
+            ok = (tl.load(OK + b * s_ok + n, mask=inside, other=0) != 0) & inside
             s = _dot(q, tl.trans(k), F32)                               # (G_PAD, BLOCK) fp32
             s = tl.where(ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             v = tl.load(V + b * s_vb + h * s_vh + n[:, None] * s_vn + d[None, :], mask=inside[:, None], other=0.0)
-            if WRITE:
+            if WRITE and not DIRECT:
                 v = tl.where((n == slot)[:, None], v_new[None, :], v)
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, F32)
             l_i = l_i * alpha + tl.sum(p, 1)

@@ -89,7 +89,8 @@ class _Decoder:
         self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
         self.attention = attention
         self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
-        if attention == "triton":  # split-KV kernel; chunks per (row, kv head) chosen per bucket
+        if attention == "triton":  # the kernel stops at the newest key itself: one graph for all steps
+            self.ends = [self.L]
             G = m.n_heads // m.n_kv
             self.n_split = {end: decode_attention.choose_split(B * m.n_kv, end, dev, m.hd) for end in self.ends}
             self.attend = decode_attention.DecodeAttention(B, m.n_kv, G, m.hd, dev, dt,
