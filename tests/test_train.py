@@ -163,6 +163,8 @@ def test_bad_input_stops_with_a_message_naming_it(v_hack, tmp_path, capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "a"), "--model", "no-org/no-model-here"]) == 2
     assert "no-org/no-model-here" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "a"), "--decode-attention", "flash"]) == 2
+    assert "--decode-attention must be auto, triton, sdpa or matmul" in capsys.readouterr().err
     # a v_hack made for another dtype is refused before anything is generated
     out = tmp_path / "mismatch"
     with pytest.raises(UserError, match="dtype"):
