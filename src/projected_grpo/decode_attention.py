@@ -88,7 +88,7 @@ if triton is not None:
         if WRITE:  # this step's K/V into the cache at `slot` (split 0 writes them)
             k_new = tl.load(NEW + b * s_nb + h * s_nh + d)
             v_new = tl.load(NEW + s_nw + b * s_nb + h * s_nh + d)
-            first_split = (d * 0 + split) == 0
+            first_split = (d * 0 + split) == 0      # (D,) store mask: only chunk 0 writes
             tl.store(K + b * s_kb + h * s_kh + slot * s_kn + d, k_new, mask=first_split)
             tl.store(V + b * s_vb + h * s_vh + slot * s_vn + d, v_new, mask=first_split)
             if DIRECT:  # one program per (row, kv head): the barrier makes its own writes visible

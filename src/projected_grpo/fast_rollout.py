@@ -10,12 +10,12 @@ own weights, read in place (call it inside `adapter.merged()`, so δS is folded 
 - decode: one token per step for all rows. The step reads its inputs from fixed device buffers
   (current token, step counter, the cache) and writes its outputs back there, so on CUDA it is
   captured once in a CUDA graph and each step costs one `graph.replay()`; there is no Python per
-  token beyond that. Attention reads only the cache prefix that can be filled: one graph per
-  bucket of `bucket` key positions, so early steps do not read the whole cache. Attention (the
-  G query heads of each kv head together, no repeated K/V; prompt padding and unwritten slots
-  masked) is by default the split-KV Triton kernel of `decode_attention`, which spreads each
-  row's keys over several thread blocks; or one SDPA call per layer with the G heads as its
-  "query length" and an additive mask;
+  token beyond that. Attention takes the G query heads of each kv head together (no repeated
+  K/V), with prompt padding and unwritten slots masked. By default (CUDA) it is the Triton
+  kernel of `decode_attention`, which reads the newest slot on the device and stops there, so
+  one graph serves every step. The alternatives (one SDPA call per layer with the G heads as
+  its "query length", or two matmuls around a softmax) take an additive mask and read the cache
+  up to the end of a bucket of `bucket` key positions: one graph per bucket;
 - sampling on the GPU: temperature, optional top-p, then Gumbel-max (argmax of scores minus the
   log of Exp(1) noise: the same distribution as softmax + multinomial, from a different random
   stream); greedy when temperature <= 0; eos logits set to -inf when `ignore_eos` (forced length);
@@ -80,7 +80,7 @@ class _Decoder:
         self.tok = torch.zeros(B, dtype=torch.long, device=dev)         # this step's input token
         self.step = torch.zeros(1, dtype=torch.long, device=dev)        # s: input token = out[:, s]
         self.n_valid = torch.zeros(B, dtype=torch.long, device=dev)     # real prompt tokens per row
-        self.first = torch.zeros(B, dtype=torch.long, device=dev)       # first real prompt slot per row
+        self.first_key = torch.zeros(B, dtype=torch.long, device=dev)   # first real prompt slot per row
         self.key_ok = torch.ones(B, self.L, dtype=torch.bool, device=dev)  # prompt padding is False
         self.finished = torch.zeros(B, dtype=torch.bool, device=dev)
         self.out = torch.full((B, T), spec.pad, dtype=torch.long, device=dev)
@@ -88,7 +88,8 @@ class _Decoder:
         self.key_pos = torch.arange(self.L, device=dev)
         self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
         self.attention = attention
-        self.ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
+        self.bucket_ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
+        self.ends = self.bucket_ends
         if attention == "triton":  # the kernel stops at the newest key itself: one graph for all steps
             self.ends = [self.L]
             G = m.n_heads // m.n_kv
@@ -140,7 +141,7 @@ class _Decoder:
             if self.attention == "sdpa":
                 attn = F.scaled_dot_product_attention(qg, kc[:, :, :end], vc[:, :, :end], attn_mask=bias)
             elif self.attention == "triton":
-                attn = self.attend(qg, kc, vc, self.key_ok, slot, end, n_split, self.first, kv)
+                attn = self.attend(qg, kc, vc, self.key_ok, slot, end, n_split, self.first_key, kv)
             else:  # two cuBLAS matmuls around one (compiled) masked softmax
                 scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2))     # (B, n_kv, G, end)
                 attn = torch.matmul(self.softmax(scores, bias, m.hd ** -0.5), vc[:, :, :end])
@@ -201,7 +202,7 @@ class _Decoder:
         logits = F.linear(h[:, -1], m.head)
         first = sample_next(logits, self.spec, self.eos_t, self.noise)
         self.n_valid.copy_(mask.long().sum(-1))
-        self.first.copy_(valid.long().argmax(-1))
+        self.first_key.copy_(valid.long().argmax(-1))
         self.key_ok.fill_(True)
         self.key_ok[:, :Lp].copy_(valid)
         self.finished.fill_(False)
@@ -223,7 +224,7 @@ class _Decoder:
                     break
                 except Exception as err:  # noqa: BLE001 - kernel or compile failure: fall back, once each
                     if self.attention == "triton":
-                        fallback, self.attention = "SDPA attention", "sdpa"
+                        fallback, self.attention, self.ends = "SDPA attention", "sdpa", self.bucket_ends
                     elif self.qkv is not qkv:
                         fallback, self.compile_layers = "eager layers", False
                         self._use_eager_functions()
