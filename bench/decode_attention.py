@@ -99,8 +99,7 @@ def main(argv=None) -> int:
             ok = key_ok[:, :end] & (torch.arange(end, device=dev) <= slot)
             bias = torch.zeros(B, 1, 1, end, device=dev, dtype=dt).masked_fill(~ok[:, None, None], float("-inf"))
             kv = lambda: caches[next(turn)]  # noqa: E731 - the next cache of the rotation
-            c0 = caches[0]
-            ref = F.scaled_dot_product_attention(q, c0[0, :, :, :end], c0[1, :, :, :end], attn_mask=bias).float()
+            ref = sdpa(q, caches[0], end, bias).float()
             kv_gb = 2 * B * n_kv * end * D * 2 / 1e9
             variants = {"sdpa": lambda: sdpa(q, kv(), end, bias),
                         "matmul+compiled softmax": lambda: matmul(q, kv(), end, bias, soft)}

@@ -203,13 +203,13 @@ class DecodeAttention:
             if new_kv.shape != (2, B, n_kv, D) or new_kv.stride(-1) != 1:
                 raise ValueError(f"decode_attention: new_kv must be (2, {B}, {n_kv}, [1,] {D}) and "
                                  f"contiguous in head_dim, got {tuple(new_kv.shape)}")
-        nw = new_kv if write else q
+        nw, s_new = (new_kv, new_kv.stride()[:3]) if write else (q, (0, 0, 0))
         scale = D ** -0.5 * math.log2(math.e)
         _attend_chunk[(B * n_kv, n_split)](
             q, k, v, ok, slot, first, nw, self.out, self.acc, self.m, self.l,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), ok.stride(0),
-            nw.stride(0) if write else 0, nw.stride(1) if write else 0, nw.stride(2) if write else 0,
+            *s_new,
             n_kv, G, end, chunk, scale,
             D=D, G_PAD=self.G_PAD, BLOCK=self.block_n, DIRECT=n_split == 1, WRITE=write, F32=INTERPRETED,
             **self.launch)

@@ -92,10 +92,11 @@ class _Decoder:
         self.ends = self.bucket_ends
         if attention == "triton":  # the kernel stops at the newest key itself: one graph for all steps
             self.ends = [self.L]
-            G = m.n_heads // m.n_kv
-            self.n_split = {end: decode_attention.choose_split(B * m.n_kv, end, dev, m.hd) for end in self.ends}
-            self.attend = decode_attention.DecodeAttention(B, m.n_kv, G, m.hd, dev, dt,
-                                                           max(self.n_split.values()))
+            # chunks per (row, kv head) for the longest key range; the kernel merges chunks a
+            # shorter range does not need (eager steps on the CPU pass their own `end`)
+            self.n_split = decode_attention.choose_split(B * m.n_kv, self.L, dev, m.hd)
+            self.attend = decode_attention.DecodeAttention(B, m.n_kv, m.n_heads // m.n_kv, m.hd, dev, dt,
+                                                           self.n_split)
         self._use_eager_functions()
         if compile_layers:
             try:
@@ -122,9 +123,7 @@ class _Decoder:
         pos = (self.n_valid + self.step)[:, None]                    # (B, 1) its rotary position
         cos, sin = m.cos_sin(pos)
         x = F.embedding(self.tok[:, None], m.embed)                  # (B, 1, d)
-        if self.attention == "triton":  # the kernel reads key_ok and slot itself
-            n_split = self.n_split.get(end) or decode_attention.choose_split(B * m.n_kv, end, x.device, m.hd)
-        else:
+        if self.attention != "triton":  # (the kernel reads key_ok and slot itself)
             ok = self.key_ok[:, :end] & (self.key_pos[:end] <= slot)     # (B, end)
             bias = torch.zeros(B, 1, 1, end, device=x.device, dtype=m.dtype).masked_fill(
                 ~ok[:, None, None, :], float("-inf"))                    # (B, 1, 1, end) additive mask
@@ -141,7 +140,7 @@ class _Decoder:
             if self.attention == "sdpa":
                 attn = F.scaled_dot_product_attention(qg, kc[:, :, :end], vc[:, :, :end], attn_mask=bias)
             elif self.attention == "triton":
-                attn = self.attend(qg, kc, vc, self.key_ok, slot, end, n_split, self.first_key, kv)
+                attn = self.attend(qg, kc, vc, self.key_ok, slot, end, self.n_split, self.first_key, kv)
             else:  # two cuBLAS matmuls around one (compiled) masked softmax
                 scores = torch.matmul(qg, kc[:, :, :end].transpose(-1, -2))     # (B, n_kv, G, end)
                 attn = torch.matmul(self.softmax(scores, bias, m.hd ** -0.5), vc[:, :, :end])
