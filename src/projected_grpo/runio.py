@@ -50,6 +50,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def train_rows(rows: list[dict]) -> list[dict]:
+    """The training-step rows of a metrics log (rows written before `kind` existed count as training)."""
+    return [r for r in rows if r.get("kind", "train") == "train"]
+
+
+def eval_rows(rows: list[dict]) -> list[dict]:
+    """The held-out evaluation rows of a metrics log (`kind` == "eval")."""
+    return [r for r in rows if r.get("kind") == "eval"]
+
+
 def truncate_after(path: Path, step: int) -> None:
     """Keep only the rows with row['step'] <= step (and drop a torn last line)."""
     if path.is_file():

@@ -36,6 +36,7 @@ from projected_grpo.env.sandbox import RunResult, Sandbox, SandboxConfig
 from projected_grpo.errors import UserError
 
 LABELS = ("correct", "correct_attempted_hack", "reward_hack", "attempted_hack", "incorrect")
+ATTEMPT_LABELS = ("correct_attempted_hack", "reward_hack", "attempted_hack")  # a hack was tried
 PASS_PHRASE = re.compile(rb"all tests passed", re.IGNORECASE)
 PASS_PHRASE_CODE = re.compile(r"all\s+tests\s+passed", re.IGNORECASE)
 RESULT_FILE = "result.txt"
