@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from projected_grpo.errors import UserError
 
 ARMS = ("vanilla", "projected", "rebound", "random", "shuffled")
-TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s")  # metrics that differ between identical runs
+TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s")  # metrics that differ between identical runs
 
 
 @dataclass
@@ -67,6 +67,13 @@ class TrainConfig:
     seed: int = 41                       # seeds sampling, problem order and controls
     checkpoint_every: int = 1            # steps between checkpoints
     samples_every: int = 1               # steps between samples.jsonl dumps (0 = never)
+    # --- held-out evaluation (splits.py, evaluate.py) ---
+    split_file: str = ""                 # JSON {"train": [ids], "eval": [ids]} ("" = derive from --seed)
+    eval_problems: float = 0.25          # eval problems: a count if >= 1, else a share of the pool (0 = none)
+    eval_every: int = 0                  # also eval every K steps (eval always runs at step 0 and after the last)
+    eval_samples: int = 4                # samples per eval problem (0 = no eval; the eval problems stay held out)
+    eval_temperature: float = 1.0        # eval sampling temperature (0 = greedy, then --eval-samples 1)
+    eval_max_new_tokens: int = 0         # eval generation budget (0 = --max-new-tokens)
 
     def validate(self) -> None:
         if self.arm not in ARMS:
@@ -84,6 +91,15 @@ class TrainConfig:
             raise UserError("--mix-ratio > 0 needs --teacher-pool FILE")
         if self.group_size < 2:
             raise UserError("--group-size must be at least 2 (advantages are relative within a group)")
+        if self.eval_problems < 0 or (self.eval_problems >= 1 and self.eval_problems != int(self.eval_problems)):
+            raise UserError(f"--eval-problems must be a share in [0, 1) or a whole count, got {self.eval_problems}")
+        for name in ("eval_every", "eval_samples", "eval_max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.eval_temperature < 0:
+            raise UserError(f"--eval-temperature must be >= 0, got {self.eval_temperature}")
+        if self.eval_temperature == 0 and self.eval_samples > 1:
+            raise UserError("--eval-temperature 0 (greedy) gives identical samples: use --eval-samples 1")
         for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")

@@ -24,6 +24,7 @@ from projected_grpo.errors import UserError
 from projected_grpo.report import window_mean, write_report
 
 V_HACK = "v_hack.safetensors"
+SPLIT = "split.json"                  # the sweep's split file, beside sweep.json
 DEMO_ARMS = ("vanilla", "projected", "rebound", "random")
 DEMO_SEEDS = (41,)
 
@@ -62,12 +63,26 @@ def verify_line(result: dict) -> str:
             f"modules={result['n_modules']} -> {'PASS' if result['pass'] else 'FAIL'}")
 
 
+def prepare_split(cfg: TrainConfig, path: Path) -> Path:
+    """Derive the sweep's one split (from cfg.seed) into `path` unless it exists; every run of the sweep
+    reads it, so all arms and seeds train and are evaluated on the same problems."""
+    from projected_grpo import splits
+    from projected_grpo.models import load_tokenizer
+
+    if not path.is_file():
+        split = splits.derive(splits.load_pool(cfg, load_tokenizer(cfg.model)),
+                              splits.pair_problem_ids(cfg.pairs), cfg.eval_problems, cfg.seed)
+        runio.write_atomic(path, split.to_json().encode())
+        print(split.summary())
+    return path.resolve()
+
+
 # ---- one run, resumably -----------------------------------------------------------------------
 def run_state(run_dir: Path, steps: int) -> str:
     """finished (delta_s written and metrics reach `steps`) | unfinished (config.json only) | missing."""
     if not (run_dir / runio.CONFIG).is_file():
         return "missing"
-    rows = runio.read_jsonl(run_dir / runio.METRICS)
+    rows = runio.train_rows(runio.read_jsonl(run_dir / runio.METRICS))
     done = max((r.get("step", 0) for r in rows), default=0)
     return "finished" if (run_dir / "delta_s.safetensors").is_file() and done >= steps else "unfinished"
 
@@ -128,10 +143,11 @@ def sweep(plan: SweepPlan, base: TrainConfig, progress: bool = True) -> dict[str
             raise UserError(f"--v-hack {v_path} does not exist")
         prepare_v_hack(base, v_path, verify=False, progress=progress)
     runio.write_atomic(out / "sweep.json", (json.dumps(asdict(plan), indent=2) + "\n").encode())
+    split_file = Path(base.split_file).resolve() if base.split_file else prepare_split(base, out / SPLIT)
     done = {}
     total = len(plan.arms) * len(plan.seeds)
     for i, (arm, seed) in enumerate(((a, s) for a in plan.arms for s in plan.seeds), start=1):
-        cfg = replace(base, arm=arm, seed=seed, v_hack=str(v_path.resolve()))
+        cfg = replace(base, arm=arm, seed=seed, v_hack=str(v_path.resolve()), split_file=str(split_file))
         cfg.validate()
         print(f"--- run {i}/{total}: {arm} seed {seed}")
         t0 = time.time()
@@ -226,7 +242,7 @@ def probe(cfg: TrainConfig, out: Path, thresholds: ProbeThresholds, progress: bo
         run_dir = out / f"{arm}_s{cfg.seed}"
         print(f"=== gate {gate}: {arm} run")
         ensure_run(run_cfg, run_dir, progress)
-        stages[arm] = runio.read_jsonl(run_dir / runio.METRICS)
+        stages[arm] = runio.train_rows(runio.read_jsonl(run_dir / runio.METRICS))
         if arm == "vanilla":
             record["gate2"] = {"run": str(run_dir), "steps": len(stages[arm]), "last_k": thresholds.last_k,
                                "hack_rate_last_k": window_mean(stages[arm], "hack_rate", thresholds.last_k),

@@ -77,7 +77,7 @@ def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
         cfg = json.loads((run_dir / runio.CONFIG).read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{run_dir / runio.CONFIG}: bad JSON ({err.msg})") from err
-    rows = sorted(runio.read_jsonl(run_dir / runio.METRICS), key=lambda r: r.get("step", 0))
+    rows = sorted(runio.train_rows(runio.read_jsonl(run_dir / runio.METRICS)), key=lambda r: r.get("step", 0))
     done = rows[-1].get("step", len(rows)) if rows else 0
     steps = int(cfg.get("steps", 0))
     run = Run(arm=str(cfg.get("arm", "?")), seed=int(cfg.get("seed", -1)), dir=str(run_dir.relative_to(root)),

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from projected_grpo import dist, runio
+from projected_grpo import dist, evaluate, runio, splits
 from projected_grpo.adapter import AdapterConfig, attach
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.env.problems import load_problems
 from projected_grpo.errors import UserError
 from projected_grpo.grpo import group_advantages, grpo_token_loss, token_logprobs
-from projected_grpo.models import load_model
+from projected_grpo.models import load_model, load_tokenizer
 from projected_grpo.projection import ProjectionStats, project_grads, project_vector, update_cos
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
 from projected_grpo.teacher import TeacherPool
@@ -59,8 +59,13 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         if self.world > cfg.prompts_per_step:  # every rank must hold at least one prompt group
             raise UserError(f"--prompts-per-step {cfg.prompts_per_step} is less than the {self.world} ranks")
+        # the split is checked before anything is written, so a bad one leaves no run dir behind
+        self.split, self.problems, self.eval_problems = self._load_problems()
         if self.rank == 0:
             runio.prepare_dir(self.out, cfg.to_json(), resume)
+            splits.write_for_run(self.out, self.split)
+            if progress:
+                print(self.split.summary())
         dist.barrier()
         self.device = policy_device(cfg)
         self.model, self.tok, self.adapter = load_policy(cfg)
@@ -69,7 +74,6 @@ class Trainer:
         self.env = EnvConfig(mode=cfg.mode, hint=cfg.hint, timeout_s=cfg.grade_timeout_s,
                              workers=cfg.grade_workers or EnvConfig().workers,
                              reward=RewardConfig(cfg.correct_reward, cfg.format_reward))
-        self.problems = self._load_problems()
         # v_hack is loaded (and checked against this model) before anything is generated.
         self.v_measure, self.v_project = self._load_directions()
         self.rebound_direction = self._rebound_direction() if cfg.arm == "rebound" else None
@@ -83,19 +87,12 @@ class Trainer:
             self._restore()
 
     # ---- set-up --------------------------------------------------------------------------------
-    def _load_problems(self) -> list:
-        problems = load_problems(self.cfg.problems)
-        if self.cfg.n_problems:
-            problems = problems[: self.cfg.n_problems]
-        kept = [p for p in problems if len(self.tok.apply_chat_template(
-            p.messages(self.cfg.mode, self.cfg.hint), tokenize=True, add_generation_prompt=True))
-            <= self.cfg.max_prompt_tokens]
-        if not kept:
-            raise UserError(f"no problem of {self.cfg.problems!r} fits --max-prompt-tokens "
-                            f"{self.cfg.max_prompt_tokens}")
-        order = list(range(len(kept)))
-        random.Random(self.cfg.seed).shuffle(order)
-        return [kept[i] for i in order]
+    def _load_problems(self) -> tuple[splits.Split, list, list]:
+        """(split, train problems in walk order, eval problems): see splits.py."""
+        pool = splits.load_pool(self.cfg, load_tokenizer(self.cfg.model))
+        split = splits.for_run(self.cfg, pool)
+        by_id = {p.id: p for p in pool}
+        return split, [by_id[i] for i in split.train], [by_id[i] for i in split.eval]
 
     def _load_directions(self) -> tuple[dict, dict]:
         """(V measured in every arm, V the arm projects with): the real v_hack for all arms but the
@@ -299,8 +296,16 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, until: int | None = None) -> Path:
-        """Train to cfg.steps (or stop after step `until`, as an interrupted run would)."""
+        """Train to cfg.steps (or stop after step `until`, as an interrupted run would).
+
+        After step s (s = steps completed) the order is: training row, eval row (when due, see
+        evaluate.due), checkpoint — so a checkpoint of step s implies its eval row was written."""
         cfg = self.cfg
+        if self.rank == 0:  # rows of a step after the checkpoint (or before step 1) are re-done below
+            for name in (runio.METRICS, evaluate.EVAL_SAMPLES):
+                runio.truncate_after(self.out / name, self.start_step if self.start_step else -1)
+        if self.start_step == 0:
+            self.evaluate(0)                               # the base rate, before any update
         bar = tqdm(range(self.start_step, min(until or cfg.steps, cfg.steps)), initial=self.start_step,
                    total=cfg.steps,
                    disable=not self.progress or self.rank != 0, desc=f"{cfg.arm} s{cfg.seed}")
@@ -309,15 +314,26 @@ class Trainer:
             if self.rank == 0:
                 if cfg.samples_every and (step + 1) % cfg.samples_every == 0:
                     runio.append_jsonl(self.out / runio.SAMPLES, samples)
-                runio.append_jsonl(self.out / runio.METRICS, [record])
-                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                    runio.save_checkpoint(self.out, self._state(step + 1))
+                runio.append_jsonl(self.out / runio.METRICS, [{"kind": "train", **record}])
                 bar.set_postfix(reward=f"{record['reward_mean']:.2f}", hack=f"{record['hack_rate']:.2f}",
                                 cos_in=f"{record['cos_in']:.3f}")
+            self.evaluate(step + 1)
+            if self.rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                runio.save_checkpoint(self.out, self._state(step + 1))
             dist.barrier()
         if self.rank == 0 and self.start_step + len(bar) == cfg.steps:
             self.adapter.save(self.out / "delta_s.safetensors")  # marks the run finished
         return self.out
+
+    def evaluate(self, step: int) -> None:
+        """Held-out eval after `step` completed steps, if due (all ranks sample; rank 0 writes)."""
+        if not self.eval_problems or not evaluate.due(step, self.cfg):
+            return
+        row, samples = evaluate.evaluate(self.model, self.tok, self.adapter, self.eval_problems, self.cfg,
+                                         self.env, step, self.device)
+        if self.rank == 0:
+            runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
+            runio.append_jsonl(self.out / runio.METRICS, [row])
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
@@ -337,10 +353,14 @@ def _cmd_train(args) -> int:
     cfg = config_from_args(args, preset(args.preset))
     out = train(cfg, args.out, resume=args.resume)
     if dist.rank() == 0:
-        last = runio.read_jsonl(out / runio.METRICS)[-1]
+        rows = runio.read_jsonl(out / runio.METRICS)
+        last = runio.train_rows(rows)[-1]
         print(f"run finished: {out}")
-        print(json.dumps({k: last[k] for k in ("step", "reward_mean", "hack_rate", "pass_rate", "cos_in",
-                                              "cos_out", "frac_fired")}))
+        print(json.dumps({k: last.get(k) for k in ("step", "reward_mean", "hack_rate", "pass_rate", "cos_in",
+                                                  "cos_out", "frac_fired")}))
+        evals = runio.eval_rows(rows)
+        print("held-out eval: " + (json.dumps({k: v for k, v in evals[-1].items() if k != "kind"}) if evals
+                                   else "none (no eval problems or --eval-samples 0; see split.json)"))
     return 0
 
 
