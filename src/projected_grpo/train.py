@@ -27,10 +27,9 @@ from projected_grpo import dist, evaluate, runio, splits
 from projected_grpo.adapter import AdapterConfig, attach
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
-from projected_grpo.env.problems import load_problems
 from projected_grpo.errors import UserError
 from projected_grpo.grpo import group_advantages, grpo_token_loss, token_logprobs
-from projected_grpo.models import load_model, load_tokenizer
+from projected_grpo.models import load_model
 from projected_grpo.projection import ProjectionStats, project_grads, project_vector, update_cos
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
 from projected_grpo.teacher import TeacherPool
@@ -59,6 +58,8 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         if self.world > cfg.prompts_per_step:  # every rank must hold at least one prompt group
             raise UserError(f"--prompts-per-step {cfg.prompts_per_step} is less than the {self.world} ranks")
+        self.device = policy_device(cfg)
+        self.model, self.tok, self.adapter = load_policy(cfg)
         # the split is checked before anything is written, so a bad one leaves no run dir behind
         self.split, self.problems, self.eval_problems = self._load_problems()
         if self.rank == 0:
@@ -67,8 +68,6 @@ class Trainer:
             if progress:
                 print(self.split.summary())
         dist.barrier()
-        self.device = policy_device(cfg)
-        self.model, self.tok, self.adapter = load_policy(cfg)
         if cfg.grad_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.env = EnvConfig(mode=cfg.mode, hint=cfg.hint, timeout_s=cfg.grade_timeout_s,
@@ -89,7 +88,7 @@ class Trainer:
     # ---- set-up --------------------------------------------------------------------------------
     def _load_problems(self) -> tuple[splits.Split, list, list]:
         """(split, train problems in walk order, eval problems): see splits.py."""
-        pool = splits.load_pool(self.cfg, load_tokenizer(self.cfg.model))
+        pool = splits.load_pool(self.cfg, self.tok)
         split = splits.for_run(self.cfg, pool)
         by_id = {p.id: p for p in pool}
         return split, [by_id[i] for i in split.train], [by_id[i] for i in split.eval]
