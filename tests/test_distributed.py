@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from projected_grpo import dist, runio
+from projected_grpo import dist, evaluate, runio, splits
 from projected_grpo.adapter import attach
 from projected_grpo.config import TrainConfig, preset
 from projected_grpo.grpo import group_advantages
@@ -226,15 +227,24 @@ def _torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProc
 def test_torchrun_two_process_smoke_and_resume(tmp_path):
     cfg = preset("smoke")
     v_path = _random_v(tmp_path / "v_random.safetensors", replace(cfg, n_problems=4))
+    pairs = tmp_path / "pairs.jsonl"   # six train pairs: of pg-001…pg-004 they name only pg-002
+    rows = (REPO / "src" / "projected_grpo" / "data" / "pairs_code.jsonl").read_text().splitlines()
+    pairs.write_text("\n".join([r for r in rows if '"train"' in r][:6]) + "\n")
     out = tmp_path / "run"
-    flags = [*SMOKE_FLAGS, "--out", str(out), "--v-hack", str(v_path)]
+    flags = [*SMOKE_FLAGS, "--out", str(out), "--v-hack", str(v_path), "--pairs", str(pairs),
+             "--eval-problems", "2", "--eval-samples", "2"]   # one eval problem per rank
     t0 = time.perf_counter()
     res = _torchrun([*flags, "--steps", "2"])
     assert res.stdout.count("run finished:") == 1, res.stdout[-3000:]  # rank 0 alone reports
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted([runio.CONFIG, runio.METRICS, runio.SAMPLES, runio.CHECKPOINT,
-                            "delta_s.safetensors"]), files  # no per-rank duplicates or leftovers
-    metrics = runio.read_jsonl(out / runio.METRICS)
+    assert files == sorted([runio.CONFIG, runio.METRICS, runio.SAMPLES, runio.CHECKPOINT, splits.SPLIT,
+                            evaluate.EVAL_SAMPLES, "delta_s.safetensors"]), files  # no per-rank leftovers
+    evals = runio.eval_rows(runio.read_jsonl(out / runio.METRICS))
+    assert [e["step"] for e in evals] == [0, 2] and all(e["eval_n"] == 2 * 2 for e in evals)  # both ranks
+    eval_ids = json.loads((out / splits.SPLIT).read_text())["eval"]
+    eval_samples = runio.read_jsonl(out / evaluate.EVAL_SAMPLES)
+    assert sorted(s["problem_id"] for s in eval_samples if s["step"] == 2) == sorted(eval_ids * 2)
+    metrics = runio.train_rows(runio.read_jsonl(out / runio.METRICS))
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
         assert m["n_student"] + m["n_teacher"] == cfg.prompts_per_step * cfg.group_size  # both ranks
@@ -246,8 +256,9 @@ def test_torchrun_two_process_smoke_and_resume(tmp_path):
     assert torch.load(out / runio.CHECKPOINT, weights_only=False)["step"] == 2
 
     res = _torchrun([*flags, "--steps", "3", "--resume"])
-    metrics = runio.read_jsonl(out / runio.METRICS)
+    metrics = runio.train_rows(runio.read_jsonl(out / runio.METRICS))
     assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [e["step"] for e in runio.eval_rows(runio.read_jsonl(out / runio.METRICS))] == [0, 2, 3]
     assert len(runio.read_jsonl(out / runio.SAMPLES)) == 3 * cfg.prompts_per_step * cfg.group_size
     assert torch.load(out / runio.CHECKPOINT, weights_only=False)["step"] == 3
     assert sorted(p.name for p in out.iterdir()) == files

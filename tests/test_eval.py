@@ -97,7 +97,7 @@ def test_eval_depends_only_on_delta_s_not_on_arm_teacher_or_projection(run, base
     with torch.no_grad():
         for k, p in adapter.params().items():
             p.copy_(final[k])
-    assert any(float(p.abs().max()) > 0 for p in adapter.params().values())       # a trained δS
+    assert any(float(p.detach().abs().max()) > 0 for p in adapter.params().values())   # a trained δS
     env = train_mod.EnvConfig(mode=vanilla.mode, hint=vanilla.hint, timeout_s=vanilla.grade_timeout_s,
                               workers=2)
     problems = {p.id: p for p in load_problems("bundled")}

@@ -52,7 +52,7 @@ def v_hack(tmp_path_factory, small_pairs) -> str:
 
 
 def metrics(out: Path) -> list[dict]:
-    return runio.read_jsonl(out / runio.METRICS)
+    return runio.train_rows(runio.read_jsonl(out / runio.METRICS))
 
 
 @pytest.mark.parametrize("arm", ["vanilla", "projected", "random", "shuffled", "rebound"])
@@ -62,6 +62,8 @@ def test_smoke_run_per_arm(arm, v_hack, small_pairs, tmp_path):
                     out, progress=False)
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
+    # held-out eval (one problem named by no pair) at step 0 and after the last step, in every arm
+    assert [r["step"] for r in runio.eval_rows(runio.read_jsonl(out / runio.METRICS))] == [0, 2]
     for r in rows:
         assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
         assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
