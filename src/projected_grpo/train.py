@@ -8,6 +8,8 @@ One step, for P prompts × G samples (DESIGN §3–§5):
   4. A = r − mean_group(r); PPO-clip + K3 loss over completion tokens / (G·max_new_tokens·P);
   5. δS gradients all-reduced over ranks, then measured against V and (projecting arms) projected;
   6. grad-norm clip, AdamW step (optionally projecting the step itself), warmup+cosine schedule.
+The run trains on the split's train problems only; at step 0, every eval_every steps and after the
+last step the current policy is evaluated on the held-out eval problems (splits.py, evaluate.py).
 """
 
 from __future__ import annotations
