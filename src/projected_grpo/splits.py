@@ -161,7 +161,9 @@ def read(path: Path, pool: list[Problem], pairs: list[str], seed: int) -> Split:
                         "this run's --pairs file")
     if not sets["train"]:
         raise UserError(f"--split-file {path}: `train` is empty")
-    return _assemble(pool, sets["eval"], set(sets["train"]), pairs, seed, str(path))
+    split = _assemble(pool, sets["eval"], set(sets["train"]), pairs, seed, str(path))
+    split.extra.update(seed=seed)                          # the seed of the train walk order
+    return split
 
 
 def for_run(cfg: TrainConfig, pool: list[Problem]) -> Split:
