@@ -31,11 +31,30 @@ def pairs_file(tmp_path) -> Path:
     return path
 
 
-def test_pair_problem_ids_name_train_and_heldout_pairs(pairs_file):
-    ids = splits.pair_problem_ids(str(pairs_file))
-    assert ids == [f"pg-{i:03d}" for i in range(1, 11)]        # pg-003 is named only by heldout pairs
-    assert len(splits.pair_problem_ids("bundled")) == 42         # the bundled pairs name every problem
+def test_pair_problem_ids_name_the_training_pairs_problems(pairs_file):
+    every = splits.pair_problem_ids(str(pairs_file), split=None)
+    assert every == [f"pg-{i:03d}" for i in range(1, 11)]
+    train, heldout = splits.pair_problem_ids(str(pairs_file)), splits.pair_problem_ids(str(pairs_file), "heldout")
+    assert "pg-003" in heldout and "pg-003" not in train      # pg-003 is named only by heldout pairs
+    assert sorted(set(train) | set(heldout)) == every
+    # the bundled pairs: 30 problems through training pairs, 12 more only through heldout pairs
+    assert len(splits.pair_problem_ids("bundled")) == 30
+    assert len(splits.pair_problem_ids("bundled", "heldout")) == 12
+    assert len(splits.pair_problem_ids("bundled", None)) == 42
     assert splits.pair_problem_ids("bundled:persona") == []
+
+
+def test_bundled_run_evaluates_on_problems_no_training_pair_names():
+    """A bundled run (smoke, demo, qwen05 presets) has eval problems, none of them a training-pair
+    problem; its overlap with the heldout pairs' problems is recorded in split.json."""
+    cfg = preset("smoke")
+    cfg = replace(cfg, n_problems=0)
+    split = splits.for_run(cfg, POOL)
+    train_pairs = set(splits.pair_problem_ids("bundled"))
+    assert len(split.eval) == 10 and not set(split.eval) & train_pairs and not set(split.eval) & set(split.train)
+    body = json.loads(split.to_json())
+    assert body["eval_heldout_pairs_overlap"] == sorted(split.eval)      # all 10 from the 12 heldout-pair ones
+    assert len(body["heldout_pairs"]) == 12
 
 
 def test_derived_split_is_disjoint_deterministic_and_reports_overlap(pairs_file):
@@ -51,7 +70,7 @@ def test_derived_split_is_disjoint_deterministic_and_reports_overlap(pairs_file)
     body = json.loads(a.to_json())
     assert body["train_pairs_overlap"] == pairs == sorted(set(a.train) & set(pairs))
     assert body["seed"] == 41 and body["eval_shortfall"] == 0
-    assert "train ∩ pairs = 10" in a.summary()
+    assert f"train ∩ pairs = {len(pairs)}" in a.summary()
     # a count instead of a share; 0 = no eval problems
     assert len(splits.derive(POOL, pairs, 3, seed=41).eval) == 3
     assert splits.derive(POOL, pairs, 0, seed=41).eval == []
@@ -66,8 +85,8 @@ def test_without_eval_problems_the_walk_order_is_the_old_seeded_shuffle(pairs_fi
 
 
 def test_too_few_free_problems_is_reported_not_hidden():
-    """The bundled pairs name all 42 bundled problems: no problem may be evaluated, and the split says so."""
-    split = splits.derive(POOL, splits.pair_problem_ids("bundled"), 0.25, seed=41)
+    """Pairs that name all 42 bundled problems leave none to evaluate on, and the split says so."""
+    split = splits.derive(POOL, splits.pair_problem_ids("bundled", split=None), 0.25, seed=41)
     assert split.eval == [] and len(split.train) == 42
     assert json.loads(split.to_json())["eval_shortfall"] == 10
     assert "WARNING: 10 eval problems asked for, only 0" in split.summary()
@@ -93,7 +112,7 @@ def test_split_file_is_honoured_and_train_walked_in_the_run_seed_order(tmp_path,
     ('{"train": ["pg-001"]}', "`eval` must be a list"),
     ('{"train": ["pg-001", "pg-999"], "eval": ["pg-040"]}', "not among the 42 loaded problems.*pg-999"),
     ('{"train": ["pg-001", "pg-040"], "eval": ["pg-040"]}', "eval and train share 1 problem.*pg-040"),
-    ('{"train": ["pg-020"], "eval": ["pg-003"]}', "named by the pairs.*pg-003"),
+    ('{"train": ["pg-020"], "eval": ["pg-001"]}', "named by the training pairs.*pg-001"),
     ('{"train": ["pg-020"], "eval": ["pg-040", "pg-040"]}', "names a problem twice"),
     ('{"train": [], "eval": ["pg-040"]}', "`train` is empty"),
     ('{"train": ["pg-020"], "eval": ["pg-040"], "pairs": ["pg-001"]}', "differs from the problems named"),

@@ -1,22 +1,26 @@
 """Problem splits: which problems a run trains on, which it is evaluated on, which the pairs name.
 
 Three sets per run (DESIGN §8), written to the run dir as `split.json`:
-  pairs — every problem id named by a `problem_id` of the contrastive pair file (`--pairs`), train and
-          heldout pairs alike: V was extracted from, or checked on, completions to these prompts;
-  eval  — held-out problems: never trained on and never named by a pair, so the eval rates say what
-          the policy does on prompts nothing in the run has seen;
+  pairs — every problem id named by a `problem_id` of the pair file's TRAIN pairs (`--pairs`): V is
+          extracted from completions to these prompts;
+  eval  — held-out problems: never trained on and never named by a training pair, so nothing the
+          policy was trained on or the direction was extracted from saw these prompts;
   train — the problems the run trains on, disjoint from eval. A train problem may be a pair problem;
           that overlap is reported (`train_pairs_overlap` in split.json, and printed), not refused.
 
 The pool is the loaded problem set after `--n-problems` and `--max-prompt-tokens`.
+The pair file's HELDOUT pairs only check V after extraction (`pgrpo verify`, probe gate 1); their
+problems may be eval problems. split.json lists them (`heldout_pairs`) and the overlap with eval
+(`eval_heldout_pairs_overlap`), so a reader sees it. (The bundled pairs name all 42 bundled problems:
+30 through training pairs, 12 through heldout pairs — the eval problems of a bundled run come from
+those 12.)
 
 Derived split (`--split-file ""`): the problems named by no pair ("free") are shuffled with a
 generator seeded from `--seed`; the first n_eval go to eval, the rest of the pool trains, where
     n_eval = eval_problems                       if eval_problems >= 1 (a count),
              max(1, round(eval_problems · |pool|)) if 0 < eval_problems < 1 (a share of the pool),
              0                                   if eval_problems == 0,
-capped at |free|. A cap is reported (`eval_shortfall`), never silent. With the bundled problems and
-the bundled pairs every problem is a pair problem, so such a run has no eval problems (and says so).
+capped at |free|. A cap is reported (`eval_shortfall`), never silent.
 
 Split file (`--split-file PATH`, which `pgrpo sweep` writes once so every run of a sweep shares it):
 a JSON object {"train": [ids], "eval": [ids], ...}. Every id must be a loaded problem; eval ∩ train
@@ -83,14 +87,14 @@ def load_pool(cfg: TrainConfig, tok) -> list[Problem]:
     return kept
 
 
-def pair_problem_ids(spec: str) -> list[str]:
-    """Sorted problem ids named by the `problem_id` of every pair (any split) in a pair file.
-    Persona pairs name no problem."""
+def pair_problem_ids(spec: str, split: str | None = "train") -> list[str]:
+    """Sorted problem ids named by the `problem_id` of the pairs of `split` (None: every split) in a
+    pair file. Persona pairs name no problem."""
     from projected_grpo.pairs import resolve
 
     path = resolve(spec)
     return sorted({str(rec["problem_id"]) for _, rec in json_objects(path.read_text(encoding="utf-8"), path)
-                   if "problem_id" in rec})
+                   if "problem_id" in rec and (split is None or rec.get("split") == split)})
 
 
 def walk_order(pool: list[Problem], seed: int) -> list[Problem]:
@@ -154,7 +158,7 @@ def read(path: Path, pool: list[Problem], pairs: list[str], seed: int) -> Split:
         raise UserError(f"--split-file {path}: eval and train share {len(both)} problem(s): {_few(both)}")
     leaked = sorted(set(sets["eval"]) & set(pairs))
     if leaked:
-        raise UserError(f"--split-file {path}: {len(leaked)} eval problem(s) are named by the pairs "
+        raise UserError(f"--split-file {path}: {len(leaked)} eval problem(s) are named by the training pairs "
                         f"(--pairs): {_few(leaked)}")
     if "pairs" in body and sorted(map(str, body["pairs"])) != pairs:
         raise UserError(f"--split-file {path}: its `pairs` list differs from the problems named by "
@@ -170,8 +174,12 @@ def for_run(cfg: TrainConfig, pool: list[Problem]) -> Split:
     """The run's split: from `--split-file`, else derived from `--seed` and `--eval-problems`."""
     pairs = pair_problem_ids(cfg.pairs)
     if cfg.split_file:
-        return read(Path(cfg.split_file), pool, pairs, cfg.seed)
-    return derive(pool, pairs, cfg.eval_problems, cfg.seed)
+        split = read(Path(cfg.split_file), pool, pairs, cfg.seed)
+    else:
+        split = derive(pool, pairs, cfg.eval_problems, cfg.seed)
+    heldout = pair_problem_ids(cfg.pairs, split="heldout")
+    split.extra.update(heldout_pairs=heldout, eval_heldout_pairs_overlap=sorted(set(split.eval) & set(heldout)))
+    return split
 
 
 def write_for_run(out: Path, split: Split) -> None:
