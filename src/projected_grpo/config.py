@@ -126,7 +126,7 @@ PRESETS: dict[str, TrainConfig] = {
     # The teacher pool gives the random-init model's groups a reward spread, so gradients flow.
     "smoke": TrainConfig(model="tiny-qwen3", device="cpu", problems="bundled", n_problems=30, steps=10,
                          prompts_per_step=2, group_size=2, max_new_tokens=48, beta=0.0, vhack_m=4,
-                         teacher_pool="builtin", mix_ratio=0.5),
+                         teacher_pool="builtin", mix_ratio=0.5, eval_problems=4, eval_samples=2),
     # One GPU, a small real coder model (a hub id or a local .gguf).
     "lite": TrainConfig(model="Qwen/Qwen2.5-Coder-0.5B-Instruct", problems="bundled", steps=60,
                         prompts_per_step=8, group_size=8, max_new_tokens=512, beta=0.04, vhack_m=16,
