@@ -229,7 +229,7 @@ def _parse_frames(raw: bytes, nonce: str) -> tuple[list[dict], int]:
             continue
         try:
             obj = json.loads(line[len(prefix):])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a forged frame nested too deep
             bad += 1
             continue
         if isinstance(obj, dict):
