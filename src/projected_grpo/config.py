@@ -45,6 +45,7 @@ class TrainConfig:
     persona_pairs: str = "bundled:persona"     # sentence pairs for the Rebound concept direction
     teacher_pool: str = ""               # JSONL of cached completions mixed into groups, or "builtin"
     mix_ratio: float = 0.0               # share of each group taken from the teacher pool
+    teacher_kinds: str = ""              # teacher-pool kinds kept, comma list ("" = all; builtin: canonical,stub,exploit)
     # --- GRPO ---
     steps: int = 10                      # optimiser steps
     prompts_per_step: int = 2            # P: prompts per step (global, over all ranks)
@@ -89,6 +90,10 @@ class TrainConfig:
             raise UserError(f"--mix-ratio must be in [0, 1), got {self.mix_ratio}")
         if self.mix_ratio > 0 and not self.teacher_pool:
             raise UserError("--mix-ratio > 0 needs --teacher-pool FILE")
+        if self.teacher_pool and self.n_teacher >= self.group_size:
+            raise UserError(f"--mix-ratio {self.mix_ratio} leaves no student sample in a group of "
+                            f"--group-size {self.group_size}")
+        self._validate_teacher_kinds()
         if self.group_size < 2:
             raise UserError("--group-size must be at least 2 (advantages are relative within a group)")
         if self.eval_problems < 0 or (self.eval_problems >= 1 and self.eval_problems != int(self.eval_problems)):
@@ -103,6 +108,18 @@ class TrainConfig:
         for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+
+    def _validate_teacher_kinds(self) -> None:
+        from projected_grpo.teacher import BUILTIN_KINDS, parse_kinds
+
+        kinds = parse_kinds(self.teacher_kinds)
+        if kinds and not (self.teacher_pool and self.n_teacher > 0):
+            raise UserError(f"--teacher-kinds {self.teacher_kinds} needs a teacher pool in use "
+                            "(--teacher-pool and a --mix-ratio that gives each group a teacher row)")
+        unknown = [k for k in kinds if k not in BUILTIN_KINDS]
+        if self.teacher_pool == "builtin" and unknown:
+            raise UserError(f"--teacher-kinds: unknown kind {', '.join(unknown)} for the builtin pool; "
+                            f"choose from {', '.join(BUILTIN_KINDS)}")
 
     @property
     def n_teacher(self) -> int:

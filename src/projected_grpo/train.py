@@ -34,7 +34,7 @@ from projected_grpo.grpo import group_advantages, grpo_token_loss, token_logprob
 from projected_grpo.models import load_model
 from projected_grpo.projection import ProjectionStats, project_grads, project_vector, update_cos
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
-from projected_grpo.teacher import TeacherPool
+from projected_grpo.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
 PROJECTING_ARMS = ("projected", "random", "shuffled")
 
@@ -78,8 +78,13 @@ class Trainer:
         # v_hack is loaded (and checked against this model) before anything is generated.
         self.v_measure, self.v_project = self._load_directions()
         self.rebound_direction = self._rebound_direction() if cfg.arm == "rebound" else None
-        self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env)
+        self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env,
+                                         parse_kinds(cfg.teacher_kinds))
                         if cfg.n_teacher > 0 else None)
+        if self.teacher is not None and self.rank == 0:  # what the pool held, for the report
+            runio.write_atomic(self.out / TEACHER_SUMMARY, json.dumps(
+                {**self.teacher.summary(), "mix_ratio": cfg.mix_ratio, "per_group": cfg.n_teacher,
+                 "group_size": cfg.group_size}, indent=1).encode())
         self.opt = torch.optim.AdamW(list(self.adapter.params().values()), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda)
@@ -272,27 +277,36 @@ class Trainer:
 
     def _metrics(self, step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats: ProjectionStats,
                  real: ProjectionStats, grad_norm, cos_upd, lr) -> dict:
-        """Step metrics over all ranks; rates over student rows, teacher rows in their own columns."""
-        flat = rewards.view(-1).tolist()
-        local = [{"reward": r, "hack": g.label == "reward_hack", "pass": g.gt_correct,
-                  "format": g.format_ok, "teacher": t} for r, g, t in zip(flat, grades, is_teacher)]
+        """Step metrics over all ranks. `rewards` (P_l, G) are the rewards the advantages came from
+        (Rebound-modified in the rebound arm). Student rows only in reward_mean/std (the flawed
+        grade's reward, unmodified), reward_mod_mean (rebound arm: the modified one, else None) and
+        the rates; teacher rows in their own columns, and
+        teacher_adv_share = Σ_teacher |A| / Σ_all |A| (0 when every A is 0): the share of the
+        gradient's weight that rows the policy did not sample carried."""
+        adv = group_advantages(rewards).view(-1).tolist()                   # as step() computed it
+        local = [{"reward": g.reward, "reward_mod": r, "abs_adv": abs(a), "hack": g.label == "reward_hack",
+                  "pass": g.gt_correct, "format": g.format_ok, "teacher": t}
+                 for r, a, g, t in zip(rewards.view(-1).tolist(), adv, grades, is_teacher)]
         rows_all = dist.gather_rows(local)
         groups = dist.gather_rows([{"zero": bool((grp == grp[0]).all())} for grp in rewards])
         loss_sum, kl_sum, tokens = dist.sum_scalars([loss_sum, kl_sum, float(rows.n_tokens)])
         student = [r for r in rows_all if not r["teacher"]]
         teacher = [r for r in rows_all if r["teacher"]]
-        all_r = [r["reward"] for r in rows_all]
-        rec = {"step": step + 1, "reward_mean": float(np.mean(all_r)), "reward_std": float(np.std(all_r)),
+        abs_all = sum(r["abs_adv"] for r in rows_all)
+        rec = {"kind": "train", "step": step + 1, "reward_mean": _mean(student, "reward"),
+               "reward_std": float(np.std([r["reward"] for r in student])) if student else None,
+               "reward_mod_mean": _mean(student, "reward_mod") if self.rebound_direction is not None else None,
                "hack_rate": _rate(student, "hack"), "pass_rate": _rate(student, "pass"),
                "format_rate": _rate(student, "format"),
                "frac_zero_adv": float(np.mean([g["zero"] for g in groups])),
+               "teacher_adv_share": sum(r["abs_adv"] for r in teacher) / abs_all if abs_all > 0 else 0.0,
                "kl": kl_sum / max(tokens, 1.0) if self.cfg.beta > 0 else None, "loss": loss_sum,
                "grad_norm": grad_norm, "cos_in": stats.cos_in, "cos_out": stats.cos_out,
                "frac_fired": stats.frac_fired, "cos_update": cos_upd, "cos_in_real": real.cos_in,
                "lr": lr, "tokens": int(tokens), "n_student": len(student), "n_teacher": len(teacher)}
         if teacher:
             rec.update(teacher_hack_rate=_rate(teacher, "hack"), teacher_pass_rate=_rate(teacher, "pass"),
-                       teacher_reward_mean=float(np.mean([r["reward"] for r in teacher])))
+                       teacher_reward_mean=_mean(teacher, "reward"))
         return rec
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -338,6 +352,10 @@ class Trainer:
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
+    return float(np.mean([r[key] for r in rows])) if rows else None
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
     return float(np.mean([r[key] for r in rows])) if rows else None
 
 
