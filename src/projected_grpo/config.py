@@ -45,7 +45,7 @@ class TrainConfig:
     persona_pairs: str = "bundled:persona"     # sentence pairs for the Rebound concept direction
     teacher_pool: str = ""               # JSONL of cached completions mixed into groups, or "builtin"
     mix_ratio: float = 0.0               # share of each group taken from the teacher pool
-    teacher_kinds: str = ""              # teacher-pool kinds kept, comma list ("" = all; builtin: canonical,stub,exploit)
+    teacher_kinds: str = ""              # teacher-pool kinds kept ("" = all; builtin: canonical,stub,exploit)
     # --- GRPO ---
     steps: int = 10                      # optimiser steps
     prompts_per_step: int = 2            # P: prompts per step (global, over all ranks)

@@ -293,9 +293,10 @@ class Trainer:
         student = [r for r in rows_all if not r["teacher"]]
         teacher = [r for r in rows_all if r["teacher"]]
         abs_all = sum(r["abs_adv"] for r in rows_all)
-        rec = {"kind": "train", "step": step + 1, "reward_mean": _mean(student, "reward"),
+        rebound = self.rebound_direction is not None
+        rec = {"kind": "train", "step": step + 1, "reward_mean": _rate(student, "reward"),
                "reward_std": float(np.std([r["reward"] for r in student])) if student else None,
-               "reward_mod_mean": _mean(student, "reward_mod") if self.rebound_direction is not None else None,
+               "reward_mod_mean": _rate(student, "reward_mod") if rebound else None,
                "hack_rate": _rate(student, "hack"), "pass_rate": _rate(student, "pass"),
                "format_rate": _rate(student, "format"),
                "frac_zero_adv": float(np.mean([g["zero"] for g in groups])),
@@ -306,7 +307,7 @@ class Trainer:
                "lr": lr, "tokens": int(tokens), "n_student": len(student), "n_teacher": len(teacher)}
         if teacher:
             rec.update(teacher_hack_rate=_rate(teacher, "hack"), teacher_pass_rate=_rate(teacher, "pass"),
-                       teacher_reward_mean=_mean(teacher, "reward"))
+                       teacher_reward_mean=_rate(teacher, "reward"))
         return rec
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -352,10 +353,7 @@ class Trainer:
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
-    return float(np.mean([r[key] for r in rows])) if rows else None
-
-
-def _mean(rows: list[dict], key: str) -> float | None:
+    """Mean of `key` over rows (a rate for a bool column); None over no rows."""
     return float(np.mean([r[key] for r in rows])) if rows else None
 
 
