@@ -23,7 +23,7 @@ from projected_grpo.errors import UserError
 from projected_grpo.teacher import SUMMARY_FILE, TeacherPool
 
 DATA = Path(train_mod.__file__).parent / "data"
-FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2)
+FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2, eval_samples=0)
 DEEP = "```python\nx = " + "-" * 3000 + "1\n```"  # RecursionError in compile() on main
 
 
@@ -139,7 +139,8 @@ def test_metrics_split_student_teacher_and_rebound_columns(v_hack, small_pairs, 
     # would not be the students' alone
     assert any(r["teacher_reward_mean"] != r["reward_mean"] for r in rows)
     pool = json.loads((out / SUMMARY_FILE).read_text())
-    assert pool["kinds"] == {"exploit": 4, "stub": 4} and pool["kinds_requested"] == ["exploit", "stub"]
+    n = len(json.loads((out / "split.json").read_text())["train"])  # the pool covers train problems
+    assert pool["kinds"] == {"exploit": n, "stub": n} and pool["kinds_requested"] == ["exploit", "stub"]
     assert pool["per_group"] == 2 and pool["group_size"] == 4 and pool["source"] == "builtin"
     by_id = {p.id: p for p in load_problems("bundled")}
     for s in samples:
@@ -151,7 +152,7 @@ def test_metrics_split_student_teacher_and_rebound_columns(v_hack, small_pairs, 
 def test_hostile_teacher_pool_is_graded_and_training_goes_on(v_hack, tmp_path):
     """A pool file of kind `deep` (x = ---…-1, 3,000 minus signs) selected by --teacher-kinds: the
     pool is graded at load and the rows go through a training step; on main grading raised."""
-    problems = load_problems("bundled")[:4]
+    problems = load_problems("bundled")  # every problem: whichever the run trains on
     rows = [{"id": p.id, "completion": DEEP, "kind": "deep"} for p in problems]
     rows += [{"id": p.id, "completion": exploits.canonical(p), "kind": "canonical"} for p in problems]
     path = pool_file(tmp_path / "pool.jsonl", rows)
@@ -159,12 +160,13 @@ def test_hostile_teacher_pool_is_graded_and_training_goes_on(v_hack, tmp_path):
                   teacher_kinds="deep")
     out = tmp_path / "run"
     train_mod.train(cfg, out, progress=False)
-    (r,) = runio.read_jsonl(out / runio.METRICS)
+    (r,) = runio.train_rows(runio.read_jsonl(out / runio.METRICS))
     assert r["reward_mod_mean"] is None  # vanilla arm: nothing modified
     teacher = [s for s in runio.read_jsonl(out / runio.SAMPLES) if s["teacher"]]
     assert len(teacher) == 2 and all(s["completion"] == DEEP for s in teacher)
     assert all(s["error"] == "too_complex:RecursionError" and s["label"] == "incorrect" for s in teacher)
-    assert json.loads((out / SUMMARY_FILE).read_text())["labels_by_kind"] == {"deep": {"incorrect": 4}}
+    n = len(json.loads((out / "split.json").read_text())["train"])
+    assert json.loads((out / SUMMARY_FILE).read_text())["labels_by_kind"] == {"deep": {"incorrect": n}}
     student = [s for s in runio.read_jsonl(out / runio.SAMPLES) if not s["teacher"]]
     assert all(s["reward"] == 0 for s in student)  # the tiny random model writes no code
     assert r["teacher_adv_share"] == 0.0  # every row rewarded 0: Σ|A| = 0, so the share is 0

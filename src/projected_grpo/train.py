@@ -294,7 +294,7 @@ class Trainer:
         teacher = [r for r in rows_all if r["teacher"]]
         abs_all = sum(r["abs_adv"] for r in rows_all)
         rebound = self.rebound_direction is not None
-        rec = {"kind": "train", "step": step + 1, "reward_mean": _rate(student, "reward"),
+        rec = {"step": step + 1, "reward_mean": _rate(student, "reward"),
                "reward_std": float(np.std([r["reward"] for r in student])) if student else None,
                "reward_mod_mean": _rate(student, "reward_mod") if rebound else None,
                "hack_rate": _rate(student, "hack"), "pass_rate": _rate(student, "pass"),
