@@ -23,7 +23,8 @@ from projected_grpo.errors import UserError
 from projected_grpo.teacher import SUMMARY_FILE, TeacherPool
 
 DATA = Path(train_mod.__file__).parent / "data"
-FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2, eval_samples=0)
+FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2, eval_problems=0,
+            eval_samples=0)
 DEEP = "```python\nx = " + "-" * 3000 + "1\n```"  # RecursionError in compile() on main
 
 
