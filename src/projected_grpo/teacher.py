@@ -52,7 +52,7 @@ class TeacherPool:
              kinds: tuple[str, ...] = ()) -> "TeacherPool":
         """The pool of `path` (or `builtin`) for `problems`, only `kinds` if given, graded."""
         if str(path) == "builtin":
-            entries = builtin_entries(problems, env.mode)
+            entries = builtin_pool(problems, env.mode)
             available = {kind for pairs in entries.values() for kind, _ in pairs}
             _check_kinds(kinds, available, f"the builtin pool under mode {env.mode}")
         else:
@@ -124,7 +124,7 @@ def _read_file(path: Path, known: set[str], kinds: tuple[str, ...]) -> dict[str,
     return entries
 
 
-def builtin_entries(problems: list, mode: str) -> dict[str, list[tuple[str, str]]]:
+def builtin_pool(problems: list, mode: str) -> dict[str, list[tuple[str, str]]]:
     """(kind, completion) per problem: canonical, stub and, when the mode has a lever, the canned
     exploit (this order: a seeded draw picks the same texts as before kinds were recorded)."""
     from projected_grpo.env import exploits
@@ -134,9 +134,14 @@ def builtin_entries(problems: list, mode: str) -> dict[str, list[tuple[str, str]
             for p in problems}
 
 
+def builtin_entries(problems: list, mode: str) -> dict[str, list[str]]:
+    """The builtin pool's completions per problem (every kind)."""
+    return {pid: [text for _, text in pairs] for pid, pairs in builtin_pool(problems, mode).items()}
+
+
 def write_pool(path: str | Path, problems: list, mode: str) -> int:
     """Write the builtin pool as a JSONL file a user can edit; returns the line count."""
     rows = [{"id": pid, "completion": text, "kind": kind}
-            for pid, pairs in builtin_entries(problems, mode).items() for kind, text in pairs]
+            for pid, pairs in builtin_pool(problems, mode).items() for kind, text in pairs]
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return len(rows)
