@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from projected_grpo import dist, evaluate, runio, splits
+from projected_grpo import dist, evaluate, runio, splits, teacher
 from projected_grpo.adapter import attach
 from projected_grpo.config import TrainConfig, preset
 from projected_grpo.grpo import group_advantages
@@ -238,7 +238,8 @@ def test_torchrun_two_process_smoke_and_resume(tmp_path):
     assert res.stdout.count("run finished:") == 1, res.stdout[-3000:]  # rank 0 alone reports
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted([runio.CONFIG, runio.METRICS, runio.SAMPLES, runio.CHECKPOINT, splits.SPLIT,
-                            evaluate.EVAL_SAMPLES, "delta_s.safetensors"]), files  # no per-rank leftovers
+                            evaluate.EVAL_SAMPLES, teacher.SUMMARY_FILE, "delta_s.safetensors"]), files
+    # (no per-rank leftovers; teacher_pool.json: the smoke preset mixes the builtin pool in)
     evals = runio.eval_rows(runio.read_jsonl(out / runio.METRICS))
     assert [e["step"] for e in evals] == [0, 2] and all(e["eval_n"] == 2 * 2 for e in evals)  # both ranks
     eval_ids = json.loads((out / splits.SPLIT).read_text())["eval"]
