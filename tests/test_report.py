@@ -68,14 +68,18 @@ def test_summary_numbers(sweep_dir: Path):
     assert van["hack_rate"] == pytest.approx({"mean": 0.6, "sem": 0.1, "n": 2})
     assert van["pass_rate"]["mean"] == pytest.approx(0.3)
     assert van["delta_hack_rate"]["mean"] is None                       # vanilla has no Δ vs itself
-    # projected: per-seed Δ hack = 0.2-0.5 = -0.3 and 0.6-0.7 = -0.1 -> mean -0.2, sem 0.1
-    assert proj["delta_hack_rate"] == pytest.approx({"mean": -0.2, "sem": 0.1, "n": 2})
+    # projected: per-seed Δ hack = 0.2-0.5 = -0.3 and 0.6-0.7 = -0.1 -> mean -0.2, sem 0.1,
+    # 95% interval -0.2 ± t(0.975, 1) · 0.1 = -0.2 ± 1.27062
+    assert proj["delta_hack_rate"] == pytest.approx({"mean": -0.2, "sem": 0.1, "n": 2,
+                                                     "lo": -1.470620, "hi": 1.070620}, abs=1e-5)
     # pass Δ: 0.2-0.2 = 0, 0.3-0.4 = -0.1 -> mean -0.05, sem 0.05
-    assert proj["delta_pass_rate"] == pytest.approx({"mean": -0.05, "sem": 0.05, "n": 2})
+    assert proj["delta_pass_rate"]["mean"] == pytest.approx(-0.05)
+    assert proj["delta_pass_rate"]["sem"] == pytest.approx(0.05)
     # random: only seed 41 has a vanilla partner -> Δ = 0.4 - 0.5 over n = 1, no sem
     assert rnd["hack_rate"]["n"] == 2
     assert rnd["delta_hack_rate"]["mean"] == pytest.approx(-0.1)
     assert rnd["delta_hack_rate"]["sem"] is None and rnd["delta_hack_rate"]["n"] == 1
+    assert rnd["delta_hack_rate"]["lo"] is None
     # k widens the window: last 6 steps of vanilla s41 = (0,0,0,.5,.5,.5) -> 0.25
     assert summarise(sweep_dir, last_k=6)["arms"]["vanilla"]["hack_rate"]["mean"] == pytest.approx(
         (0.25 + 0.35) / 2)
@@ -97,12 +101,12 @@ def test_write_report_files(sweep_dir: Path):
     out = write_report(sweep_dir, last_k=3)
     text = out.read_text()
     assert "0.600 ± 0.100 (n=2)" in text                         # vanilla hack rate
-    assert "-0.200 ± 0.100 (n=2)" in text                        # projected Δ hack
-    assert "-0.100 ± — (n=1)" in text                            # random Δ hack, one pair
+    assert "-0.200 [-1.471, +1.071] (n=2)" in text               # projected Δ hack, 95% t interval
+    assert "-0.100 [—] (n=1)" in text                            # random Δ hack, one pair
     assert "## Missing / unfinished runs" in text
     assert "| rebound | 41 | rebound_s41 | unfinished | 2 / 6 |" in text
     assert "| rebound | 42 | rebound_s42 | missing | — |" in text
-    assert "k = 3" in text and "preset: smoke" in text
+    assert "last 3 steps" in text and "preset: smoke" in text
     for name in ("hack_rate.png", "pass_rate.png", "cosine.png"):
         png = sweep_dir / name
         assert png.is_file() and png.stat().st_size > 1000

@@ -1,29 +1,45 @@
-"""Sweep report: per-arm last-k hack/pass rates (mean ± sem over seeds), paired Δ vs vanilla, plots.
+"""Sweep report: the held-out eval headline, training dynamics as numbers, last-k training rates and
+diagnostics per arm (mean ± sem over seeds, paired Δ vs vanilla with a 95% interval), and plots.
 
 Input: a directory holding run dirs (any dir under it with a `config.json`; arm and seed are read
 from that file) and, when a sweep wrote it, `sweep.json` listing the (arm, seed) runs it expected.
+Each run dir's `metrics.jsonl` holds training rows (`kind` "train" or no kind) and held-out eval rows
+(`kind` "eval", step = training steps completed, 0 = before training); `split.json` (train / eval /
+pairs problem ids) and `teacher_pool.json` are read when present.
 Output, beside them:
-  results.md    one row per arm, a header of facts, and every missing or unfinished run listed;
+  results.md    headline (final held-out eval), dynamics, training table, per-run rows, every missing
+                or unfinished run, and a header of facts (set-up, split sizes and overlaps, teacher pool);
   summary.json  the same numbers for machines (`summarise`'s dict);
-  hack_rate.png, pass_rate.png   per-arm mean vs step with a ± sem band over seeds;
+  hack_rate.png, pass_rate.png   per-arm training mean vs step with a ± sem band over seeds, and the
+                eval rates as markers (± sem bars) at their eval steps;
   cosine.png    per-arm cos_in (solid) and cos_out (dashed) vs step, mean over seeds.
-A run is finished when its metrics reach the config's `steps`; unfinished runs are listed and left
-out of every mean and plot. sem = sample std / sqrt(n); with n = 1 it is undefined and shown as "—".
+A run is finished when its training rows reach the config's `steps`; unfinished runs are listed and
+left out of every mean and plot. Statistics (sem, paired Δ + Student-t interval, onset with
+censoring, AUC) are defined in `stats.py`.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from projected_grpo import runio
 from projected_grpo.errors import UserError
+from projected_grpo.stats import Stat, auc, censored, mean_sem, onset, paired
 
-RATE_KEYS = ("hack_rate", "pass_rate", "reward_mean")   # averaged over the last k steps
-STEP_KEYS = ("cos_in", "cos_out", "frac_fired")          # averaged over all steps
+__all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report", "add_commands"]
+
+RATE_KEYS = ("hack_rate", "pass_rate", "reward_mean")   # training: mean over the last k steps
+EVAL_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_attempt_rate", "eval_format_rate")  # final eval
+STEP_KEYS = ("cos_in", "cos_out", "frac_fired", "update_hackward", "sampler_mismatch",
+             "teacher_adv_share")                       # training: mean over all steps
+THRESHOLDS = (0.3, 0.5)                                 # onset thresholds on the training hack rate
+DYN_KEYS = tuple(f"onset_{t}" for t in THRESHOLDS) + ("auc",)
+DELTA_KEYS = ("eval_hack_rate", "eval_pass_rate", "hack_rate", "pass_rate") + DYN_KEYS
 ARM_ORDER = ("vanilla", "projected", "rebound", "random", "shuffled")
+SPLIT_PARTS = ("train", "eval", "pairs")
 DASH = "—"
 
 
@@ -35,35 +51,32 @@ class Run:
     seed: int                                 # from config.json ("seed")
     dir: str                                  # run dir, relative to the report dir
     steps: int                                # steps the config asks for
-    done: int                                 # last step logged in metrics.jsonl (0 = none)
+    done: int                                 # last training step logged (0 = none)
     status: str                               # finished | unfinished | missing | duplicate
     last_k: dict = field(default_factory=dict)     # RATE_KEYS -> mean over the last k steps (or None)
     all_steps: dict = field(default_factory=dict)  # STEP_KEYS -> mean over all steps (or None)
-    metrics: list = field(default_factory=list, repr=False)  # the metrics.jsonl rows
+    dynamics: dict = field(default_factory=dict)   # onset_θ -> step or None (never); auc
+    eval_final: dict = field(default_factory=dict)  # last eval row: step, EVAL_KEYS, eval_n ({} = none)
+    eval_base: dict = field(default_factory=dict)   # eval row at step 0 (the base policy), {} = none
+    split: dict | None = None                 # sizes and overlaps from split.json (None = no file)
+    teacher: dict = field(default_factory=dict)    # pool, kinds, mix_ratio, pool file kinds
+    metrics: list = field(default_factory=list, repr=False)  # the training rows
+    evals: list = field(default_factory=list, repr=False)    # the eval rows
+
+    def value(self, key: str) -> float | None:
+        """The run's number for a per-arm statistic (onsets censored at steps + 1)."""
+        if key in EVAL_KEYS:
+            return self.eval_final.get(key)
+        if key in RATE_KEYS:
+            return self.last_k.get(key)
+        if key in STEP_KEYS:
+            return self.all_steps.get(key)
+        if key.startswith("onset_"):
+            return censored(self.dynamics.get(key), self.steps)
+        return self.dynamics.get(key)
 
 
-@dataclass
-class Stat:
-    """A mean over seeds with its standard error."""
-
-    mean: float | None                        # None when there are no values
-    sem: float | None                         # None when n < 2
-    n: int                                    # number of values
-
-
-# ---- numbers --------------------------------------------------------------------------------
-def mean_sem(values: list[float]) -> Stat:
-    """Mean and sample-std / sqrt(n) of the non-None values."""
-    xs = [float(v) for v in values if v is not None]
-    if not xs:
-        return Stat(None, None, 0)
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return Stat(mean, None, 1)
-    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
-    return Stat(mean, math.sqrt(var / len(xs)), len(xs))
-
-
+# ---- one run ---------------------------------------------------------------------------------
 def window_mean(rows: list[dict], key: str, last_k: int | None = None) -> float | None:
     """Mean of row[key] over the last k rows (all rows when last_k is None); None values skipped."""
     window = rows[-last_k:] if last_k else rows
@@ -71,25 +84,72 @@ def window_mean(rows: list[dict], key: str, last_k: int | None = None) -> float 
     return sum(xs) / len(xs) if xs else None
 
 
-def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
-    """Read config.json and metrics.jsonl of one run dir."""
+def _read_json(path: Path):
     try:
-        cfg = json.loads((run_dir / runio.CONFIG).read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise UserError(f"{run_dir / runio.CONFIG}: bad JSON ({err.msg})") from err
-    rows = sorted(runio.train_rows(runio.read_jsonl(run_dir / runio.METRICS)), key=lambda r: r.get("step", 0))
-    done = rows[-1].get("step", len(rows)) if rows else 0
+        raise UserError(f"{path}: bad JSON ({err.msg}, line {err.lineno})") from err
+
+
+def split_facts(run_dir: Path) -> dict | None:
+    """Sizes of the train / eval / pairs problem sets in split.json and their pairwise overlaps."""
+    path = run_dir / "split.json"
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list) for k in SPLIT_PARTS):
+        raise UserError(f"{path}: expected {{\"train\": [ids], \"eval\": [ids], \"pairs\": [ids]}}")
+    ids = {k: {str(i) for i in data.get(k, [])} for k in SPLIT_PARTS}
+    facts = {k: len(ids[k]) for k in SPLIT_PARTS}
+    facts.update({"train∩pairs": len(ids["train"] & ids["pairs"]),
+                  "eval∩train": len(ids["eval"] & ids["train"]),
+                  "eval∩pairs": len(ids["eval"] & ids["pairs"])})
+    return facts
+
+
+def teacher_facts(run_dir: Path, cfg: dict) -> dict:
+    """The teacher pool a run mixed in: config fields, and the kinds in a run-dir teacher_pool.json
+    (a list of rows with a `kind`, or an object with `kinds`)."""
+    facts = {"pool": cfg.get("teacher_pool") or "", "kinds": cfg.get("teacher_kinds") or "",
+             "mix_ratio": cfg.get("mix_ratio") or 0.0, "file_kinds": None}
+    path = run_dir / "teacher_pool.json"
+    if path.is_file():
+        data = _read_json(path)
+        if isinstance(data, list):
+            facts["file_kinds"] = dict(Counter(str(r.get("kind", "?")) for r in data if isinstance(r, dict)))
+        elif isinstance(data, dict) and "kinds" in data:
+            kinds = data["kinds"]
+            facts["file_kinds"] = kinds if isinstance(kinds, dict) else {str(k): None for k in kinds}
+        else:
+            facts["file_kinds"] = {"(unrecognised teacher_pool.json)": None}
+    return facts
+
+
+def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
+    """Read config.json, metrics.jsonl, split.json and teacher_pool.json of one run dir."""
+    cfg = _read_json(run_dir / runio.CONFIG)
+    rows = sorted(runio.read_jsonl(run_dir / runio.METRICS), key=lambda r: r.get("step", 0))
+    train, evals = runio.train_rows(rows), runio.eval_rows(rows)
+    done = train[-1].get("step", len(train)) if train else 0
     steps = int(cfg.get("steps", 0))
     run = Run(arm=str(cfg.get("arm", "?")), seed=int(cfg.get("seed", -1)), dir=str(run_dir.relative_to(root)),
-              steps=steps, done=done, status="finished" if rows and done >= steps else "unfinished",
-              metrics=rows)
-    run.last_k = {k: window_mean(rows, k, last_k) for k in RATE_KEYS}
-    run.all_steps = {k: window_mean(rows, k) for k in STEP_KEYS}
+              steps=steps, done=done, status="finished" if train and done >= steps else "unfinished",
+              metrics=train, evals=evals, split=split_facts(run_dir), teacher=teacher_facts(run_dir, cfg))
+    run.last_k = {k: window_mean(train, k, last_k) for k in RATE_KEYS}
+    run.all_steps = {k: window_mean(train, k) for k in STEP_KEYS}
+    hack = [r.get("hack_rate") for r in train]
+    run.dynamics = {f"onset_{t}": onset([r.get("step", i + 1) for i, r in enumerate(train)], hack, t)
+                    for t in THRESHOLDS}
+    run.dynamics["auc"] = auc(hack)
+    if evals:
+        run.eval_final = {k: evals[-1].get(k) for k in ("step", "eval_n") + EVAL_KEYS}
+        base = [r for r in evals if r.get("step") == 0]
+        run.eval_base = {k: base[0].get(k) for k in ("eval_hack_rate", "eval_pass_rate")} if base else {}
     return run
 
 
 def find_runs(root: Path, last_k: int) -> tuple[list[Run], dict]:
-    """Every run dir under root, the configs' shared facts, and sweep.json (or {})."""
+    """Every run dir under root, and sweep.json (or {})."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"report: {root} is not a directory")
@@ -101,7 +161,7 @@ def find_runs(root: Path, last_k: int) -> tuple[list[Run], dict]:
         seen.add((run.arm, run.seed))
         runs.append(run)
     sweep_path = root / "sweep.json"
-    sweep = json.loads(sweep_path.read_text()) if sweep_path.is_file() else {}
+    sweep = _read_json(sweep_path) if sweep_path.is_file() else {}
     for arm in sweep.get("arms", []):
         for seed in sweep.get("seeds", []):
             if (arm, int(seed)) not in seen:
@@ -114,9 +174,33 @@ def _arm_sort(arm: str) -> tuple[int, str]:
     return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
 
 
+# ---- per arm ---------------------------------------------------------------------------------
 def summarise(root: str | Path, last_k: int = 5) -> dict:
     """All numbers of the report: header facts, per-arm stats, per-run rows, missing/unfinished."""
     return _summarise(Path(root), last_k)[0]
+
+
+def arm_row(arm: str, mine: list[Run], vanilla: dict[int, Run], n_not_finished: int) -> dict:
+    """Per-arm numbers: Stat over seeds for every key, paired Δ vs vanilla for DELTA_KEYS."""
+    row = {"seeds": sorted(r.seed for r in mine), "not_finished": n_not_finished,
+           "n_eval": sum(bool(r.eval_final) for r in mine),
+           "eval_base_hack_rate": asdict(mean_sem([r.eval_base.get("eval_hack_rate") for r in mine]))}
+    for key in EVAL_KEYS + RATE_KEYS + STEP_KEYS + DYN_KEYS:
+        row[key] = asdict(mean_sem([r.value(key) for r in mine]))
+    for t in THRESHOLDS:
+        row[f"never_{t}"] = sum(r.dynamics.get(f"onset_{t}") is None for r in mine)
+    for key in DELTA_KEYS:
+        diffs = [] if arm == "vanilla" else [
+            r.value(key) - vanilla[r.seed].value(key) for r in mine
+            if r.seed in vanilla and r.value(key) is not None and vanilla[r.seed].value(key) is not None]
+        row[f"delta_{key}"] = asdict(paired(diffs))
+    return row
+
+
+def _distinct(items: list) -> list[dict]:
+    """Distinct values with the number of runs that have each."""
+    counts = Counter(json.dumps(i, sort_keys=True) for i in items)
+    return [{"value": json.loads(k), "runs": n} for k, n in counts.items()] if items else []
 
 
 def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
@@ -125,117 +209,37 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
     runs, sweep = find_runs(root, last_k)
     finished = [r for r in runs if r.status == "finished"]
     vanilla = {r.seed: r for r in finished if r.arm == "vanilla"}
-    arms = {}
-    for arm in sorted({r.arm for r in runs}, key=_arm_sort):
-        mine = [r for r in finished if r.arm == arm]
-        row = {"seeds": sorted(r.seed for r in mine),
-               "not_finished": sum(r.arm == arm and r.status != "finished" for r in runs)}
-        for key in RATE_KEYS:
-            row[key] = asdict(mean_sem([r.last_k[key] for r in mine]))
-        for key in ("hack_rate", "pass_rate"):
-            diffs = [] if arm == "vanilla" else [
-                r.last_k[key] - vanilla[r.seed].last_k[key] for r in mine
-                if r.seed in vanilla and r.last_k[key] is not None
-                and vanilla[r.seed].last_k[key] is not None]
-            row[f"delta_{key}"] = asdict(mean_sem(diffs))
-        for key in STEP_KEYS:
-            row[key] = asdict(mean_sem([r.all_steps[key] for r in mine]))
-        arms[arm] = row
-    configs = [json.loads((root / r.dir / runio.CONFIG).read_text()) for r in runs if r.status != "missing"]
-    header = {"preset": sweep.get("preset"), "last_k": last_k,
-              "n_finished": len(finished), "n_listed": len(runs)}
+    arms = {arm: arm_row(arm, [r for r in finished if r.arm == arm], vanilla,
+                         sum(r.arm == arm and r.status != "finished" for r in runs))
+            for arm in sorted({r.arm for r in runs}, key=_arm_sort)}
+    present = [r for r in runs if r.status != "missing"]
+    configs = [_read_json(root / r.dir / runio.CONFIG) for r in present]
+    header = {"preset": sweep.get("preset"), "last_k": last_k, "thresholds": list(THRESHOLDS),
+              "n_finished": len(finished), "n_listed": len(runs),
+              "n_eval": sum(bool(r.eval_final) for r in finished),
+              "no_eval": [r.dir for r in finished if not r.eval_final],
+              "splits": _distinct([r.split for r in present if r.split is not None]),
+              "no_split": [r.dir for r in present if r.split is None],
+              "teachers": _distinct([r.teacher for r in present]),
+              "teacher_adv_share": asdict(mean_sem([r.all_steps.get("teacher_adv_share") for r in finished])),
+              "logged": [k for k in STEP_KEYS if any(r.all_steps.get(k) is not None for r in finished)]}
     for key in ("model", "mode", "hint", "steps", "dtype", "group_size", "prompts_per_step", "vhack_m",
-                "teacher_pool", "mix_ratio"):
-        header[key] = sorted({c.get(key) for c in configs}, key=str)
+                "teacher_pool", "mix_ratio", "enable_thinking", "problems"):
+        header[key] = sorted({c.get(key) for c in configs if key in c}, key=str)
     summary = {"header": header, "arms": arms,
-               "runs": [{k: v for k, v in asdict(r).items() if k != "metrics"} for r in runs],
+               "runs": [{k: v for k, v in asdict(r).items() if k not in ("metrics", "evals")} for r in runs],
                "not_finished": [{"arm": r.arm, "seed": r.seed, "dir": r.dir, "status": r.status,
                                  "done": r.done, "steps": r.steps} for r in runs if r.status != "finished"]}
     return summary, runs
 
 
-# ---- Markdown -------------------------------------------------------------------------------
-def fmt(stat: dict, signed: bool = False) -> str:
-    """'0.600 ± 0.100 (n=2)', '0.600 ± — (n=1)' or '—'."""
-    if stat["mean"] is None:
-        return DASH
-    mean = f"{stat['mean']:+.3f}" if signed else f"{stat['mean']:.3f}"
-    sem = DASH if stat["sem"] is None else f"{stat['sem']:.3f}"
-    return f"{mean} ± {sem} (n={stat['n']})"
-
-
-def _facts(summary: dict) -> str:
-    """The 'what this shows' line: measured facts only."""
-    arms = summary["arms"]
-    k = summary["header"]["last_k"]
-    measured = {a: s["hack_rate"]["mean"] for a, s in arms.items() if s["hack_rate"]["mean"] is not None}
-    if not measured:
-        return "No finished run has a hack rate to report."
-    parts = [f"{a} {v:.3f}" for a, v in measured.items()]
-    text = f"Mean hack rate over the last {k} steps: " + ", ".join(parts) + "."
-    van = arms.get("vanilla", {}).get("hack_rate", {}).get("mean")
-    if van is None:
-        text += " There is no finished vanilla run, so no paired Δ is computed."
-    elif van == 0:
-        text += (" Vanilla's hack rate is 0 over that window, so these runs cannot show a reduction "
-                 "by any arm.")
-    return text
-
-
-def markdown(summary: dict) -> str:
-    h = summary["header"]
-
-    def show(values: list) -> str:
-        return ", ".join(str(v) for v in values) or DASH
-
-    lines = ["# Results", "",
-             f"- preset: {h['preset'] or DASH + ' (no sweep.json)'}; model: {show(h['model'])}; "
-             f"loophole mode: {show(h['mode'])}; steps: {show(h['steps'])}; dtype: {show(h['dtype'])}; "
-             f"P × G: {show(h['prompts_per_step'])} × {show(h['group_size'])}; m: {show(h['vhack_m'])}; "
-             f"hint: {show(h['hint'])}",
-             "- hacking induced by: " + (f"teacher pool {show(h['teacher_pool'])} mixed into every group "
-                                        f"(mix ratio {show(h['mix_ratio'])}; rates count student rows only)"
-                                        if any(h["teacher_pool"]) else "nothing (no teacher pool)"),
-             f"- k = {h['last_k']}: hack rate, pass rate and reward are the mean over each run's last "
-             f"{h['last_k']} steps, then mean ± sem over seeds (sem = sample std / √n; n = 1 → {DASH}).",
-             "- Δ vs vanilla: per seed, arm minus the vanilla run of the same seed, then mean ± sem "
-             f"over those differences ({DASH} when no seed has both). cos_in, cos_out and frac_fired "
-             "are means over all steps.",
-             f"- {h['n_finished']} finished run(s) of {h['n_listed']} listed; only finished runs enter "
-             "the numbers and plots.",
-             f"- What this shows: {_facts(summary)}", "",
-             "| arm | seeds | hack rate | Δ hack vs vanilla | pass rate | Δ pass vs vanilla | reward "
-             "| cos_in | cos_out | frac_fired |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for arm, s in summary["arms"].items():
-        cos = [f"{s[k]['mean']:.3f}" if s[k]["mean"] is not None else DASH for k in STEP_KEYS]
-        seeds = ",".join(map(str, s["seeds"])) or DASH
-        if s["not_finished"]:
-            seeds += f" (+{s['not_finished']} not finished, excluded)"
-        lines.append(f"| {arm} | {seeds} | {fmt(s['hack_rate'])} | "
-                     f"{fmt(s['delta_hack_rate'], True)} | {fmt(s['pass_rate'])} | "
-                     f"{fmt(s['delta_pass_rate'], True)} | {fmt(s['reward_mean'])} | " + " | ".join(cos) + " |")
-    lines += ["", "## Missing / unfinished runs", ""]
-    if summary["not_finished"]:
-        lines += ["Left out of every mean and plot above.", "",
-                  "| arm | seed | dir | status | steps logged |", "|---|---|---|---|---|"]
-        for r in summary["not_finished"]:
-            logged = DASH if r["status"] == "missing" else f"{r['done']} / {r['steps']}"
-            lines.append(f"| {r['arm']} | {r['seed']} | {r['dir']} | {r['status']} | {logged} |")
-    else:
-        lines.append("None: every listed run finished.")
-    lines += ["", "Plots: `hack_rate.png`, `pass_rate.png` (mean ± sem band over seeds), "
-              "`cosine.png` (cos_in solid, cos_out dashed).", ""]
-    return "\n".join(lines)
-
-
 # ---- plots ----------------------------------------------------------------------------------
-def _by_step(runs: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
+def _by_step(rows_per_run: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
     """Steps, mean and sem over runs of metric `key` at each step (None values skipped)."""
-    steps = sorted({r_["step"] for r in runs for r_ in r.metrics})
+    steps = sorted({row["step"] for rows in rows_per_run for row in rows if "step" in row})
     xs, means, sems = [], [], []
     for s in steps:
-        st = mean_sem([row.get(key) for r in runs for row in r.metrics if row.get("step") == s])
+        st = mean_sem([row.get(key) for rows in rows_per_run for row in rows if row.get("step") == s])
         if st.mean is not None:
             xs.append(s)
             means.append(st.mean)
@@ -257,18 +261,22 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for arm in arms:
             mine = [r for r in finished if r.arm == arm]
-            xs, m, s = _by_step(mine, key)
-            if not xs:
-                continue
             c = colors.get(arm)
-            ax.plot(xs, m, label=f"{arm} (n={len(mine)})", color=c)
-            ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
-                            color=c, alpha=0.2, linewidth=0)
-        ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± sem over seeds", ylim=(-0.02, 1.02))
+            xs, m, s = _by_step([r.metrics for r in mine], key)
+            if xs:
+                ax.plot(xs, m, label=f"{arm} train (n={len(mine)})", color=c)
+                ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
+                                color=c, alpha=0.2, linewidth=0)
+            xs, m, s = _by_step([r.evals for r in mine], f"eval_{key}")
+            if xs:
+                ax.errorbar(xs, m, yerr=s, fmt="o", ms=6, mfc="white", capsize=3, color=c,
+                            label=f"{arm} held-out eval")
+        ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± sem over seeds (o = held-out eval)",
+               ylim=(-0.02, 1.02))
         written.append(_save(fig, ax, root / f"{key}.png", plt))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arm in arms:
-        mine = [r for r in finished if r.arm == arm]
+        mine = [r.metrics for r in finished if r.arm == arm]
         for key, style in (("cos_in", "-"), ("cos_out", "--")):
             xs, m, _ = _by_step(mine, key)
             if xs:
@@ -293,6 +301,8 @@ def _save(fig, ax, path: Path, plt) -> Path:
 # ---- entry point ----------------------------------------------------------------------------
 def write_report(root: str | Path, last_k: int = 5) -> Path:
     """Write results.md, summary.json and the three plots into root; returns results.md's path."""
+    from projected_grpo.report_md import markdown
+
     root = Path(root)
     summary, runs = _summarise(root, last_k)
     plot(root, runs)
