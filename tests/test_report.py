@@ -129,3 +129,142 @@ def test_cli_report(sweep_dir: Path, capsys):
 
     assert main(["report", str(sweep_dir), "--last-k", "3"]) == 0
     assert "0.600 ± 0.100 (n=2)" in capsys.readouterr().out
+
+
+# ---- dynamics, eval headline, intervals ---------------------------------------------------------
+from projected_grpo.stats import auc, censored, onset, paired, t_quantile  # noqa: E402
+
+
+def test_t_quantile_matches_the_table():
+    for df, table in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)):
+        assert t_quantile(0.975, df) == pytest.approx(table, abs=1e-3)
+
+
+def test_paired_interval_by_hand():
+    # d = 0.1, 0.2, 0.6: mean 0.3, sd = √(0.14/2) = 0.264575, sem = 0.152753,
+    # t(0.975, 2) = 4.302653 -> half width 0.657240
+    p = paired([0.1, 0.2, None, 0.6])
+    assert (p.mean, p.n) == (pytest.approx(0.3), 3)
+    assert p.sem == pytest.approx(0.152753, abs=1e-6)
+    assert (p.lo, p.hi) == (pytest.approx(0.3 - 0.657240, abs=1e-5), pytest.approx(0.3 + 0.657240, abs=1e-5))
+    one = paired([0.4])
+    assert one.mean == pytest.approx(0.4) and one.lo is None and one.hi is None and one.n == 1
+    assert paired([]).mean is None
+
+
+def test_onset_and_auc_on_constructed_curves():
+    steps = [1, 2, 3, 4, 5, 6]
+    curve = [0.0, 0.1, 0.3, 0.45, 0.6, 0.2]
+    assert onset(steps, curve, 0.3) == 3                 # ≥, not >
+    assert onset(steps, curve, 0.5) == 5
+    assert onset(steps, [0.1, None, 0.29], 0.3) is None  # never
+    assert censored(None, 6) == 7 and censored(3, 6) == 3
+    assert auc(curve) == pytest.approx(1.65 / 6)
+    assert auc([1.0, None, 1.0]) == 1.0 and auc([None]) is None
+
+
+def write_eval_run(root: Path, arm: str, seed: int, hack: list, evals: list[tuple], split: dict | None = None,
+                   extra: dict | None = None, cfg: dict | None = None) -> Path:
+    """A run with training rows (hack curve, pass 0.25) and eval rows (step, hack, pass) interleaved."""
+    d = write_run(root, arm, seed, hack, [0.25] * len(hack), steps=len(hack))
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.update({"kind": "train", **(extra or {})})
+    for step, h, p in evals:
+        rows.append({"kind": "eval", "step": step, "eval_hack_rate": h, "eval_pass_rate": p,
+                     "eval_attempt_rate": h + 0.1, "eval_format_rate": 0.9, "eval_n": 20})
+    rows.sort(key=lambda r: (r["step"], r["kind"] == "train"))       # eval at s before train at s+1
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if cfg:
+        config = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**config, **cfg}))
+    if split is not None:
+        (d / "split.json").write_text(json.dumps(split))
+    return d
+
+
+SPLIT = {"train": [str(i) for i in range(10)], "eval": ["20", "21", "22", "23", "24"], "pairs": ["9", "30", "31"]}
+TEACHER = {"teacher_pool": "builtin", "teacher_kinds": "exploit,canonical", "mix_ratio": 0.25}
+
+
+@pytest.fixture()
+def eval_sweep(tmp_path: Path) -> Path:
+    van = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8]
+    # final eval hack: vanilla 0.8, 0.6, 0.7; projected 0.5, 0.5, 0.2 (an earlier eval at step 3 differs)
+    for seed, (vh, ph) in zip((1, 2, 3), ((0.8, 0.5), (0.6, 0.5), (0.7, 0.2))):
+        write_eval_run(tmp_path, "vanilla", seed, van, [(0, 0.05, 0.3), (3, 0.9, 0.1), (6, vh, 0.2)],
+                       SPLIT, {"update_hackward": 0.4, "teacher_adv_share": 0.3}, TEACHER)
+        proj = [0.0, 0.1, 0.1, 0.2, 0.2, 0.2] if seed < 3 else [0.0, 0.1, 0.1, 0.2, 0.3, 0.5]
+        write_eval_run(tmp_path, "projected", seed, proj, [(0, 0.05, 0.3), (3, 0.9, 0.1), (6, ph, 0.3)],
+                       SPLIT, {"update_hackward": 0.1, "teacher_adv_share": 0.5}, TEACHER)
+    (tmp_path / "vanilla_s1" / "teacher_pool.json").write_text(json.dumps(
+        [{"id": "1", "kind": "exploit"}, {"id": "1", "kind": "canonical"}, {"id": "2", "kind": "exploit"}]))
+    return tmp_path
+
+
+def test_eval_headline_numbers(eval_sweep: Path):
+    s = summarise(eval_sweep, last_k=2)
+    van, proj = s["arms"]["vanilla"], s["arms"]["projected"]
+    assert van["eval_hack_rate"]["mean"] == pytest.approx(0.7)               # the LAST eval row, not step 3
+    assert van["eval_base_hack_rate"]["mean"] == pytest.approx(0.05)          # the step-0 row
+    assert proj["eval_pass_rate"]["mean"] == pytest.approx(0.3)
+    # Δ eval hack per seed -0.3, -0.1, -0.5: mean -0.3, sem 0.2/√3, t(0.975, 2) = 4.302653
+    d = proj["delta_eval_hack_rate"]
+    assert (d["mean"], d["n"]) == (pytest.approx(-0.3), 3)
+    assert d["lo"] == pytest.approx(-0.3 - 4.302653 * 0.2 / math.sqrt(3), abs=1e-5)
+    assert d["hi"] == pytest.approx(-0.3 + 4.302653 * 0.2 / math.sqrt(3), abs=1e-5)
+    assert proj["delta_eval_pass_rate"]["mean"] == pytest.approx(0.1)
+    # onsets: vanilla reaches 0.3 at step 2 and 0.5 at step 3 in every seed; projected reaches 0.3
+    # only in seed 3 (step 5), so seeds 1, 2 count as 7 = steps + 1 (censored)
+    assert van["onset_0.3"]["mean"] == pytest.approx(2) and van["never_0.3"] == 0
+    assert proj["never_0.3"] == 2 and proj["onset_0.3"]["mean"] == pytest.approx((7 + 7 + 5) / 3)
+    assert proj["delta_onset_0.3"]["mean"] == pytest.approx((5 + 5 + 3) / 3)
+    assert proj["delta_onset_0.5"]["mean"] == pytest.approx((4 + 4 + 3) / 3)
+    assert van["auc"]["mean"] == pytest.approx(3.0 / 6)
+    assert proj["delta_auc"]["mean"] == pytest.approx((0.8 / 6 - 0.5) * 2 / 3 + (1.2 / 6 - 0.5) / 3)
+    assert proj["update_hackward"]["mean"] == pytest.approx(0.1)
+    h = s["header"]
+    assert h["splits"] == [{"value": {"train": 10, "eval": 5, "pairs": 3, "train∩pairs": 1, "eval∩train": 0,
+                                      "eval∩pairs": 0}, "runs": 6}]
+    assert h["teacher_adv_share"]["mean"] == pytest.approx(0.4) and h["n_eval"] == 6
+
+
+def test_eval_headline_markdown(eval_sweep: Path):
+    text = write_report(eval_sweep, last_k=2).read_text()
+    headline = text.split("## Headline: final held-out eval")[1].split("## Dynamics")[0]
+    assert "| vanilla | 1,2,3 | 0.700 ± 0.058 (n=3) | — |" in headline
+    assert "| projected | 1,2,3 | 0.400 ± 0.100 (n=3) | -0.300 [-0.797, +0.197] (n=3) |" in headline
+    assert "train hack (last 2)" in headline
+    assert "train / eval / pairs = 10 / 5 / 3, |train ∩ pairs| = 1, |eval ∩ train| = 0, |eval ∩ pairs| = 0" in text
+    assert "teacher pool builtin (exploit,canonical; mix ratio 0.25; 5 run(s))" in text
+    assert ("teacher pool builtin (exploit,canonical; mix ratio 0.25; teacher_pool.json: canonical 1, exploit 2; "
+            "1 run(s))") in text
+    assert "mean teacher_adv_share (share of Σ|A| on teacher rows) 0.400" in text
+    dyn = text.split("## Dynamics")[1].split("## Training")[0]
+    assert "| projected | 6.3 ± 0.7 (n=3) | 2/3 |" in dyn                 # (7 + 7 + 5) / 3, two censored
+    assert "update_hackward" in text and "sampler_mismatch" not in text   # only logged columns
+    assert "| projected | 1 | projected_s1 | 6 | 0.500 | 0.300 | 0.200 | never | never |" in text
+
+
+def test_eval_overlap_and_old_runs_side_by_side(tmp_path: Path):
+    write_eval_run(tmp_path, "vanilla", 1, [0.4] * 4, [(4, 0.5, 0.2)],
+                   {"train": ["1", "2"], "eval": ["2", "3"], "pairs": ["3"]})
+    write_run(tmp_path, "projected", 1, [0.2] * 4, [0.3] * 4, steps=4)      # an old run: no kind, no eval
+    s = summarise(tmp_path, last_k=2)
+    assert s["header"]["no_eval"] == ["projected_s1"] and s["header"]["no_split"] == ["projected_s1"]
+    proj = s["arms"]["projected"]
+    assert proj["eval_hack_rate"]["mean"] is None and proj["delta_eval_hack_rate"]["mean"] is None
+    assert proj["delta_hack_rate"]["mean"] == pytest.approx(-0.2)           # training numbers still there
+    text = write_report(tmp_path, last_k=2).read_text()
+    assert "Finished runs without eval rows (training numbers only): projected_s1" in text
+    assert "|eval ∩ train| = 1, |eval ∩ pairs| = 1 (1 run(s)) **eval overlaps train/pairs**" in text
+    assert "| projected | 1 | projected_s1 | missing |" in text
+
+
+def test_bad_split_json_names_the_file(tmp_path: Path):
+    from projected_grpo.errors import UserError
+
+    d = write_run(tmp_path, "vanilla", 1, [0.4] * STEPS, [0.3] * STEPS)
+    (d / "split.json").write_text('{"train": "oops"}')
+    with pytest.raises(UserError, match="split.json"):
+        summarise(tmp_path)

@@ -66,15 +66,15 @@ def _split_line(h: dict) -> str:
 
 
 def _teacher_line(h: dict) -> str:
-    used = [t["value"] for t in h["teachers"] if t["value"]["pool"] and t["value"]["mix_ratio"]]
+    used = [(t["value"], t["runs"]) for t in h["teachers"] if t["value"]["pool"] and t["value"]["mix_ratio"]]
     if not used:
         return "- hacking induced by: nothing (no teacher pool)"
     parts = []
-    for t in used:
+    for t, runs in used:
         kinds = t["kinds"] or "all kinds"
         file_kinds = ("; teacher_pool.json: " + ", ".join(
             f"{k} {v}" if v is not None else k for k, v in t["file_kinds"].items())) if t["file_kinds"] else ""
-        parts.append(f"teacher pool {t['pool']} ({kinds}; mix ratio {t['mix_ratio']}{file_kinds})")
+        parts.append(f"teacher pool {t['pool']} ({kinds}; mix ratio {t['mix_ratio']}{file_kinds}; {runs} run(s))")
     return ("- hacking induced by: " + "; ".join(parts) + " mixed into every group; rates count student "
             f"rows only; mean teacher_adv_share (share of Σ|A| on teacher rows) {fmt(h['teacher_adv_share'])}")
 
