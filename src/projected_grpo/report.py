@@ -256,6 +256,8 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
     finished = [r for r in runs if r.status == "finished"]
     arms = sorted({r.arm for r in finished}, key=_arm_sort)
     colors = {a: plt.get_cmap("tab10")(i) for i, a in enumerate(ARM_ORDER)}
+    last = max((r.done for r in finished), default=1)
+    nudge = {a: 0.008 * last * (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}  # eval markers apart
     written = []
     for key, title in (("hack_rate", "Hack rate"), ("pass_rate", "Pass rate (strict oracle)")):
         fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -269,7 +271,7 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
                                 color=c, alpha=0.2, linewidth=0)
             xs, m, s = _by_step([r.evals for r in mine], f"eval_{key}")
             if xs:
-                ax.errorbar(xs, m, yerr=s, fmt="o", ms=6, mfc="white", capsize=3, color=c,
+                ax.errorbar([x + nudge[arm] for x in xs], m, yerr=s, fmt="o", ms=6, mfc="white", capsize=3, color=c,
                             label=f"{arm} held-out eval")
         ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± sem over seeds (o = held-out eval)",
                ylim=(-0.02, 1.02))
