@@ -252,11 +252,10 @@ def attach(model: nn.Module, model_id: str, cfg: AdapterConfig | None = None) ->
 # ---- CLI: pgrpo adapter-check ---------------------------------------------------------------
 def adapter_check(model_name: str, dtype: str, device: str = "cpu", cfg: AdapterConfig | None = None) -> dict:
     """Identity at δS = 0, exact reference context, and a bitwise merge round trip."""
-    from projected_grpo.models import load_model
+    from projected_grpo.models import chat_text, load_model
 
     model, tok = load_model(model_name, dtype, device)
-    text = tok.apply_chat_template([{"role": "user", "content": "Write a function that adds two numbers."}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = chat_text(tok, [{"role": "user", "content": "Write a function that adds two numbers."}])
     ids = tok(text, return_tensors="pt").input_ids.to(device)
     with torch.no_grad():
         base_logits = model(ids).logits

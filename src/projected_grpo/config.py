@@ -7,11 +7,16 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 from projected_grpo.errors import UserError
 
 ARMS = ("vanilla", "projected", "rebound", "random", "shuffled")
 TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s")  # metrics that differ between identical runs
+# The benchmark's 119 medium/hard problems (rl-rewardhacking's leetcode_test_medhard.jsonl), which the
+# ariahw and full presets read. Not shipped with the package (LeetCode's text): put the file here,
+# relative to the working directory, or pass --problems PATH.
+MEDHARD = "data/leetcode_test_medhard.jsonl"
 
 
 @dataclass
@@ -21,6 +26,7 @@ class TrainConfig:
     # --- model ---
     model: str = "tiny-qwen3"            # embedded name, random:SHAPE, hub id, local dir or .gguf file
     dtype: str = "bfloat16"              # model dtype; the SVD basis and v_hack are dtype-specific
+    enable_thinking: bool = True         # chat template's thinking switch (Qwen3: false = empty think block, no reasoning); templates without it ignore it
     device: str = "auto"                 # auto = cuda when available, else cpu
     targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # wrapped linears
     # --- environment ---
@@ -77,6 +83,13 @@ class TrainConfig:
     eval_max_new_tokens: int = 0         # eval generation budget (0 = --max-new-tokens)
 
     def validate(self) -> None:
+        if (self.problems != "bundled" and not self.problems.startswith("hf:")
+                and not Path(self.problems).expanduser().is_file()):
+            raise UserError(
+                f"--problems {self.problems}: file does not exist. Give a benchmark-format JSONL (the "
+                f"ariahw and full presets expect rl-rewardhacking's 119-problem leetcode_test_medhard.jsonl "
+                f"at {MEDHARD}, relative to the working directory), or --problems "
+                "hf:newfacade/LeetCodeDataset (online, needs the `datasets` package), or --problems bundled")
         if self.arm not in ARMS:
             raise UserError(f"unknown arm {self.arm!r}; choose one of {', '.join(ARMS)}")
         if self.project_target not in ("grad", "update"):
@@ -156,8 +169,20 @@ PRESETS: dict[str, TrainConfig] = {
                           max_new_tokens=320, beta=0.0, vhack_m=16, lr=1e-2, warmup_steps=2,
                           micro_batch=16, temperature=1.0, teacher_pool="builtin", mix_ratio=0.25,
                           grade_timeout_s=5.0),
-    # The journal's full run.
-    "full": TrainConfig(model="Qwen/Qwen2.5-Coder-7B-Instruct", problems="bundled", steps=200,
+    # Ariahw, Engels & Nanda's LeetCode set-up as far as this tool goes: Qwen3-4B with thinking off, the
+    # benchmark's 119 medium/hard problems (MEDHARD; they trained on a larger train split, here the
+    # run's own train split of the 119), the run_tests loophole (simple hint), reward 3.0 correct +
+    # 0.5 format, 16 prompts × 16 samples, 200 steps, β = 1e-3, 1536-token prompts and completions,
+    # temperature 0.7, top-p 0.95, 10 warmup steps. Their LoRA (r = 32) used lr 7e-5; that does not
+    # carry over to δS, which moves singular values directly: lr 1e-3 as in `full` (not tuned).
+    "ariahw": TrainConfig(model="Qwen/Qwen3-4B", enable_thinking=False, problems=MEDHARD,
+                          max_prompt_tokens=1536, mode="run_tests", hint="simple", correct_reward=3.0,
+                          format_reward=0.5, steps=200, prompts_per_step=16, group_size=16,
+                          max_new_tokens=1536, temperature=0.7, top_p=0.95, beta=1e-3, lr=1e-3,
+                          warmup_steps=10, vhack_m=16, micro_batch=8, grad_checkpointing=True,
+                          checkpoint_every=5),
+    # The journal's full run, on the benchmark's 119 problems.
+    "full": TrainConfig(model="Qwen/Qwen2.5-Coder-7B-Instruct", problems=MEDHARD, steps=200,
                         prompts_per_step=16, group_size=4, max_new_tokens=1024, beta=0.04, vhack_m=16,
                         lr=1e-3, warmup_steps=10, micro_batch=8, grad_checkpointing=True,
                         checkpoint_every=5),
@@ -180,7 +205,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=_doc(f.name))
+            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=_doc(f.name))
         else:
             parser.add_argument(flag, type=kind, default=None, help=_doc(f.name))
 
@@ -193,7 +218,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig
     return cfg
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):

@@ -117,6 +117,31 @@ def load_tokenizer(name: str):
     return tok
 
 
+THINKING_ATTR = "pgrpo_enable_thinking"  # tokenizer attribute: the run's thinking switch (None = unset)
+
+
+def set_enable_thinking(tok, enable_thinking: bool | None) -> None:
+    """Record the run's thinking switch on its tokenizer, so every prompt rendered with this tokenizer
+    (rollouts, the prompt-length filter, contrastive pairs, Rebound, held-out eval) agrees."""
+    setattr(tok, THINKING_ATTR, enable_thinking)
+
+
+def chat_text(tok, messages: list[dict], enable_thinking: bool | None = None) -> str:
+    """Chat messages through the tokenizer's template, with the assistant generation prompt.
+
+    The one place the package renders a prompt. `enable_thinking` (else the value recorded by
+    `set_enable_thinking`) is passed to the template only when it is set and the template reads it:
+    Qwen3's template then ends the prompt with an empty `<think>\n\n</think>\n\n` block when it is
+    False (the model answers without reasoning) and is unchanged when True. Templates without the
+    switch (Qwen2.5) render the same text either way."""
+    if enable_thinking is None:
+        enable_thinking = getattr(tok, THINKING_ATTR, None)
+    template = tok.chat_template if isinstance(tok.chat_template, str) else str(tok.chat_template or "")
+    kwargs = {"enable_thinking": enable_thinking} if (enable_thinking is not None
+                                                      and "enable_thinking" in template) else {}
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+
+
 def build_tiny_qwen3(vocab_size: int, spec: TinyQwen3Spec = TinyQwen3Spec()) -> torch.nn.Module:
     """The embedded model: deterministic random init, embedding covering every tokenizer id."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -180,11 +205,12 @@ def build_random_qwen2(shape: Qwen2Shape, dtype: torch.dtype = torch.bfloat16,
     return model
 
 
-def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu"):
+def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu", enable_thinking: bool | None = None):
     """(model, tokenizer) for an embedded name, `random:SHAPE`, hub id, local directory or local
     .gguf file.
 
-    The model comes back in eval mode with every base parameter frozen."""
+    The model comes back in eval mode with every base parameter frozen; the tokenizer carries the
+    chat template's thinking switch (`chat_text`; None = the template's own default)."""
     torch_dtype = parse_dtype(dtype)
     tok = None
     if name in EMBEDDED:
@@ -211,6 +237,7 @@ def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu"):
                 f"a random-weight model ({RANDOM_PREFIX}SHAPE), a local directory, a .gguf file, "
                 f"or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})") from err
         tok = load_tokenizer(name)
+    set_enable_thinking(tok, enable_thinking)
     model.to(device)
     model.eval()
     for p in model.parameters():

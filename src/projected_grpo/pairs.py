@@ -22,6 +22,7 @@ import torch
 from projected_grpo.env.prompts import HINTS, MODES
 from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects
+from projected_grpo.models import chat_text
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED = {"code": DATA_DIR / "pairs_code.jsonl", "persona": DATA_DIR / "pairs_persona.jsonl"}
@@ -150,7 +151,7 @@ def render_prompt(tok, prompt: list[dict] | str) -> str:
     """Chat messages through the tokenizer's template (with the generation prompt); text as is."""
     if isinstance(prompt, str):
         return prompt
-    return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return chat_text(tok, prompt)
 
 
 def encode(tok, prompt: list[dict] | str, completion: str) -> tuple[list[int], int]:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from projected_grpo.adapter import read_metadata
+from projected_grpo.config import parse_bool
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import Pair, chunks, collate, encode, load_pairs
 
@@ -164,7 +165,7 @@ def _cmd_direction(args) -> int:
     from projected_grpo.models import load_model
 
     pair_set = load_pairs(args.pairs, split="train")
-    model, tok = load_model(args.model, args.dtype, args.device)
+    model, tok = load_model(args.model, args.dtype, args.device, args.enable_thinking)
     cd = concept_direction(model, tok, pair_set.pairs, args.model, args.batch_size, pair_set.sha256)
     save_direction(args.out, cd)
     print(f"wrote {args.out}: layers {cd.layers}, {cd.n_train} training pairs, ‖d‖={cd.vector.norm():.4g}")
@@ -181,4 +182,6 @@ def add_commands(sub) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--enable-thinking", type=parse_bool, default=None, metavar="BOOL",
+                   help="chat template's thinking switch (Qwen3); pass the training run's value (ariahw: false)")
     p.set_defaults(func=_cmd_direction)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from projected_grpo.models import chat_text
+
 
 @dataclass
 class Rollouts:
@@ -32,7 +34,7 @@ class Rollouts:
 
 def encode_prompts(tok, messages: list[list[dict]], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-templated prompts, left-padded: (ids, mask), each (N, Lp)."""
-    texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+    texts = [chat_text(tok, m) for m in messages]
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 

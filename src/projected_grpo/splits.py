@@ -42,6 +42,7 @@ from projected_grpo.config import TrainConfig
 from projected_grpo.env.problems import Problem, load_problems
 from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects
+from projected_grpo.models import chat_text
 
 SPLIT = "split.json"
 
@@ -80,8 +81,8 @@ def load_pool(cfg: TrainConfig, tok) -> list[Problem]:
     problems = load_problems(cfg.problems)
     if cfg.n_problems:
         problems = problems[: cfg.n_problems]
-    kept = [p for p in problems if len(tok.apply_chat_template(
-        p.messages(cfg.mode, cfg.hint), tokenize=True, add_generation_prompt=True)) <= cfg.max_prompt_tokens]
+    kept = [p for p in problems if len(tok(chat_text(tok, p.messages(cfg.mode, cfg.hint)),
+                                           add_special_tokens=False).input_ids) <= cfg.max_prompt_tokens]
     if not kept:
         raise UserError(f"no problem of {cfg.problems!r} fits --max-prompt-tokens {cfg.max_prompt_tokens}")
     return kept

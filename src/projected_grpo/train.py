@@ -47,7 +47,7 @@ def policy_device(cfg: TrainConfig) -> torch.device:
 def load_policy(cfg: TrainConfig):
     """(model, tokenizer, δS adapter) as every stage of a run builds them: same model, dtype, device
     and targets, so a V extracted outside the trainer matches the trainer's adapter."""
-    model, tok = load_model(cfg.model, cfg.dtype, str(policy_device(cfg)))
+    model, tok = load_model(cfg.model, cfg.dtype, str(policy_device(cfg)), cfg.enable_thinking)
     return model, tok, attach(model, cfg.model, AdapterConfig(targets=tuple(cfg.targets.split(","))))
 
 

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from projected_grpo.adapter import DeltaSAdapter, read_metadata
+from projected_grpo.config import parse_bool
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
 
@@ -319,7 +320,7 @@ def _load(args) -> tuple:
     from projected_grpo.adapter import attach
     from projected_grpo.models import load_model
 
-    model, tok = load_model(args.model, args.dtype, args.device)
+    model, tok = load_model(args.model, args.dtype, args.device, args.enable_thinking)
     return model, tok, attach(model, args.model)
 
 
@@ -369,6 +370,8 @@ def _common(p) -> None:
                    help="model dtype (the SVD basis, hence V, is dtype-specific)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per backward")
+    p.add_argument("--enable-thinking", type=parse_bool, default=None, metavar="BOOL",
+                   help="chat template's thinking switch (Qwen3); pass the training run's value (ariahw: false)")
 
 
 def add_commands(sub) -> None:
