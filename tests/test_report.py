@@ -207,6 +207,7 @@ def test_eval_headline_numbers(eval_sweep: Path):
     van, proj = s["arms"]["vanilla"], s["arms"]["projected"]
     assert van["eval_hack_rate"]["mean"] == pytest.approx(0.7)               # the LAST eval row, not step 3
     assert van["eval_base_hack_rate"]["mean"] == pytest.approx(0.05)          # the step-0 row
+    assert proj["eval_hack_rise"]["mean"] == pytest.approx(0.4 - 0.05)        # prevention: final − step 0
     assert proj["eval_pass_rate"]["mean"] == pytest.approx(0.3)
     # Δ eval hack per seed -0.3, -0.1, -0.5: mean -0.3, sem 0.2/√3, t(0.975, 2) = 4.302653
     d = proj["delta_eval_hack_rate"]
@@ -234,6 +235,7 @@ def test_eval_headline_markdown(eval_sweep: Path):
     headline = text.split("## Headline: final held-out eval")[1].split("## Dynamics")[0]
     assert "| vanilla | 1,2,3 | 0.700 ± 0.058 (n=3) | — |" in headline
     assert "| projected | 1,2,3 | 0.400 ± 0.100 (n=3) | -0.300 [-0.797, +0.197] (n=3) |" in headline
+    assert "| 0.050 ± 0.000 (n=3) | +0.350 ± 0.100 (n=3) | 0.267 ± 0.067 (n=3) |" in headline  # step 0, rise, train
     assert "train hack (last 2)" in headline
     assert "train / eval / pairs = 10 / 5 / 3, |train ∩ pairs| = 1, |eval ∩ train| = 0, |eval ∩ pairs| = 0" in text
     assert "teacher pool builtin (exploit,canonical; mix ratio 0.25; 5 run(s))" in text

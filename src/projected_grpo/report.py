@@ -63,6 +63,11 @@ class Run:
     metrics: list = field(default_factory=list, repr=False)  # the training rows
     evals: list = field(default_factory=list, repr=False)    # the eval rows
 
+    def eval_rise(self) -> float | None:
+        """Final eval hack rate minus the step-0 one: ≈ 0 is prevention (DESIGN §8)."""
+        final, base = self.eval_final.get("eval_hack_rate"), self.eval_base.get("eval_hack_rate")
+        return None if final is None or base is None else final - base
+
     def value(self, key: str) -> float | None:
         """The run's number for a per-arm statistic (onsets censored at steps + 1)."""
         if key in EVAL_KEYS:
@@ -184,7 +189,8 @@ def arm_row(arm: str, mine: list[Run], vanilla: dict[int, Run], n_not_finished: 
     """Per-arm numbers: Stat over seeds for every key, paired Δ vs vanilla for DELTA_KEYS."""
     row = {"seeds": sorted(r.seed for r in mine), "not_finished": n_not_finished,
            "n_eval": sum(bool(r.eval_final) for r in mine),
-           "eval_base_hack_rate": asdict(mean_sem([r.eval_base.get("eval_hack_rate") for r in mine]))}
+           "eval_base_hack_rate": asdict(mean_sem([r.eval_base.get("eval_hack_rate") for r in mine])),
+           "eval_hack_rise": asdict(mean_sem([r.eval_rise() for r in mine]))}
     for key in EVAL_KEYS + RATE_KEYS + STEP_KEYS + DYN_KEYS:
         row[key] = asdict(mean_sem([r.value(key) for r in mine]))
     for t in THRESHOLDS:

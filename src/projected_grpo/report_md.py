@@ -91,7 +91,9 @@ def header_lines(summary: dict) -> list[str]:
         f"{_show(h['group_size'])}; m: {_show(h['vhack_m'])}; thinking: {_show(h['enable_thinking'])}",
         _split_line(h), _teacher_line(h),
         f"- Headline = the last held-out eval of each run (current policy on the eval split, no teacher "
-        f"rows, no projection); {h['n_eval']} of {h['n_finished']} finished run(s) have one.{no_eval}",
+        f"rows, no projection); {h['n_eval']} of {h['n_finished']} finished run(s) have one.{no_eval} "
+        "Prevention shows as a final eval hack rate near the step-0 (base policy) eval, i.e. a rise ≈ 0; "
+        "delay as a later onset (Δ onset > 0) with the same final rate.",
         f"- Per arm: mean ± sem over seeds (sem = sample std / √n; n = 1 → {DASH}). Δ vs vanilla: per seed, "
         "arm minus the vanilla run of the same seed; mean of those differences with a two-sided 95% "
         f"Student-t interval [mean ± t(0.975, n−1) · sem] ({DASH} when n < 2; Δ = {DASH} when no seed has both).",
@@ -111,12 +113,13 @@ def markdown(summary: dict) -> str:
     lines = ["# Results", "", *header_lines(summary), "", "## Headline: final held-out eval", ""]
     if h["n_eval"]:
         lines += [f"| arm | seeds | eval hack | Δ hack vs vanilla [95% CI] | eval pass | Δ pass vs vanilla "
-                  f"[95% CI] | eval hack at step 0 | train hack (last {k}) | train pass (last {k}) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"[95% CI] | eval hack at step 0 | rise over step 0 | train hack (last {k}) | train pass (last {k}) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for arm, s in arms.items():
             lines.append(f"| {arm} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | {fmt_delta(s['delta_eval_hack_rate'])} "
                          f"| {fmt(s['eval_pass_rate'])} | {fmt_delta(s['delta_eval_pass_rate'])} | "
-                         f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['hack_rate'])} | {fmt(s['pass_rate'])} |")
+                         f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} | "
+                         f"{fmt(s['pass_rate'])} |")
     else:
         lines.append("Eval missing: no finished run logged held-out eval rows (`kind: \"eval\"`); the "
                      "training rates below are all there is, and they include the training problems.")
