@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from projected_grpo import evaluate as evaluate_mod
 from projected_grpo import pairs as pairs_mod
 from projected_grpo import train as train_mod
 from projected_grpo.cli import main
@@ -130,6 +131,7 @@ def test_ariahw_run_end_to_end(model, shared_dir: Path, small_code_pairs: str, t
         return seen_pairs[-1]
 
     monkeypatch.setattr(train_mod, "sample", spy_sample)
+    monkeypatch.setattr(evaluate_mod, "sample", spy_sample)          # held-out eval prompts too
     monkeypatch.setattr(pairs_mod, "chat_text", spy_chat)
     out = tmp_path / "run"
     rc = main(["train", "--preset", "ariahw", "--arm", "vanilla", "--out", str(out), "--model", model,
@@ -139,9 +141,9 @@ def test_ariahw_run_end_to_end(model, shared_dir: Path, small_code_pairs: str, t
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["enable_thinking"], cfg["correct_reward"], cfg["format_reward"], cfg["beta"]) == (False, 3.0, 0.5, 1e-3)
-    rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-            if r.get("kind", "train") == "train"]
-    assert [r["step"] for r in rows] == [1, 2]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("kind", "train") == "train"] == [1, 2]
+    assert [r["step"] for r in rows if r.get("kind") == "eval"] == [0, 2]
     assert seen_rollouts and all(t.endswith(EMPTY_THINK) for t in seen_rollouts)
     assert all(SIMPLE + ". Use the following starter code" in t for t in seen_rollouts)
     assert seen_pairs and all(t.endswith(EMPTY_THINK) for t in seen_pairs)
