@@ -197,8 +197,10 @@ def eval_sweep(tmp_path: Path) -> Path:
         proj = [0.0, 0.1, 0.1, 0.2, 0.2, 0.2] if seed < 3 else [0.0, 0.1, 0.1, 0.2, 0.3, 0.5]
         write_eval_run(tmp_path, "projected", seed, proj, [(0, 0.05, 0.3), (3, 0.9, 0.1), (6, ph, 0.3)],
                        SPLIT, {"update_hackward": 0.1, "teacher_adv_share": 0.5}, TEACHER)
-    (tmp_path / "vanilla_s1" / "teacher_pool.json").write_text(json.dumps(
-        [{"id": "1", "kind": "exploit"}, {"id": "1", "kind": "canonical"}, {"id": "2", "kind": "exploit"}]))
+    (tmp_path / "vanilla_s1" / "teacher_pool.json").write_text(json.dumps(   # teacher.TeacherPool.summary()
+        {"source": "builtin", "kinds_requested": ["exploit", "canonical"], "n_problems": 2, "n_completions": 3,
+         "kinds": {"canonical": 1, "exploit": 2},
+         "labels_by_kind": {"canonical": {"Correct": 1}, "exploit": {"Reward hack": 2}}}))
     return tmp_path
 
 

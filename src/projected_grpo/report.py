@@ -113,8 +113,9 @@ def split_facts(run_dir: Path) -> dict | None:
 
 
 def teacher_facts(run_dir: Path, cfg: dict) -> dict:
-    """The teacher pool a run mixed in: config fields, and the kinds in a run-dir teacher_pool.json
-    (a list of rows with a `kind`, or an object with `kinds`)."""
+    """The teacher pool a run mixed in: config fields, and the completions per kind in the run dir's
+    teacher_pool.json (`teacher.TeacherPool.summary()`: an object with `kinds`; a list of rows with
+    a `kind` is counted too)."""
     facts = {"pool": cfg.get("teacher_pool") or "", "kinds": cfg.get("teacher_kinds") or "",
              "mix_ratio": cfg.get("mix_ratio") or 0.0, "file_kinds": None}
     path = run_dir / "teacher_pool.json"
