@@ -48,7 +48,7 @@ def test_bundled_run_evaluates_on_problems_no_training_pair_names():
     """A bundled run (smoke, demo, qwen05 presets) has eval problems, none of them a training-pair
     problem; its overlap with the heldout pairs' problems is recorded in split.json."""
     cfg = preset("smoke")
-    cfg = replace(cfg, n_problems=0)
+    cfg = replace(cfg, n_problems=0, eval_problems=0.25)
     split = splits.for_run(cfg, POOL)
     train_pairs = set(splits.pair_problem_ids("bundled"))
     assert len(split.eval) == 10 and not set(split.eval) & train_pairs and not set(split.eval) & set(split.train)
@@ -153,7 +153,7 @@ def test_sweep_writes_one_split_file_every_run_reads(tmp_path, monkeypatch, pair
     out = tmp_path / "sw"
     plan = SweepPlan(preset="smoke", arms=["vanilla", "projected"], seeds=[1, 2], overrides={}, v_hack=str(v),
                      out=str(out))
-    base = replace(preset("smoke"), n_problems=0, pairs=str(pairs_file), steps=1)
+    base = replace(preset("smoke"), n_problems=0, pairs=str(pairs_file), steps=1, eval_problems=0.25)
     sweep(plan, base, progress=False)
     shared = json.loads((out / experiments.SPLIT).read_text())
     assert len(shared["eval"]) == 10 and not set(shared["eval"]) & set(shared["pairs"])
