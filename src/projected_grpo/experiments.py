@@ -60,9 +60,13 @@ def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = 
 
 
 def verify_line(result: dict) -> str:
+    """The held-out check's cosines, its margin check (when run) and the decision, as printed."""
+    from projected_grpo.vhack import margin_line
+
+    margin = f"\n{margin_line(result)}" if "margin" in result else ""
     return (f"held-out check: frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} "
             f"median={result['median']:+.3f} null_cos={result['null_cos']:.3f} "
-            f"modules={result['n_modules']} -> {'PASS' if result['pass'] else 'FAIL'}")
+            f"modules={result['n_modules']}{margin}\n-> {'PASS' if result['pass'] else 'FAIL'}")
 
 
 def prepare_split(cfg: TrainConfig, path: Path) -> Path:

@@ -10,10 +10,15 @@ pair's d (DeltaSAdapter.per_sample). Per module the training pairs' d stack into
     m = 1: V = mean(D) / ‖mean(D)‖, the normalised mean difference (hack-ward by construction:
            Σ_i d_i · mean(D) = n ‖mean(D)‖² ≥ 0).
 A module whose D is all zero gets V = 0 (reported as a zero-norm module).
-Controls: `random` = random orthonormal rows (same m, seeded); `shuffled` = hack/clean swapped
-(d → −d) in a seeded half of the pairs (`label_shuffle`), then extracted the same way. Note: DᵀD
-does not change when rows change sign, so for m > 1 the shuffled control spans the same subspace as
-the real V and differs only in each row's orientation; for m = 1 (the mean) it is another direction.
+So V points along hack-ward GRADIENTS (V g > 0); a hack-ward optimiser STEP has V Δ < 0
+(projection.py). Verification checks both the held-out cosines and that orientation in log-probs:
+a small step to V's hack-ward side must raise logp(hack) − logp(clean) on held-out pairs.
+Controls: `random` = random orthonormal rows (seeded), with the m the real V gets from the same
+pairs after non-finite pairs are dropped (so D is computed for it too); `shuffled` = hack/clean
+swapped (d → −d) in a seeded half of the pairs (`label_shuffle`), then extracted the same way.
+Note: DᵀD does not change when rows change sign, so for m > 1 the shuffled control spans the same
+subspace as the real V and differs only in each row's orientation; for m = 1 (the mean) it is
+another direction.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from projected_grpo.adapter import DeltaSAdapter, read_metadata
+from projected_grpo.adapter import DeltaSAdapter, read_metadata, read_tensors
 from projected_grpo.config import parse_bool
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
@@ -168,13 +173,14 @@ def extract_v_hack(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], m: int
         raise UserError("no training pairs to extract from (check --pairs and --modes)")
     m_eff = effective_m(m, len(pairs), adapter.ranks())
     gen = torch.Generator().manual_seed(seed)
-    if control == "random":
-        return {k: random_v(r, m_eff, gen) for k, r in adapter.ranks().items()}
+    # every control computes D too, so that it has the real V's m after non-finite pairs are dropped
     D = pair_differences(model, tok, adapter, pairs, batch_size, progress)
     n_kept = next(iter(D.values())).shape[0]
     if n_kept == 0:
         raise UserError("every training pair had non-finite gradients; try --dtype float32")
     m_eff = min(m_eff, n_kept)
+    if control == "random":
+        return {k: random_v(r, m_eff, gen) for k, r in adapter.ranks().items()}
     if control == "shuffled":
         D = label_shuffle(D, gen)
     return {k: v_from_differences(d, m_eff) for k, d in D.items()}
@@ -219,13 +225,13 @@ def load_v_hack(path: str | Path, adapter: DeltaSAdapter) -> dict[str, torch.Ten
     rank or weights, and V of the wrong shape. -> {key: (m, r) fp32 on that module's device}."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"v_hack file {path} does not exist")
+        raise UserError(f"v_hack file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     meta = read_metadata(path)
     adapter.check_metadata(meta, path, "v_hack")
     if meta.get("artifact") != ARTIFACT:
         raise UserError(f"{path}: not a v_hack artifact (artifact={meta.get('artifact')!r})")
     m = int(meta["m"])
-    tensors = load_file(path)
+    tensors = read_tensors(path)
     out = {}
     for k, mod in adapter.modules.items():
         t = tensors.get(k)
@@ -282,11 +288,54 @@ def verification_stats(cos_per_module: dict[str, float], ranks: dict[str, int], 
     return stats
 
 
+def heldout_margin(model, tok, pairs: list[Pair], batch_size: int = 8) -> float:
+    """M = mean over pairs of logp(hack) − logp(clean), each the mean per-token log-likelihood of the
+    completion (= NLL(clean) − NLL(hack), the NLL that defines d), at the adapter's current δS."""
+    margins = []
+    with torch.no_grad():
+        for group in chunks(pairs, batch_size):
+            nll = completion_nll(model, pair_batch(tok, group))         # (2B,): hacks, then cleans
+            margins += (nll[len(group):] - nll[:len(group)]).tolist()
+    return statistics.fmean(margins)
+
+
+def margin_along_v(model, tok, adapter: DeltaSAdapter, v: dict[str, torch.Tensor], pairs: list[Pair],
+                   eps: float = 0.01, batch_size: int = 8) -> dict:
+    """The behavioural check of V's orientation: the change of the held-out margin M (heldout_margin)
+    for one small step each way along V. Per module, u = ΣV rows / ‖ΣV rows‖ (0 for a zero V) and
+        hack-ward step:  δS ← δS − ε·√r·u   (V·step < 0: the side the update projection removes)
+        anti-hack step:  δS ← δS + ε·√r·u,
+    ε·√r being the norm of one sign-like AdamW step of learning rate ε. A V that points hack-ward
+    gives margin_step_hackward > 0 > margin_step_antihack. δS is restored afterwards."""
+    params = adapter.params()
+    saved = {k: p.detach().clone() for k, p in params.items()}
+    step = {}
+    for k, V in v.items():
+        s = V.sum(0).to(params[k].device)                               # (r,)
+        norm = s.norm()
+        step[k] = s * (eps * V.shape[1] ** 0.5 / norm) if norm > 0 else torch.zeros_like(s)
+    base = heldout_margin(model, tok, pairs, batch_size)
+    change = {}
+    try:
+        for name, sign in (("hackward", -1.0), ("antihack", 1.0)):
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(saved[k] + sign * step[k])
+            change[name] = heldout_margin(model, tok, pairs, batch_size) - base
+    finally:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(saved[k])
+    return {"margin": base, "margin_step_hackward": change["hackward"],
+            "margin_step_antihack": change["antihack"], "margin_eps": eps}
+
+
 def verify_v_hack(model, tok, adapter: DeltaSAdapter, v: dict[str, torch.Tensor], pairs: list[Pair],
                   thresholds: VerifyThresholds = VerifyThresholds(), batch_size: int = 8,
-                  progress: bool = True) -> dict:
-    """Held-out check of V: verification_stats plus zero_norm_modules, n_pairs and `per_module`
-    rows {module, r, cos, frac_in_span, n}."""
+                  progress: bool = True, margin_eps: float = 0.01) -> dict:
+    """Held-out check of V: verification_stats, the margin check (margin_along_v), zero_norm_modules,
+    n_pairs and `per_module` rows {module, r, cos, frac_in_span, n}. `pass` needs both the cosines
+    (verification_stats) and the orientation: margin_step_hackward > 0 > margin_step_antihack."""
     if not pairs:
         raise UserError("no held-out pairs to verify on (check --pairs and --modes)")
     D = pair_differences(model, tok, adapter, pairs, batch_size, progress)
@@ -296,8 +345,18 @@ def verify_v_hack(model, tok, adapter: DeltaSAdapter, v: dict[str, torch.Tensor]
         rows.append({"module": k, "r": V.shape[1], "cos": cos[k], "frac_in_span": span[k], "n": n})
     m = next(iter(v.values())).shape[0]
     stats = verification_stats(cos, adapter.ranks(), m, thresholds, span)
+    margins = margin_along_v(model, tok, adapter, v, pairs, margin_eps, batch_size)
+    stats["pass"] = bool(stats["pass"] and margins["margin_step_hackward"] > 0 > margins["margin_step_antihack"])
     zero = sum(int(V.abs().max() == 0) for V in v.values())
-    return stats | {"zero_norm_modules": zero, "n_pairs": len(pairs), "per_module": rows}
+    return stats | margins | {"zero_norm_modules": zero, "n_pairs": len(pairs), "per_module": rows}
+
+
+def margin_line(result: dict) -> str:
+    """The margin check (margin_along_v) as a user reads it."""
+    up, down = result["margin_step_hackward"], result["margin_step_antihack"]
+    verdict = "V points hack-ward" if up > 0 > down else "V does NOT point hack-ward"
+    return (f"held-out logp(hack) − logp(clean) = {result['margin']:+.4f}; a step of ε={result['margin_eps']:g} "
+            f"to V's hack-ward side changes it by {up:+.4f}, to the other side by {down:+.4f} ({verdict})")
 
 
 def write_table(path: Path, rows: list[dict]) -> None:
@@ -350,15 +409,17 @@ def _cmd_verify(args) -> int:
     modes = parse_modes(args.modes) if args.modes else (tuple(json.loads(meta["modes"])) or None)
     pair_set = load_pairs(args.pairs, split="heldout", modes=modes)
     result = verify_v_hack(model, tok, adapter, v, pair_set.pairs,
-                           VerifyThresholds(min_frac_pos=args.min_frac_pos), args.batch_size)
+                           VerifyThresholds(min_frac_pos=args.min_frac_pos), args.batch_size,
+                           margin_eps=args.margin_eps)
     v_path = Path(args.v_hack)
     table = Path(args.table) if args.table else v_path.with_name(v_path.stem + ".verify.md")
     write_table(table, result.pop("per_module"))
     print(f"held-out check of {v_path} (m={meta['m']}, control={meta.get('control')}) on "
           f"{len(pair_set.pairs)} pairs; per-module table: {table}")
     print(f"frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} median={result['median']:+.3f} "
-          f"null_cos={result['null_cos']:.3f} modules={result['n_modules']} -> "
-          f"{'PASS' if result['pass'] else 'FAIL'} ({time.time() - start:.1f}s)")
+          f"null_cos={result['null_cos']:.3f} modules={result['n_modules']}")
+    print(margin_line(result))
+    print(f"-> {'PASS' if result['pass'] else 'FAIL'} ({time.time() - start:.1f}s)")
     print(json.dumps(result))
     return 0 if result["pass"] else 1
 
@@ -389,5 +450,7 @@ def add_commands(sub) -> None:
     p.add_argument("--v-hack", required=True, help="V file written by `pgrpo extract`")
     p.add_argument("--modes", default=None, help="loophole modes (default: those V was extracted on)")
     p.add_argument("--min-frac-pos", type=float, default=0.8)
+    p.add_argument("--margin-eps", type=float, default=0.01,
+                   help="size of the step along V in the margin check (per coordinate, as an AdamW lr)")
     p.add_argument("--table", default=None, help="per-module table (.md or .csv; default beside V)")
     p.set_defaults(func=_cmd_verify)
