@@ -375,6 +375,21 @@ def write_table(path: Path, rows: list[dict]) -> None:
 
 
 # ---- CLI ------------------------------------------------------------------------------------
+def check_out_path(path: str | Path, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done: a directory, a path
+    under a file, or under a directory that is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is not a directory")
+            if not os.access(parent, os.W_OK):
+                raise UserError(f"{flag} {path}: {parent} is not writable")
+            return
+
+
 def _load(args) -> tuple:
     from projected_grpo.adapter import attach
     from projected_grpo.models import load_model
@@ -385,6 +400,7 @@ def _load(args) -> tuple:
 
 def _cmd_extract(args) -> int:
     start = time.time()
+    check_out_path(args.out, "--out")
     model, tok, adapter = _load(args)
     v, pair_set = extract_to_file(args.out, model, tok, adapter, args.pairs, args.modes, args.m,
                                   args.control, args.seed, args.batch_size)
@@ -403,19 +419,21 @@ def _cmd_extract(args) -> int:
 
 def _cmd_verify(args) -> int:
     start = time.time()
+    v_path = Path(args.v_hack)
+    table = Path(args.table) if args.table else v_path.with_name(v_path.stem + ".verify.md")
+    check_out_path(table, "--table")
     model, tok, adapter = _load(args)
-    v = load_v_hack(args.v_hack, adapter)
-    meta = read_metadata(args.v_hack)
+    v = load_v_hack(v_path, adapter)
+    meta = read_metadata(v_path)
     modes = parse_modes(args.modes) if args.modes else (tuple(json.loads(meta["modes"])) or None)
     pair_set = load_pairs(args.pairs, split="heldout", modes=modes)
     result = verify_v_hack(model, tok, adapter, v, pair_set.pairs,
                            VerifyThresholds(min_frac_pos=args.min_frac_pos), args.batch_size,
                            margin_eps=args.margin_eps)
-    v_path = Path(args.v_hack)
-    table = Path(args.table) if args.table else v_path.with_name(v_path.stem + ".verify.md")
     write_table(table, result.pop("per_module"))
     print(f"held-out check of {v_path} (m={meta['m']}, control={meta.get('control')}) on "
           f"{len(pair_set.pairs)} pairs; per-module table: {table}")
+    print(f"SVD basis {adapter.basis_fingerprint[:12]}: the one V was made in")
     print(f"frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} median={result['median']:+.3f} "
           f"null_cos={result['null_cos']:.3f} modules={result['n_modules']}")
     print(margin_line(result))
