@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from projected_grpo import vhack
+from projected_grpo import verify, vhack
 from projected_grpo.adapter import attach, read_metadata
 from projected_grpo.cli import main
 from projected_grpo.errors import UserError
@@ -231,17 +231,17 @@ def test_loader_round_trip_and_refusals(tmp_path, fp32):
 def test_verification_stats_pass_and_fail_logic():
     ranks = {f"m{i}": 100 for i in range(10)}                          # null_cos = sqrt(1/100) = 0.1
     passing = {k: 0.3 for k in ranks} | {"m0": -0.2}                   # frac_pos 0.9, median 0.3
-    s = vhack.verification_stats(passing, ranks, m=4, span_per_module={k: 0.5 for k in ranks})
+    s = verify.verification_stats(passing, ranks, m=4, span_per_module={k: 0.5 for k in ranks})
     assert s["pass"] and s["frac_pos"] == 0.9 and s["median"] == 0.3 and s["n_modules"] == 10
     assert s["null_cos"] == pytest.approx(0.1) and s["null_span"] == pytest.approx(0.2)
     assert s["mean"] == pytest.approx((9 * 0.3 - 0.2) / 10)
     weak = {k: 0.05 for k in ranks}                                    # all positive, below null
-    assert not vhack.verification_stats(weak, ranks, m=1)["pass"]
+    assert not verify.verification_stats(weak, ranks, m=1)["pass"]
     mixed = {k: (0.5 if i < 7 else -0.5) for i, k in enumerate(ranks)}  # frac_pos 0.7 < 0.8
-    assert not vhack.verification_stats(mixed, ranks, m=1)["pass"]
-    assert vhack.verification_stats(mixed, ranks, 1, vhack.VerifyThresholds(min_frac_pos=0.7))["pass"]
+    assert not verify.verification_stats(mixed, ranks, m=1)["pass"]
+    assert verify.verification_stats(mixed, ranks, 1, verify.VerifyThresholds(min_frac_pos=0.7))["pass"]
     V = torch.eye(3)[:2]                                               # heldout cos on known d
-    cos, span, n = vhack.heldout_cosines(V, torch.tensor([[1.0, 0, 0], [0, 0, 2.0], [0, 0, 0]]))
+    cos, span, n = verify.heldout_cosines(V, torch.tensor([[1.0, 0, 0], [0, 0, 2.0], [0, 0, 0]]))
     assert (cos, span, n) == (pytest.approx(0.5), pytest.approx(0.5), 2)
 
 

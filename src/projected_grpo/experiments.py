@@ -38,6 +38,7 @@ def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = 
     from projected_grpo import vhack
     from projected_grpo.pairs import load_pairs, parse_modes
     from projected_grpo.train import load_policy
+    from projected_grpo.verify import verify_v_hack, write_table
 
     path = Path(path)
     if path.is_file() and not verify:
@@ -53,15 +54,15 @@ def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = 
     if not verify:
         return None
     heldout = load_pairs(cfg.pairs, split="heldout", modes=modes)
-    result = vhack.verify_v_hack(model, tok, adapter, vhack.load_v_hack(path, adapter), heldout.pairs,
-                                 progress=progress)
-    vhack.write_table(path.with_name(path.stem + ".verify.md"), result.pop("per_module"))
+    result = verify_v_hack(model, tok, adapter, vhack.load_v_hack(path, adapter), heldout.pairs,
+                           progress=progress)
+    write_table(path.with_name(path.stem + ".verify.md"), result.pop("per_module"))
     return result
 
 
 def verify_line(result: dict) -> str:
     """The held-out check's cosines, its margin check (when run) and the decision, as printed."""
-    from projected_grpo.vhack import margin_line
+    from projected_grpo.verify import margin_line
 
     margin = f"\n{margin_line(result)}" if "margin" in result else ""
     return (f"held-out check: frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} "
