@@ -1,7 +1,9 @@
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from projected_grpo.adapter import AdapterConfig, adapter_check, attach, read_metadata
 from projected_grpo.cli import main
@@ -116,6 +118,39 @@ def test_save_load_round_trip_and_refusals(tmp_path):
         only_attn.load(path)
     with pytest.raises(UserError, match="does not exist"):
         adapter2.load(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not a safetensors file")
+    with pytest.raises(UserError, match=f"{junk}: not a readable safetensors file"):
+        adapter2.load(junk)
+
+
+def test_an_artifact_made_in_another_svd_basis_is_refused(tmp_path):
+    """The SVD of W is not unique (sign of each singular pair, rounding per LAPACK/cuSOLVER build), and
+    δS / V mean another weight change in another basis: the basis is fingerprinted and checked."""
+    here = tmp_path / "here"
+    adapter = attach(load_model("tiny-qwen3", "float32")[0], "tiny-qwen3", AdapterConfig(cache_dir=str(here)))
+    path = tmp_path / "delta_s.safetensors"
+    adapter.save(path)
+    assert read_metadata(path)["basis_fingerprint"] == adapter.basis_fingerprint
+    # the same basis recomputed from scratch on this machine is identical, and accepted
+    fresh = attach(load_model("tiny-qwen3", "float32")[0], "tiny-qwen3",
+                   AdapterConfig(cache_dir=str(tmp_path / "fresh")))
+    assert fresh.basis_fingerprint == adapter.basis_fingerprint
+    fresh.load(path)
+    # "another machine": the same W, one module's first singular pair with the other sign (a valid SVD)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(here, elsewhere)
+    cached = sorted((elsewhere / "svd").glob("*.safetensors"))[0]
+    basis = load_file(cached)
+    basis["u"][:, 0] *= -1
+    basis["vh"][0] *= -1
+    save_file(basis, cached)
+    other = attach(load_model("tiny-qwen3", "float32")[0], "tiny-qwen3", AdapterConfig(cache_dir=str(elsewhere)))
+    assert other.fingerprint == adapter.fingerprint                     # same weights ...
+    assert other.basis_fingerprint != adapter.basis_fingerprint         # ... another basis
+    with pytest.raises(UserError, match="another SVD basis of these same weights") as err:
+        other.load(path)
+    assert str(elsewhere / "svd") in str(err.value) and str(path) in str(err.value)
 
 
 def test_unknown_model_and_missing_file_give_clear_errors(tmp_path, capsys):

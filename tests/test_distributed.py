@@ -193,11 +193,10 @@ def _random_v(path: Path, cfg: TrainConfig) -> Path:
     """A random-control V for the smoke model, so the run skips the (slow on CPU) pair extraction."""
     from projected_grpo import vhack
 
-    model, tok = load_model(cfg.model, cfg.dtype, "cpu")
+    model, _ = load_model(cfg.model, cfg.dtype, "cpu")
     adapter = attach(model, cfg.model)
-    v = vhack.extract_v_hack(model, tok, adapter, [object()] * cfg.vhack_m, m=cfg.vhack_m,
-                             control="random", seed=3,
-                             progress=False)
+    gen = torch.Generator().manual_seed(3)
+    v = {k: vhack.random_v(r, cfg.vhack_m, gen) for k, r in adapter.ranks().items()}
     return vhack.save_v_hack(path, v, adapter, control="random", pairs_sha256="test", modes=None,
                              n_train=cfg.vhack_m, seed=3)
 

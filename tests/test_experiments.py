@@ -21,16 +21,25 @@ def rows(key: str, values: list) -> list[dict]:
     return [{"step": i + 1, key: v} for i, v in enumerate(values)]
 
 
+def projected(cos_in: list, cos_in_null: list) -> list[dict]:
+    """Projected-run rows: cos_in of the real V and cos_in_null of a random V, on the same gradients."""
+    return [{"step": i + 1, "cos_in": a, "cos_in_null": b, "frac_fired": 0.5}
+            for i, (a, b) in enumerate(zip(cos_in, cos_in_null))]
+
+
+FIRES = projected([0.3, 0.4], [0.1, 0.12])
+
+
 # ---- probe gates ----------------------------------------------------------------------------
 def test_probe_all_gates_pass():
     passed, gate, msg = probe_verdict(GOOD_V, rows("hack_rate", [0, 0, 0.4, 0.5, 0.6]),
-                                      rows("frac_fired", [0.5, 0.6]), ProbeThresholds(0.3, 3))
+                                      FIRES, ProbeThresholds(0.3, 3))
     assert passed and gate is None
-    assert "0.50" in msg and "0.550" in msg
+    assert "0.50" in msg and "cos_in 0.350 > random V's cos_in_null 0.110" in msg
 
 
 def test_probe_gate1_fails_on_verify():
-    passed, gate, msg = probe_verdict(BAD_V, rows("hack_rate", [1.0]), rows("frac_fired", [1.0]))
+    passed, gate, msg = probe_verdict(BAD_V, rows("hack_rate", [1.0]), FIRES)
     assert (passed, gate) == (False, 1)
     assert msg.startswith("gate 1") and "0.400" in msg
     assert probe_verdict(None, None, None)[1] == 1
@@ -39,21 +48,27 @@ def test_probe_gate1_fails_on_verify():
 def test_probe_gate2_fails_on_low_vanilla_hack_rate():
     # the first steps hack a lot, the last k do not: the window is the last k steps only
     vanilla = rows("hack_rate", [0.9, 0.9, 0.1, 0.2, 0.0])
-    passed, gate, msg = probe_verdict(GOOD_V, vanilla, rows("frac_fired", [0.5]), ProbeThresholds(0.3, 3))
+    passed, gate, msg = probe_verdict(GOOD_V, vanilla, FIRES, ProbeThresholds(0.3, 3))
     assert (passed, gate) == (False, 2)
     assert msg == "gate 2 (vanilla hack rate 0.10 < 0.30 over the last 3 steps)"
     # null hack rates (no student rows) never pass
     assert probe_verdict(GOOD_V, rows("hack_rate", [None, None]), None)[1] == 2
     assert probe_verdict(GOOD_V, [], None)[1] == 2
     # exactly at the threshold passes gate 2
-    assert probe_verdict(GOOD_V, rows("hack_rate", [0.3]), rows("frac_fired", [0.1]),
+    assert probe_verdict(GOOD_V, rows("hack_rate", [0.3]), FIRES,
                          ProbeThresholds(0.3, 1))[0]
 
 
-def test_probe_gate3_fails_when_projection_never_fires():
-    passed, gate, msg = probe_verdict(GOOD_V, rows("hack_rate", [0.5] * 5), rows("frac_fired", [0.0] * 4))
+def test_probe_gate3_fails_when_the_real_v_removes_no_more_than_a_random_v():
+    hacks = rows("hack_rate", [0.5] * 5)
+    # a random V "fires" about half its coefficients: frac_fired alone passes any V
+    like_random = projected([0.12, 0.10], [0.11, 0.11])
+    passed, gate, msg = probe_verdict(GOOD_V, hacks, like_random)
     assert (passed, gate) == (False, 3)
-    assert "frac_fired 0.000" in msg
+    assert msg == ("gate 3 (projected mean cos_in 0.110 does not exceed the random V's cos_in_null "
+                   "0.110 by more than 0)")
+    assert probe_verdict(GOOD_V, hacks, projected([0.3], [0.1]), ProbeThresholds(min_cos_margin=0.25))[1] == 3
+    assert probe_verdict(GOOD_V, hacks, rows("frac_fired", [0.5]))[1] == 3   # no cos_in_null logged
     assert probe_verdict(GOOD_V, rows("hack_rate", [0.5]), None)[1] == 3
 
 
@@ -78,7 +93,10 @@ def test_probe_command_stops_at_first_failed_gate(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, hack=0.5))
     code = main(["probe", "--preset", "smoke", "--seed", "8", "--steps", "4", "--out", str(tmp_path / "b")])
     assert code == 0 and [c[0] for c in calls] == ["vanilla", "projected"]
-    assert "VERDICT: PASS" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "VERDICT: PASS" in out and "cos_in 0.100 > random V's cos_in_null 0.050" in out
+    gate3 = json.loads((tmp_path / "b" / "probe.json").read_text())["gate3"]
+    assert (gate3["cos_in_mean"], gate3["cos_in_null_mean"]) == (0.1, 0.05)
 
 
 # ---- sweep resumability ---------------------------------------------------------------------
@@ -101,6 +119,7 @@ class FakeTrain:
         for step in range(start, min(stop, cfg.steps)):
             runio.append_jsonl(out / runio.METRICS, [{"step": step + 1, "hack_rate": self.hack,
                                                       "pass_rate": 0.1, "frac_fired": 0.5, "cos_in": 0.1,
+                                                      "cos_in_null": 0.05,
                                                       "cos_out": 0.0, "reward_mean": 0.5}])
         if stop < cfg.steps:
             raise Crash(f"killed at step {stop}")

@@ -2,10 +2,12 @@
 
 import math
 
+import pytest
 import torch
 
 from projected_grpo.grpo import group_advantages, grpo_token_loss
-from projected_grpo.projection import hackward_cos, project_grads, project_vector, update_cos
+from projected_grpo.projection import (hackward_cos, project_grads, project_update, project_vector,
+                                       update_hackward)
 
 
 def test_advantages_dr_grpo_and_exact_zero_for_equal_groups():
@@ -96,7 +98,20 @@ def test_project_grads_stats_vanilla_untouched_and_projected():
     assert torch.equal(g["a"], before)
 
 
-def test_update_cos():
-    v = {"a": _orthonormal(1, 4)}
-    assert abs(update_cos({"a": 2 * v["a"][0]}, v) - 1.0) < 1e-6
-    assert update_cos({"a": -v["a"][0]}, v) == 0.0
+def test_update_projection_removes_the_hackward_side_of_a_step():
+    # V is oriented along hack-ward GRADIENTS (V g > 0), so a hack-ward STEP has V Δ < 0
+    # (tests/test_projection_sign.py ties this to log-probs)
+    v = {"a": _orthonormal(3, 10)}
+    delta = torch.randn(10, generator=torch.Generator().manual_seed(3))
+    c = v["a"] @ delta
+    assert (c < 0).any() and (c > 0).any()
+    out = project_update(v["a"], delta)
+    c_out = v["a"] @ out
+    assert (c_out >= -1e-6).all()                                    # no hack-ward component left
+    assert torch.allclose(c_out[c > 0], c[c > 0], atol=1e-6)         # anti-hack part kept
+    assert torch.allclose(v["a"].T @ (v["a"] @ (out - delta)), out - delta, atol=1e-6)  # only span V moves
+    assert update_hackward({"a": out}, v) < 1e-6
+    assert update_hackward({"a": delta}, v) == pytest.approx(
+        (torch.relu(-c).norm() / delta.norm()).item(), rel=1e-5)
+    assert abs(update_hackward({"a": -2 * v["a"][0]}, v) - 1.0) < 1e-6  # a step straight down −V
+    assert update_hackward({"a": v["a"][0]}, v) < 1e-6                   # a step along +V is anti-hack

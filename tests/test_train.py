@@ -24,7 +24,7 @@ from projected_grpo.errors import UserError
 
 FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2)
 REQUIRED = ("step", "reward_mean", "reward_std", "hack_rate", "pass_rate", "format_rate", "frac_zero_adv",
-            "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "cos_update", "tokens", "gen_s",
+            "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "update_hackward", "cos_in_real", "cos_in_null", "tokens", "gen_s",
             "grade_s", "train_s", "teacher_hack_rate", "teacher_pass_rate")
 
 
@@ -145,7 +145,7 @@ def test_oracle_never_reaches_reward_advantage_or_projection(v_hack, tmp_path, m
     train_mod.train(cfg, lied, progress=False)
     a, b = metrics(honest), metrics(lied)
     training = ("reward_mean", "reward_std", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired",
-                "cos_update", "frac_zero_adv")
+                "update_hackward", "cos_in_real", "cos_in_null", "frac_zero_adv")
     assert [[r[k] for k in training] for r in a] == [[r[k] for k in training] for r in b]
     assert [r["hack_rate"] for r in b] == [1.0, 1.0] != [r["hack_rate"] for r in a]
     da, db = load_file(honest / "delta_s.safetensors"), load_file(lied / "delta_s.safetensors")
@@ -153,9 +153,29 @@ def test_oracle_never_reaches_reward_advantage_or_projection(v_hack, tmp_path, m
 
 
 def test_update_space_projection_removes_hackward_part_of_the_step(v_hack, tmp_path):
+    # update_hackward = ‖relu(−V Δ)‖/‖Δ‖ of the step actually taken (its sign is tied to log-probs in
+    # tests/test_projection_sign.py); gradient projection leaves a hack-ward share in the AdamW step
+    grad = tmp_path / "grad"
+    train_mod.train(smoke(arm="projected", v_hack=v_hack, project_target="grad"), grad, progress=False)
+    assert all(r["update_hackward"] > 1e-3 for r in metrics(grad))
     out = tmp_path / "upd"
     train_mod.train(smoke(arm="projected", v_hack=v_hack, project_target="update"), out, progress=False)
-    assert all(r["cos_update"] < 1e-5 for r in metrics(out))
+    assert all(r["update_hackward"] < 1e-5 for r in metrics(out))
+
+
+def test_control_arm_measures_the_real_and_null_v_on_the_raw_gradient(v_hack, small_pairs, tmp_path):
+    # step 1 starts from δS = 0 with the same samples in both runs, so the raw gradients are equal:
+    # the random arm's cos_in_real (real V) must be the vanilla run's cos_in, not a cosine taken
+    # after the control V changed the gradient
+    cfg = smoke(v_hack=v_hack, pairs=small_pairs[0], steps=1)
+    train_mod.train(replace(cfg, arm="vanilla"), tmp_path / "vanilla", progress=False)
+    train_mod.train(replace(cfg, arm="random"), tmp_path / "random", progress=False)
+    [van], [rnd] = metrics(tmp_path / "vanilla"), metrics(tmp_path / "random")
+    assert van["cos_in"] > 0 and rnd["cos_out"] < 1e-6
+    assert rnd["cos_in_real"] == pytest.approx(van["cos_in"], rel=1e-5)
+    # the null V is a seeded random V of the real V's m: the random control's own V (same seed)
+    assert rnd["cos_in_null"] == pytest.approx(van["cos_in_null"], rel=1e-5)
+    assert rnd["cos_in"] == pytest.approx(rnd["cos_in_null"], rel=1e-5)
 
 
 def test_bad_input_stops_with_a_message_naming_it(v_hack, tmp_path, capsys):

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from projected_grpo import vhack
+from projected_grpo import verify, vhack
 from projected_grpo.adapter import attach, read_metadata
 from projected_grpo.cli import main
 from projected_grpo.errors import UserError
@@ -207,6 +207,11 @@ def test_loader_round_trip_and_refusals(tmp_path, fp32):
     with pytest.raises(UserError, match="module set differs"):
         vhack.load_v_hack(path, other)
 
+    no_basis = tmp_path / "no_basis.safetensors"
+    save_file({k: t.contiguous() for k, t in v.items()}, no_basis,
+              metadata={k: x for k, x in meta.items() if k != "basis_fingerprint"})
+    with pytest.raises(UserError, match="does not record the SVD basis"):
+        vhack.load_v_hack(no_basis, adapter)
     key = "model.layers.2.self_attn.k_proj"
     ranks = json.loads(meta["ranks"]) | {key: 99}
     bad = tmp_path / "rank.safetensors"
@@ -226,17 +231,17 @@ def test_loader_round_trip_and_refusals(tmp_path, fp32):
 def test_verification_stats_pass_and_fail_logic():
     ranks = {f"m{i}": 100 for i in range(10)}                          # null_cos = sqrt(1/100) = 0.1
     passing = {k: 0.3 for k in ranks} | {"m0": -0.2}                   # frac_pos 0.9, median 0.3
-    s = vhack.verification_stats(passing, ranks, m=4, span_per_module={k: 0.5 for k in ranks})
+    s = verify.verification_stats(passing, ranks, m=4, span_per_module={k: 0.5 for k in ranks})
     assert s["pass"] and s["frac_pos"] == 0.9 and s["median"] == 0.3 and s["n_modules"] == 10
     assert s["null_cos"] == pytest.approx(0.1) and s["null_span"] == pytest.approx(0.2)
     assert s["mean"] == pytest.approx((9 * 0.3 - 0.2) / 10)
     weak = {k: 0.05 for k in ranks}                                    # all positive, below null
-    assert not vhack.verification_stats(weak, ranks, m=1)["pass"]
+    assert not verify.verification_stats(weak, ranks, m=1)["pass"]
     mixed = {k: (0.5 if i < 7 else -0.5) for i, k in enumerate(ranks)}  # frac_pos 0.7 < 0.8
-    assert not vhack.verification_stats(mixed, ranks, m=1)["pass"]
-    assert vhack.verification_stats(mixed, ranks, 1, vhack.VerifyThresholds(min_frac_pos=0.7))["pass"]
+    assert not verify.verification_stats(mixed, ranks, m=1)["pass"]
+    assert verify.verification_stats(mixed, ranks, 1, verify.VerifyThresholds(min_frac_pos=0.7))["pass"]
     V = torch.eye(3)[:2]                                               # heldout cos on known d
-    cos, span, n = vhack.heldout_cosines(V, torch.tensor([[1.0, 0, 0], [0, 0, 2.0], [0, 0, 0]]))
+    cos, span, n = verify.heldout_cosines(V, torch.tensor([[1.0, 0, 0], [0, 0, 2.0], [0, 0, 0]]))
     assert (cos, span, n) == (pytest.approx(0.5), pytest.approx(0.5), 2)
 
 
@@ -249,10 +254,23 @@ def test_cli_extract_then_verify(tmp_path, pair_file, capsys):
     assert (last["modules"], last["scalars"], last["m"], last["pairs"]) == (28, 3072, 4, 6)
     assert read_metadata(out)["dtype"] == "bfloat16"
     rc = main(["verify", "--pairs", str(pair_file), "--v-hack", str(out), "--table", str(tmp_path / "t.csv")])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
     assert {"frac_pos", "mean", "median", "n_modules", "null_cos", "pass"} <= set(result)
     assert rc == (0 if result["pass"] else 1) and result["n_modules"] == 28
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 29
+    # the behavioural check: a small step to V's hack-ward side raises the held-out
+    # logp(hack) − logp(clean), a step the other way lowers it, and the user sees both numbers
+    assert result["margin_step_hackward"] > 0 > result["margin_step_antihack"], result
+    assert f"changes it by {result['margin_step_hackward']:+.4f}" in printed and "V points hack-ward" in printed
+    # the same V with its sign flipped: the margin check says so and verify fails
+    flipped = tmp_path / "flipped.safetensors"
+    save_file({k: -t for k, t in load_file(out).items()}, flipped, metadata=read_metadata(out))
+    assert main(["verify", "--pairs", str(pair_file), "--v-hack", str(flipped), "--table", str(tmp_path / "f.md")]) == 1
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
+    assert result["margin_step_hackward"] < 0 < result["margin_step_antihack"] and not result["pass"]
+    assert "V does NOT point hack-ward" in printed
 
 
 def test_a_pair_with_non_finite_gradients_is_dropped_not_the_batch(fp32, train_D, monkeypatch, capsys):
@@ -278,3 +296,38 @@ def test_a_pair_with_non_finite_gradients_is_dropped_not_the_batch(fp32, train_D
     for k in D:
         assert D_drop[k].shape[0] == len(pairs) - 1
         assert torch.allclose(D_drop[k], D[k][keep], atol=1e-5)
+
+
+# ---- controls keep the real m -----------------------------------------------------------------
+def test_controls_have_the_real_v_m_after_non_finite_pairs_are_dropped(fp32, train_D, monkeypatch):
+    model, tok, adapter = fp32
+    pairs, D = train_D
+    # 6 training pairs, of which 4 had non-finite gradients and were dropped: the real V gets m = 2
+    monkeypatch.setattr(vhack, "pair_differences", lambda *a, **k: {key: d[:2] for key, d in D.items()})
+    for control in vhack.CONTROLS:
+        v = vhack.extract_v_hack(model, tok, adapter, pairs, m=4, control=control, progress=False)
+        assert {V.shape[0] for V in v.values()} == {2}, control
+
+
+# ---- bad input through the CLI: one line naming the file, exit 2, nothing written ---------------
+def test_cli_bad_files_give_one_line_errors(tmp_path, pair_file, capsys):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("this is not a safetensors file")
+    for argv in (["verify", "--v-hack", str(junk), "--pairs", str(pair_file)],
+                 ["train", "--out", str(tmp_path / "run"), "--v-hack", str(junk)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"error: {junk}: not a readable safetensors file" in err and "Traceback" not in err
+    assert not (tmp_path / "junk.verify.md").exists()
+    assert main(["verify", "--v-hack", str(tmp_path), "--pairs", str(pair_file)]) == 2
+    assert f"v_hack file {tmp_path} is a directory" in capsys.readouterr().err
+    # an --out under a file is refused before the (slow) extraction starts
+    assert main(["extract", "--pairs", str(pair_file), "--out", str(junk / "v.safetensors")]) == 2
+    assert f"--out {junk / 'v.safetensors'}: {junk} is not a directory" in capsys.readouterr().err
+    assert main(["extract", "--pairs", str(pair_file), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "split": "train"}\n{not json\n')
+    assert main(["extract", "--pairs", str(bad), "--out", str(tmp_path / "v.safetensors")]) == 2
+    assert f"{bad}:1: missing field" in capsys.readouterr().err
+    assert not (tmp_path / "v.safetensors").exists()

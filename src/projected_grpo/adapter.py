@@ -67,27 +67,40 @@ class DeltaSLinear(nn.Module):
         return h @ self.u.T                                     # (B, T, d_out)
 
 
-def weight_hash(w: torch.Tensor) -> str:
-    """sha256 of a weight's dtype, shape and bytes (the SVD cache key)."""
-    t = w.detach().contiguous().cpu()
-    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+def tensor_hash(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().contiguous().cpu()
+        h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
-def svd_basis(w: torch.Tensor, cache_dir: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, Vh) of W from an fp32 reduced SVD, cast to W's dtype, cached on disk by hash of W."""
+def weight_hash(w: torch.Tensor) -> str:
+    """sha256 of a weight's dtype, shape and bytes (the SVD cache key)."""
+    return tensor_hash(w)
+
+
+def svd_basis(w: torch.Tensor, cache_dir: str, key: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(U, Vh, basis hash) of W from an fp32 reduced SVD, cast to W's dtype, cached on disk by hash
+    of W. The SVD is not unique (each singular pair's sign, and rounding, depend on the LAPACK /
+    cuSOLVER build and device), so the hash of (U, Vh) as stored identifies which basis δS and V
+    live in; it is written with the cached basis and checked on every artifact (check_metadata)."""
     path = Path(cache_dir) / "svd" / f"{key}.safetensors"
     if path.is_file():
-        cached = load_file(path, device=str(w.device))
-        return cached["u"], cached["vh"]
+        cached = read_tensors(path, device=str(w.device))
+        u, vh = cached["u"], cached["vh"]
+        return u, vh, read_metadata(path).get("basis_sha256") or tensor_hash(u, vh)
     u, _, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)
     u, vh = u.to(w.dtype).contiguous(), vh.to(w.dtype).contiguous()
+    u_cpu, vh_cpu = u.cpu(), vh.cpu()
+    digest = tensor_hash(u_cpu, vh_cpu)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"u": u.cpu(), "vh": vh.cpu()}, tmp)
+    save_file({"u": u_cpu, "vh": vh_cpu}, tmp, metadata={"basis_sha256": digest})
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written basis
-    return u, vh
+    return u, vh, digest
 
 
 class DeltaSAdapter:
@@ -95,9 +108,9 @@ class DeltaSAdapter:
 
     def __init__(self, model: nn.Module, model_id: str, cfg: AdapterConfig | None = None):
         cfg = cfg or AdapterConfig()
-        self.model, self.model_id = model, model_id
+        self.model, self.model_id, self.cache_dir = model, model_id, cfg.cache_dir
         self.modules: dict[str, DeltaSLinear] = {}
-        hashes = []
+        hashes, basis_hashes = [], []
         targets = [(n, m) for n, m in model.named_modules()
                    if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in cfg.targets]
         if not targets:
@@ -107,12 +120,14 @@ class DeltaSAdapter:
             lin.weight.requires_grad_(False)
             h = weight_hash(lin.weight)
             hashes.append(f"{name}:{h}")
-            u, vh = svd_basis(lin.weight, cfg.cache_dir, h)
+            u, vh, basis = svd_basis(lin.weight, cfg.cache_dir, h)
+            basis_hashes.append(f"{name}:{basis}")
             wrapped = DeltaSLinear(lin, u, vh)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
             self.modules[name] = wrapped
-        self.fingerprint = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+        self.fingerprint = hashlib.sha256("\n".join(hashes).encode()).hexdigest()              # of W
+        self.basis_fingerprint = hashlib.sha256("\n".join(basis_hashes).encode()).hexdigest()  # of U, Vh
 
     # ---- parameters -------------------------------------------------------------------------
     def params(self) -> dict[str, nn.Parameter]:
@@ -187,7 +202,8 @@ class DeltaSAdapter:
 
     # ---- save / load ------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
-        return {"model_id": self.model_id, "fingerprint": self.fingerprint, "dtype": self.dtype_name(),
+        return {"model_id": self.model_id, "fingerprint": self.fingerprint,
+                "basis_fingerprint": self.basis_fingerprint, "dtype": self.dtype_name(),
                 "module_keys": json.dumps(list(self.modules)), "ranks": json.dumps(self.ranks())}
 
     def save(self, path: str | Path) -> None:
@@ -222,6 +238,16 @@ class DeltaSAdapter:
         if meta.get("fingerprint") != self.fingerprint:
             raise UserError(f"{path}: {what} was made on other weights of {self.model_id!r} "
                             f"(fingerprint {meta.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]})")
+        if "basis_fingerprint" not in meta:
+            raise UserError(f"{path}: {what} does not record the SVD basis it was made in (made before "
+                            "basis fingerprints); re-create it")
+        if meta["basis_fingerprint"] != self.basis_fingerprint:
+            raise UserError(f"{path}: {what} was made in another SVD basis of these same weights (basis "
+                            f"fingerprint {meta['basis_fingerprint'][:12]} != {self.basis_fingerprint[:12]} "
+                            "here): U, Vh are computed once per machine and another LAPACK/cuSOLVER build "
+                            "or device gives other signs and rounding. Copy the SVD cache "
+                            f"({Path(self.cache_dir) / 'svd'}) from the machine that made it, or re-create "
+                            "it here")
 
     def load(self, path: str | Path) -> None:
         """Load δS saved by `save`, after checking it belongs to this model/dtype/module set."""
@@ -230,18 +256,32 @@ class DeltaSAdapter:
             raise UserError(f"δS file {path} does not exist")
         meta = read_metadata(path)
         self.check_metadata(meta, path, "δS file")
-        tensors = load_file(path)
+        tensors = read_tensors(path)
         with torch.no_grad():
             for k, m in self.modules.items():
                 m.delta_s.copy_(tensors[k])
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata header of a safetensors file (empty dict when it has none)."""
-    from safetensors import safe_open
+    """The metadata header of a safetensors file (empty dict when it has none); UserError naming the
+    file when it is missing or not safetensors."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; UserError naming the file when it cannot be read."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from err
 
 
 def attach(model: nn.Module, model_id: str, cfg: AdapterConfig | None = None) -> DeltaSAdapter:

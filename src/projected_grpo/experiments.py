@@ -2,7 +2,9 @@
 
     pgrpo probe  --preset P --seed N --out DIR   gate 1: extract V + held-out check;
                                                  gate 2: vanilla reaches a non-trivial hack rate;
-                                                 gate 3: the projected arm fires (frac_fired > 0).
+                                                 gate 3: the projected arm's gradients lean on the real V
+                                                 more than on a random V of the same m (mean cos_in >
+                                                 mean cos_in_null, both logged by the projected run).
     pgrpo sweep  --preset P --arms A,B --seeds 41,42 --out DIR   every (arm, seed) into DIR/{arm}_s{seed},
                                                  one shared V (DIR/v_hack.safetensors), then the report.
     pgrpo demo   --out DIR                       smoke preset on the embedded model: extract → verify →
@@ -36,6 +38,7 @@ def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = 
     from projected_grpo import vhack
     from projected_grpo.pairs import load_pairs, parse_modes
     from projected_grpo.train import load_policy
+    from projected_grpo.verify import verify_v_hack, write_table
 
     path = Path(path)
     if path.is_file() and not verify:
@@ -51,16 +54,20 @@ def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = 
     if not verify:
         return None
     heldout = load_pairs(cfg.pairs, split="heldout", modes=modes)
-    result = vhack.verify_v_hack(model, tok, adapter, vhack.load_v_hack(path, adapter), heldout.pairs,
-                                 progress=progress)
-    vhack.write_table(path.with_name(path.stem + ".verify.md"), result.pop("per_module"))
+    result = verify_v_hack(model, tok, adapter, vhack.load_v_hack(path, adapter), heldout.pairs,
+                           progress=progress)
+    write_table(path.with_name(path.stem + ".verify.md"), result.pop("per_module"))
     return result
 
 
 def verify_line(result: dict) -> str:
+    """The held-out check's cosines, its margin check (when run) and the decision, as printed."""
+    from projected_grpo.verify import margin_line
+
+    margin = f"\n{margin_line(result)}" if "margin" in result else ""
     return (f"held-out check: frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} "
             f"median={result['median']:+.3f} null_cos={result['null_cos']:.3f} "
-            f"modules={result['n_modules']} -> {'PASS' if result['pass'] else 'FAIL'}")
+            f"modules={result['n_modules']}{margin}\n-> {'PASS' if result['pass'] else 'FAIL'}")
 
 
 def prepare_split(cfg: TrainConfig, path: Path) -> Path:
@@ -183,7 +190,7 @@ class ProbeThresholds:
 
     min_hack_rate: float = 0.3        # gate 2: least vanilla hack rate (mean of the last k steps)
     last_k: int = 5                   # gate 2: steps at the end of the vanilla run to average
-    min_frac_fired: float = 0.0       # gate 3: projected mean frac_fired must exceed this
+    min_cos_margin: float = 0.0       # gate 3: mean cos_in − mean cos_in_null must exceed this
 
 
 def probe_verdict(verify_result: dict | None, vanilla_metrics: list[dict] | None,
@@ -206,12 +213,16 @@ def probe_verdict(verify_result: dict | None, vanilla_metrics: list[dict] | None
                           f"over the last {thresholds.last_k} steps)")
     if not projected_metrics:
         return False, 3, "gate 3 (projected run logged no steps)"
-    fired = window_mean(projected_metrics, "frac_fired")
-    if fired is None or fired <= thresholds.min_frac_fired:
-        shown = "none logged" if fired is None else f"{fired:.3f}"
-        return False, 3, f"gate 3 (projected mean frac_fired {shown} <= {thresholds.min_frac_fired:g})"
+    # A random V of the same m also "fires" (frac_fired ≈ 0.5) and removes ≈ sqrt(m / 2r) of every
+    # gradient, so gate 3 asks for more than firing: the real V must remove more than the null V does
+    # on the same gradients.
+    real, null = window_mean(projected_metrics, "cos_in"), window_mean(projected_metrics, "cos_in_null")
+    if real is None or null is None or real - null <= thresholds.min_cos_margin:
+        return False, 3, (f"gate 3 (projected mean cos_in {_show(real)} does not exceed the random V's "
+                          f"cos_in_null {_show(null)} by more than {thresholds.min_cos_margin:g})")
     return True, None, (f"all gates passed (V check passed; vanilla hack rate {hack:.2f} >= "
-                        f"{thresholds.min_hack_rate:.2f}; projected frac_fired {fired:.3f})")
+                        f"{thresholds.min_hack_rate:.2f}; projected cos_in {real:.3f} > random V's "
+                        f"cos_in_null {null:.3f})")
 
 
 def probe(cfg: TrainConfig, out: Path, thresholds: ProbeThresholds, progress: bool = True) -> dict:
@@ -251,11 +262,14 @@ def probe(cfg: TrainConfig, out: Path, thresholds: ProbeThresholds, progress: bo
                   f"{_show(record['gate2']['hack_rate_last_k'])} (threshold {thresholds.min_hack_rate:.2f})")
         else:
             record["gate3"] = {"run": str(run_dir), "steps": len(stages[arm]),
-                               "frac_fired_mean": window_mean(stages[arm], "frac_fired"),
                                "cos_in_mean": window_mean(stages[arm], "cos_in"),
-                               "cos_out_mean": window_mean(stages[arm], "cos_out")}
-            print(f"projected mean frac_fired: {_show(record['gate3']['frac_fired_mean'])}, cos_in "
-                  f"{_show(record['gate3']['cos_in_mean'])}, cos_out {_show(record['gate3']['cos_out_mean'])}")
+                               "cos_in_null_mean": window_mean(stages[arm], "cos_in_null"),
+                               "cos_out_mean": window_mean(stages[arm], "cos_out"),
+                               "frac_fired_mean": window_mean(stages[arm], "frac_fired")}
+            g3 = record["gate3"]
+            print(f"projected mean cos_in {_show(g3['cos_in_mean'])} (real V) vs cos_in_null "
+                  f"{_show(g3['cos_in_null_mean'])} (a random V of the same m, same gradients); "
+                  f"cos_out {_show(g3['cos_out_mean'])}, frac_fired {_show(g3['frac_fired_mean'])}")
     decide()
     return record
 

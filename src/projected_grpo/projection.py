@@ -1,11 +1,21 @@
-"""The intervention (DESIGN §3): remove the hack-ward part of each module's δS gradient.
+"""The intervention (DESIGN §3): remove the hack-ward part of each module's δS gradient or step.
 
-Per module, with V (m × r, orthonormal rows, oriented hack-ward) and g = δS.grad (r,):
+Sign convention. V (m × r, orthonormal rows) is oriented along the gradient of a hack-favouring
+loss: D v > 0 for the pair differences d = ∇NLL(hack) − ∇NLL(clean). So
+    a hack-ward GRADIENT g has V g > 0  (descending it lowers NLL(hack) relative to NLL(clean)),
+    a hack-ward STEP     Δ has V Δ < 0  (an optimiser step is Δ ≈ −lr·precond(g)).
+tests/test_projection_sign.py pins this against log-probs: a step with V Δ < 0 raises
+logp(hack) − logp(clean) on held-out pairs.
+
+Gradient projection, per module with g = δS.grad (r,):
     c = V g                   # (m,) coefficient along each hack axis
     removed = relu(c) V       # (r,) only hack-ward motion is removed (one-sided)
     g ← g − removed
-Logged, averaged over modules: cos_in = ‖relu(V g)‖/‖g‖ before, cos_out after, and frac_fired =
-share of (module, axis) coefficients with c > 0 (≈ 0.5 for a direction unrelated to g).
+Update projection (`--project-target update`), per module with the optimiser step Δ (r,):
+    Δ ← Δ + relu(−V Δ) V      # the step's hack-ward side (V Δ < 0) is removed, the rest kept
+Logged, averaged over modules: cos_in = ‖relu(V g)‖/‖g‖ before, cos_out after, frac_fired =
+share of (module, axis) coefficients with c > 0 (≈ 0.5 for a direction unrelated to g), and
+update_hackward = ‖relu(−V Δ)‖/‖Δ‖, the hack-ward share of the step actually taken.
 """
 
 from __future__ import annotations
@@ -75,7 +85,26 @@ def project_grads(grads: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor
     return ProjectionStats(cos_in=mean_in, cos_out=mean_out, frac_fired=n_fired / max(axes, 1))
 
 
-def update_cos(deltas: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor]) -> float:
-    """Mean over modules of ‖relu(V Δδ)‖/‖Δδ‖ for the actual optimiser step Δδ."""
-    vals = [hackward_cos(v_hack[k].to(d.dtype), d) for k, d in deltas.items()]
+def null_directions(v_hack: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """A seeded random orthonormal V of each module's shape (m, r), on V's device: the null that
+    cos_in_null = ‖relu(V_rand g)‖/‖g‖ measures (≈ sqrt(m / 2r) for a V unrelated to g). Drawn
+    as the `random` control is (same generator, module order and m), so with the run's seed it
+    is that control's V."""
+    from projected_grpo.vhack import random_v
+
+    gen = torch.Generator().manual_seed(seed)
+    return {k: random_v(v.shape[1], v.shape[0], gen).to(v.device) for k, v in v_hack.items()}
+
+
+def project_update(v: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Δ + relu(−V Δ) V: one module's optimiser step without its hack-ward side. V (m, r), Δ (r,).
+    Afterwards V Δ ≥ 0 on every axis (no hack-ward component is left)."""
+    c = v @ delta                       # (m,)
+    return delta + torch.relu(-c) @ v   # (r,)
+
+
+def update_hackward(deltas: dict[str, torch.Tensor], v_hack: dict[str, torch.Tensor]) -> float:
+    """Mean over modules of ‖relu(−V Δ)‖/‖Δ‖: the hack-ward share of the actual step Δ (0 when the
+    step has no hack-ward component; 1 when it lies along −V)."""
+    vals = [hackward_cos(v_hack[k].to(d.dtype), -d) for k, d in deltas.items()]
     return torch.stack(vals).mean().item() if vals else 0.0

@@ -32,7 +32,8 @@ from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.errors import UserError
 from projected_grpo.grpo import group_advantages, grpo_token_loss, token_logprobs
 from projected_grpo.models import load_model
-from projected_grpo.projection import ProjectionStats, project_grads, project_vector, update_cos
+from projected_grpo.projection import (ProjectionStats, null_directions, project_grads, project_update,
+                                       update_hackward)
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
 from projected_grpo.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
@@ -77,6 +78,7 @@ class Trainer:
                              reward=RewardConfig(cfg.correct_reward, cfg.format_reward))
         # v_hack is loaded (and checked against this model) before anything is generated.
         self.v_measure, self.v_project = self._load_directions()
+        self.v_null = null_directions(self.v_measure, cfg.seed)  # measured only: cos_in_null
         self.rebound_direction = self._rebound_direction() if cfg.arm == "rebound" else None
         self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env,
                                          parse_kinds(cfg.teacher_kinds))
@@ -226,9 +228,12 @@ class Trainer:
         adv = group_advantages(rewards).view(-1).to(self.device)                               # (B,)
         loss_sum, kl_sum = self.backward(rows, adv)
         grads = dist.all_reduce_grads(self.adapter.params())
-        stats = project_grads(grads, self.v_project, apply=cfg.arm in PROJECTING_ARMS)
-        real_stats = (stats if self.v_project is self.v_measure
+        # the real and the null V are measured on the raw gradient, before a projection changes it
+        real_stats = (None if self.v_project is self.v_measure
                       else project_grads(grads, self.v_measure, apply=False))
+        null_stats = project_grads(grads, self.v_null, apply=False)
+        stats = project_grads(grads, self.v_project, apply=cfg.arm in PROJECTING_ARMS)
+        real_stats = real_stats or stats
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.adapter.params().values()), cfg.grad_clip)
         before = {k: p.detach().clone() for k, p in self.adapter.params().items()}
         self.opt.step()
@@ -237,14 +242,15 @@ class Trainer:
         if cfg.arm in PROJECTING_ARMS and cfg.project_target == "update":
             with torch.no_grad():
                 for k, p in self.adapter.params().items():
-                    p.copy_(before[k] + project_vector(self.v_project[k], deltas[k]))
+                    p.copy_(before[k] + project_update(self.v_project[k], deltas[k]))
                     deltas[k] = p.detach() - before[k]
         lr = self.sched.get_last_lr()[0]
         self.sched.step()
         t3 = time.perf_counter()
         record = self._metrics(step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats,
-                               real_stats, float(grad_norm), update_cos(deltas, self.v_project), lr)
+                               real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr)
         record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
+        record["cos_in_null"] = null_stats.cos_in  # a seeded random V of the same m, measured only
         samples = [{"step": step + 1, "problem_id": pid, "teacher": t, "completion": text,
                     "advantage": round(float(a), 6), **asdict(g)}
                    for pid, t, text, a, g in zip(pids, is_teacher, rows.texts, adv.tolist(), grades)]
@@ -276,7 +282,7 @@ class Trainer:
         return loss_sum, kl_sum
 
     def _metrics(self, step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats: ProjectionStats,
-                 real: ProjectionStats, grad_norm, cos_upd, lr) -> dict:
+                 real: ProjectionStats, grad_norm, upd_hackward, lr) -> dict:
         """Step metrics over all ranks. `rewards` (P_l, G) are the rewards the advantages came from
         (Rebound-modified in the rebound arm). Student rows only in reward_mean/std (the flawed
         grade's reward, unmodified), reward_mod_mean (rebound arm: the modified one, else None) and
@@ -303,7 +309,7 @@ class Trainer:
                "teacher_adv_share": sum(r["abs_adv"] for r in teacher) / abs_all if abs_all > 0 else 0.0,
                "kl": kl_sum / max(tokens, 1.0) if self.cfg.beta > 0 else None, "loss": loss_sum,
                "grad_norm": grad_norm, "cos_in": stats.cos_in, "cos_out": stats.cos_out,
-               "frac_fired": stats.frac_fired, "cos_update": cos_upd, "cos_in_real": real.cos_in,
+               "frac_fired": stats.frac_fired, "update_hackward": upd_hackward, "cos_in_real": real.cos_in,
                "lr": lr, "tokens": int(tokens), "n_student": len(student), "n_teacher": len(teacher)}
         if teacher:
             rec.update(teacher_hack_rate=_rate(teacher, "hack"), teacher_pass_rate=_rate(teacher, "pass"),

@@ -1,4 +1,5 @@
-"""The hack direction V (DESIGN §2): extraction from contrastive pairs, the artifact, verification.
+"""The hack direction V (DESIGN §2): extraction from contrastive pairs, the artifact, and the CLI of
+`pgrpo extract` / `pgrpo verify` (the held-out check itself is verify.py).
 
 Per pair and targeted module, at the adapter's current δS (0 for a fresh adapter):
     d = ∂NLL(hack)/∂δS − ∂NLL(clean)/∂δS ∈ R^r,
@@ -10,31 +11,32 @@ pair's d (DeltaSAdapter.per_sample). Per module the training pairs' d stack into
     m = 1: V = mean(D) / ‖mean(D)‖, the normalised mean difference (hack-ward by construction:
            Σ_i d_i · mean(D) = n ‖mean(D)‖² ≥ 0).
 A module whose D is all zero gets V = 0 (reported as a zero-norm module).
-Controls: `random` = random orthonormal rows (same m, seeded); `shuffled` = hack/clean swapped
-(d → −d) in a seeded half of the pairs (`label_shuffle`), then extracted the same way. Note: DᵀD
-does not change when rows change sign, so for m > 1 the shuffled control spans the same subspace as
-the real V and differs only in each row's orientation; for m = 1 (the mean) it is another direction.
+So V points along hack-ward GRADIENTS (V g > 0); a hack-ward optimiser STEP has V Δ < 0
+(projection.py). verify.py checks both the held-out cosines and that orientation in log-probs:
+a small step to V's hack-ward side must raise logp(hack) − logp(clean) on held-out pairs.
+Controls: `random` = random orthonormal rows (seeded), with the m the real V gets from the same
+pairs after non-finite pairs are dropped (so D is computed for it too); `shuffled` = hack/clean
+swapped (d → −d) in a seeded half of the pairs (`label_shuffle`), then extracted the same way.
+Note: DᵀD does not change when rows change sign, so for m > 1 the shuffled control spans the same
+subspace as the real V and differs only in each row's orientation; for m = 1 (the mean) it is
+another direction.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
-import statistics
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from projected_grpo.adapter import DeltaSAdapter, read_metadata
+from projected_grpo.adapter import DeltaSAdapter, read_metadata, read_tensors
 from projected_grpo.config import parse_bool
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
@@ -168,13 +170,14 @@ def extract_v_hack(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], m: int
         raise UserError("no training pairs to extract from (check --pairs and --modes)")
     m_eff = effective_m(m, len(pairs), adapter.ranks())
     gen = torch.Generator().manual_seed(seed)
-    if control == "random":
-        return {k: random_v(r, m_eff, gen) for k, r in adapter.ranks().items()}
+    # every control computes D too, so that it has the real V's m after non-finite pairs are dropped
     D = pair_differences(model, tok, adapter, pairs, batch_size, progress)
     n_kept = next(iter(D.values())).shape[0]
     if n_kept == 0:
         raise UserError("every training pair had non-finite gradients; try --dtype float32")
     m_eff = min(m_eff, n_kept)
+    if control == "random":
+        return {k: random_v(r, m_eff, gen) for k, r in adapter.ranks().items()}
     if control == "shuffled":
         D = label_shuffle(D, gen)
     return {k: v_from_differences(d, m_eff) for k, d in D.items()}
@@ -219,13 +222,13 @@ def load_v_hack(path: str | Path, adapter: DeltaSAdapter) -> dict[str, torch.Ten
     rank or weights, and V of the wrong shape. -> {key: (m, r) fp32 on that module's device}."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"v_hack file {path} does not exist")
+        raise UserError(f"v_hack file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     meta = read_metadata(path)
     adapter.check_metadata(meta, path, "v_hack")
     if meta.get("artifact") != ARTIFACT:
         raise UserError(f"{path}: not a v_hack artifact (artifact={meta.get('artifact')!r})")
     m = int(meta["m"])
-    tensors = load_file(path)
+    tensors = read_tensors(path)
     out = {}
     for k, mod in adapter.modules.items():
         t = tensors.get(k)
@@ -238,84 +241,22 @@ def load_v_hack(path: str | Path, adapter: DeltaSAdapter) -> dict[str, torch.Ten
     return out
 
 
-# ---- verification ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VerifyThresholds:
-    """What a held-out check must reach to pass."""
-
-    min_frac_pos: float = 0.8   # least share of modules whose mean signed top-axis cos is > 0
-
-
-def heldout_cosines(V: torch.Tensor, D: torch.Tensor) -> tuple[float, float, int]:
-    """Mean over held-out pairs of cos = (v_top · d)/‖d‖ and frac_in_span = ‖V d‖/‖d‖, and the
-    number of pairs used (pairs with d = 0 carry no direction and are skipped)."""
-    norms = D.norm(dim=1)                                               # (n,)
-    d = D[norms > 0].double()
-    if not len(d) or V.abs().max() == 0:
-        return 0.0, 0.0, len(d)
-    norms = d.norm(dim=1)
-    cos = (d @ V[0].double()) / norms                                   # (n,)
-    span = (d @ V.double().T).norm(dim=1) / norms                       # (n,)
-    return cos.mean().item(), span.mean().item(), len(d)
-
-
-def verification_stats(cos_per_module: dict[str, float], ranks: dict[str, int], m: int,
-                       thresholds: VerifyThresholds = VerifyThresholds(),
-                       span_per_module: dict[str, float] | None = None) -> dict:
-    """Summary over modules of the mean signed top-axis cos, and the pass decision.
-
-    null_cos = median over modules of sqrt(1/r): the RMS cos of a random unit vector with a fixed
-    axis in R^r. `pass` = frac_pos ≥ min_frac_pos and median(cos) > null_cos. For m > 1 the span
-    share is reported beside its own null, null_span = median sqrt(m/r) (not used by `pass`)."""
-    if not cos_per_module:
-        raise UserError("no modules to verify")
-    cos = list(cos_per_module.values())
-    frac_pos = sum(c > 0 for c in cos) / len(cos)
-    median = statistics.median(cos)
-    null_cos = statistics.median(math.sqrt(1 / ranks[k]) for k in cos_per_module)
-    stats = {"frac_pos": frac_pos, "mean": statistics.fmean(cos), "median": median,
-             "n_modules": len(cos), "null_cos": null_cos}
-    if span_per_module and m > 1:
-        stats["span_median"] = statistics.median(span_per_module.values())
-        stats["null_span"] = statistics.median(math.sqrt(m / ranks[k]) for k in span_per_module)
-    stats["pass"] = bool(frac_pos >= thresholds.min_frac_pos and median > null_cos)
-    return stats
-
-
-def verify_v_hack(model, tok, adapter: DeltaSAdapter, v: dict[str, torch.Tensor], pairs: list[Pair],
-                  thresholds: VerifyThresholds = VerifyThresholds(), batch_size: int = 8,
-                  progress: bool = True) -> dict:
-    """Held-out check of V: verification_stats plus zero_norm_modules, n_pairs and `per_module`
-    rows {module, r, cos, frac_in_span, n}."""
-    if not pairs:
-        raise UserError("no held-out pairs to verify on (check --pairs and --modes)")
-    D = pair_differences(model, tok, adapter, pairs, batch_size, progress)
-    rows, cos, span = [], {}, {}
-    for k, V in v.items():
-        cos[k], span[k], n = heldout_cosines(V.cpu(), D[k])
-        rows.append({"module": k, "r": V.shape[1], "cos": cos[k], "frac_in_span": span[k], "n": n})
-    m = next(iter(v.values())).shape[0]
-    stats = verification_stats(cos, adapter.ranks(), m, thresholds, span)
-    zero = sum(int(V.abs().max() == 0) for V in v.values())
-    return stats | {"zero_norm_modules": zero, "n_pairs": len(pairs), "per_module": rows}
-
-
-def write_table(path: Path, rows: list[dict]) -> None:
-    """Per-module verification table, CSV for a .csv path and Markdown otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["module", "r", "cos", "frac_in_span", "n"])
-            writer.writeheader()
-            writer.writerows(rows)
-        return
-    lines = ["| module | r | cos mean | frac_in_span | n |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {x['module']} | {x['r']} | {x['cos']:+.4f} | {x['frac_in_span']:.4f} | {x['n']} |"
-              for x in rows]
-    path.write_text("\n".join(lines) + "\n")
-
-
 # ---- CLI ------------------------------------------------------------------------------------
+def check_out_path(path: str | Path, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done: a directory, a path
+    under a file, or under a directory that is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is not a directory")
+            if not os.access(parent, os.W_OK):
+                raise UserError(f"{flag} {path}: {parent} is not writable")
+            return
+
+
 def _load(args) -> tuple:
     from projected_grpo.adapter import attach
     from projected_grpo.models import load_model
@@ -326,6 +267,7 @@ def _load(args) -> tuple:
 
 def _cmd_extract(args) -> int:
     start = time.time()
+    check_out_path(args.out, "--out")
     model, tok, adapter = _load(args)
     v, pair_set = extract_to_file(args.out, model, tok, adapter, args.pairs, args.modes, args.m,
                                   args.control, args.seed, args.batch_size)
@@ -343,22 +285,28 @@ def _cmd_extract(args) -> int:
 
 
 def _cmd_verify(args) -> int:
+    from projected_grpo.verify import VerifyThresholds, margin_line, verify_v_hack, write_table
+
     start = time.time()
+    v_path = Path(args.v_hack)
+    table = Path(args.table) if args.table else v_path.with_name(v_path.stem + ".verify.md")
+    check_out_path(table, "--table")
     model, tok, adapter = _load(args)
-    v = load_v_hack(args.v_hack, adapter)
-    meta = read_metadata(args.v_hack)
+    v = load_v_hack(v_path, adapter)
+    meta = read_metadata(v_path)
     modes = parse_modes(args.modes) if args.modes else (tuple(json.loads(meta["modes"])) or None)
     pair_set = load_pairs(args.pairs, split="heldout", modes=modes)
     result = verify_v_hack(model, tok, adapter, v, pair_set.pairs,
-                           VerifyThresholds(min_frac_pos=args.min_frac_pos), args.batch_size)
-    v_path = Path(args.v_hack)
-    table = Path(args.table) if args.table else v_path.with_name(v_path.stem + ".verify.md")
+                           VerifyThresholds(min_frac_pos=args.min_frac_pos), args.batch_size,
+                           margin_eps=args.margin_eps)
     write_table(table, result.pop("per_module"))
     print(f"held-out check of {v_path} (m={meta['m']}, control={meta.get('control')}) on "
           f"{len(pair_set.pairs)} pairs; per-module table: {table}")
+    print(f"SVD basis {adapter.basis_fingerprint[:12]}: the one V was made in")
     print(f"frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} median={result['median']:+.3f} "
-          f"null_cos={result['null_cos']:.3f} modules={result['n_modules']} -> "
-          f"{'PASS' if result['pass'] else 'FAIL'} ({time.time() - start:.1f}s)")
+          f"null_cos={result['null_cos']:.3f} modules={result['n_modules']}")
+    print(margin_line(result))
+    print(f"-> {'PASS' if result['pass'] else 'FAIL'} ({time.time() - start:.1f}s)")
     print(json.dumps(result))
     return 0 if result["pass"] else 1
 
@@ -388,6 +336,8 @@ def add_commands(sub) -> None:
     _common(p)
     p.add_argument("--v-hack", required=True, help="V file written by `pgrpo extract`")
     p.add_argument("--modes", default=None, help="loophole modes (default: those V was extracted on)")
-    p.add_argument("--min-frac-pos", type=float, default=0.8)
+    p.add_argument("--min-frac-pos", type=float, default=0.8, help="least share of modules with cos > 0")
+    p.add_argument("--margin-eps", type=float, default=0.01,
+                   help="size of the step along V in the margin check (per coordinate, as an AdamW lr)")
     p.add_argument("--table", default=None, help="per-module table (.md or .csv; default beside V)")
     p.set_defaults(func=_cmd_verify)
