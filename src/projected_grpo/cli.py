@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError) as err:
+    except (UserError, OSError) as err:  # bad input or an unreadable / unwritable path: one line, no traceback
         print(f"pgrpo {args.command}: error: {err}", file=sys.stderr)
         return 2
 
