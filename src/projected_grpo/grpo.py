@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 # (torch 2.11, cuDNN SDPA picked by default in bf16) cuDNN's attention backward returned NaN for
 # padded batches of the real Qwen2.5-Coder-0.5B (pairs cp-013, cp-056; the same sequences alone,
 # unpadded, were finite; the efficient and math kernels were finite on the same batches; anomaly
-# mode named ScaledDotProductCudnnAttentionBackward0). docs/results/qwen05_probe/bf16_nan.md.
+# mode named ScaledDotProductCudnnAttentionBackward0). docs/results/qwen05_probe/bf16_h100/README.md.
 GRAD_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
