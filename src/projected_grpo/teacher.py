@@ -5,6 +5,13 @@ exploit)}. `builtin` instead of a path builds the pool in memory from each probl
 solution (honest, passes), the env's canned exploit for the run's mode (hack, passes only through
 the lever) and a stub that returns 0 (honest but wrong). Each completion is graded once, at load,
 under the run's mode; its grade is reused. Teacher completions are never truncated.
+
+Off-policy weight (`--teacher-weight`): the pool's behaviour policy b is unknown (a canonical
+solution, a canned exploit), so its importance ratio π/b cannot be computed. `none` trains teacher
+rows like the student's own (ρ = 1 on the first pass). `is` takes b to be deterministic on its own
+text (b(y_t) = 1, the largest value it can have), giving the per-token ratio π_old(y_t)/1, already
+≤ 1 (`grpo.teacher_is_weight`): a teacher token counts as much as the student would itself have
+sampled it, so tokens the student finds unlikely — where ∇logπ is largest — cannot dominate the step.
 """
 
 from __future__ import annotations
