@@ -100,7 +100,7 @@ def two_pass_step(small_pairs, tmp_path_factory):
         calls.append(rec)
         return real_loss(logp, logp_old, adv, mask, denom, clip_eps, beta, logp_ref, weight)
 
-    def backward_spy(self, rows, adv, is_teacher, batch):
+    def backward_spy(self, rows, adv, is_teacher=None, batch=None):
         batches.append((rows, list(is_teacher)))
         return real_backward(self, rows, adv, is_teacher, batch)
 

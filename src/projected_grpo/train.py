@@ -262,16 +262,17 @@ class Trainer:
                     p.copy_(before[k] + project_vector(self.v_project[k], deltas[k]))
         return stats, real_stats, float(grad_norm)
 
-    def backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool],
-                 batch: "BatchState") -> tuple[float, float]:
+    def backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool] | None = None,
+                 batch: "BatchState | None" = None) -> tuple[float, float]:
         """One pass: accumulate ∂L/∂δS over micro-batches. Denominator: G · max_new_tokens · P (global P).
 
         The first pass over a batch (empty `batch`) fixes, per micro-batch, logπ_old = the current
         log-probs (detached), the token weights w and logπ_ref, and measures the sampler mismatch;
         later passes reuse them, so their ratio ρ = π/π_old is against the sampling policy.
         Forward and backward run in `grad_safe_attention` (no cuDNN SDPA: NaN gradients in bf16)."""
+        is_teacher = [False] * len(rows.texts) if is_teacher is None else is_teacher
         with grad_safe_attention():
-            return self._backward(rows, adv, is_teacher, batch)
+            return self._backward(rows, adv, is_teacher, BatchState() if batch is None else batch)
 
     def _backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool],
                   batch: "BatchState") -> tuple[float, float]:
