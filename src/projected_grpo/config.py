@@ -55,7 +55,7 @@ class TrainConfig:
     beta: float = 0.0                    # K3 KL weight to the δS=0 reference (0 skips its forward)
     clip_eps: float = 0.2                # PPO ratio clip ε
     num_iterations: int = 1              # optimiser passes per sampled batch (>1: ρ ≠ 1 and the clip acts)
-    tis_cap: float = 2.0                 # truncated IS weight min(π_old/π_sampler, C) on student tokens (0 = off)
+    tis_cap: float = 2.0                 # C of the student tokens' weight min(π_old/π_sampler, C) (0 = off)
     teacher_weight: str = "none"         # teacher-pool rows: none (weight 1) | is (per-token min(π_old, 1))
     lr: float = 5e-3                     # AdamW learning rate for δS
     weight_decay: float = 0.0            # AdamW weight decay
@@ -107,7 +107,8 @@ class TrainConfig:
             raise UserError(f"--eval-temperature must be >= 0, got {self.eval_temperature}")
         if self.eval_temperature == 0 and self.eval_samples > 1:
             raise UserError("--eval-temperature 0 (greedy) gives identical samples: use --eval-samples 1")
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch", "num_iterations"):
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch",
+                     "num_iterations"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
 

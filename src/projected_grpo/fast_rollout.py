@@ -221,7 +221,8 @@ class _Decoder:
 
     # ---- the whole generation ------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, ids: torch.Tensor, mask: torch.Tensor, check_every: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, ids: torch.Tensor, mask: torch.Tensor,
+            check_every: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._prefill(ids, mask)
         if self.use_graphs and not self.graphs and self.T > 1:
             while True:

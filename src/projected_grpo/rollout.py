@@ -144,7 +144,8 @@ class ChosenLogprobs:
     def finish(self, completion: torch.Tensor) -> torch.Tensor:
         """(B, T) log-probs of `completion`, the tokens generate returned."""
         if self.prev is not None and len(self.chosen) < completion.shape[1]:
-            self.chosen.append(self.prev.gather(1, completion[:, len(self.chosen):len(self.chosen) + 1])[:, 0])
+            t = len(self.chosen)
+            self.chosen.append(self.prev.gather(1, completion[:, t:t + 1])[:, 0])
         self.prev = None
         if not self.chosen:
             return torch.zeros(completion.shape, dtype=torch.float32, device=completion.device)

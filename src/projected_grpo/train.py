@@ -264,7 +264,7 @@ class Trainer:
 
     def backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool] | None = None,
                  batch: "BatchState | None" = None) -> tuple[float, float]:
-        """One pass: accumulate ∂L/∂δS over micro-batches. Denominator: G · max_new_tokens · P (global P).
+        """One pass: accumulate ∂L/∂δS over micro-batches; denominator G · max_new_tokens · P (global P).
 
         The first pass over a batch (empty `batch`) fixes, per micro-batch, logπ_old = the current
         log-probs (detached), the token weights w and logπ_ref, and measures the sampler mismatch;
