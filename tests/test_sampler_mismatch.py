@@ -114,7 +114,7 @@ def two_pass_step(small_pairs, tmp_path_factory):
     mp.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_spy)
     cfg = replace(preset("smoke"), n_problems=4, max_new_tokens=16, steps=1, grade_workers=2, vhack_m=2,
                   pairs=small_pairs, dtype="bfloat16", num_iterations=2, lr=0.05, clip_eps=0.05,
-                  tis_cap=2.0, teacher_weight="is")
+                  tis_cap=2.0, teacher_weight="is", eval_problems=0, eval_samples=0)
     out = tmp_path_factory.mktemp("two_pass") / "run"
     trainer = train_mod.Trainer(cfg, out, progress=False)
     cudnn_flags.clear()  # extraction is checked on its own below
