@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from projected_grpo.grpo import group_advantages, grpo_token_loss
+from projected_grpo.grpo import (clipped, group_advantages, grpo_token_loss, sampler_mismatch,
+                                 teacher_is_weight, tis_weight)
 from projected_grpo.projection import (hackward_cos, project_grads, project_update, project_vector,
                                        update_hackward)
 
@@ -52,6 +53,44 @@ def test_loss_at_ratio_one_is_policy_gradient():
     loss, _ = grpo_token_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2), 4.0, 0.2, 0.0)
     loss.backward()
     assert torch.allclose(logp.grad, torch.tensor([[-0.5, -0.5]]))  # -A/denom per token
+
+
+def test_weighted_loss_and_its_gradient_match_hand_computation():
+    """w scales each token's surrogate (not the KL term); clipped tokens get zero gradient."""
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -2.0]], requires_grad=True)
+    old = torch.tensor([[-1.3, -1.9, -0.5], [-0.3, -1.0, -1.5]])
+    ref = torch.tensor([[-1.1, -2.2, -0.4], [-0.2, -0.7, -2.0]])
+    w = torch.tensor([[0.5, 2.0, 1.0], [1.0, 0.25, 1.5]])
+    adv, mask = torch.tensor([0.5, -1.0]), torch.ones(2, 3)
+    eps, beta, denom = 0.2, 0.1, 6.0
+    loss, _ = grpo_token_loss(logp, old, adv, mask, denom, eps, beta, ref, w)
+    loss.backward()
+    total = 0.0
+    for b in range(2):
+        for t in range(3):
+            rho, a = math.exp(logp[b, t].item() - old[b, t].item()), adv[b].item()
+            lr = ref[b, t].item() - logp[b, t].item()
+            total += -w[b, t].item() * min(rho * a, min(max(rho, 1 - eps), 1 + eps) * a) \
+                + beta * (math.exp(lr) - lr - 1)
+            is_clipped = (a > 0 and rho > 1 + eps) or (a < 0 and rho < 1 - eps)
+            assert bool(clipped(logp.detach(), old, adv, eps)[b, t]) == is_clipped
+            pg = 0.0 if is_clipped else -w[b, t].item() * rho * a
+            kl_grad = beta * (1 - math.exp(lr))  # d/dlogπ of exp(lr) − lr − 1 with lr = ref − logπ
+            assert math.isclose(logp.grad[b, t].item(), (pg + kl_grad) / denom, rel_tol=1e-5, abs_tol=1e-9)
+    assert math.isclose(loss.item(), total / denom, rel_tol=1e-6)
+    assert clipped(logp.detach(), old, adv, eps).any()  # (0,0): ρ = e^0.3 > 1.2 with A > 0
+
+
+def test_tis_and_teacher_weights():
+    old = torch.tensor([[-1.0, -0.1, -3.0]])
+    mu = torch.tensor([[-1.2, -2.0, -3.0]])
+    w = tis_weight(old, mu, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[math.exp(0.2), 2.0, 1.0]]))  # min(π/μ, C)
+    assert torch.equal(tis_weight(old, mu, cap=0.0), torch.ones(1, 3))   # off
+    assert torch.allclose(teacher_is_weight(old), torch.exp(old)) and teacher_is_weight(old).max() <= 1
+    d, k3, n = sampler_mismatch(old, mu, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert math.isclose(d, 0.2 + 1.9, rel_tol=1e-6) and n == 2.0
+    assert math.isclose(k3, sum(math.exp(x) - 1 - x for x in (0.2, 1.9)), rel_tol=1e-6)
 
 
 def _orthonormal(m, r, seed=0):

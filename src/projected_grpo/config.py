@@ -61,6 +61,9 @@ class TrainConfig:
     top_p: float = 1.0                   # nucleus sampling
     beta: float = 0.0                    # K3 KL weight to the δS=0 reference (0 skips its forward)
     clip_eps: float = 0.2                # PPO ratio clip ε
+    num_iterations: int = 1              # optimiser passes per sampled batch (>1: ρ ≠ 1 and the clip acts)
+    tis_cap: float = 2.0                 # C of the student tokens' weight min(π_old/π_sampler, C) (0 = off)
+    teacher_weight: str = "none"         # teacher-pool rows: none (weight 1) | is (per-token min(π_old, 1))
     lr: float = 5e-3                     # AdamW learning rate for δS
     weight_decay: float = 0.0            # AdamW weight decay
     warmup_steps: int = 1                # linear warmup, then cosine to 0
@@ -107,6 +110,10 @@ class TrainConfig:
             raise UserError(f"--mix-ratio {self.mix_ratio} leaves no student sample in a group of "
                             f"--group-size {self.group_size}")
         self._validate_teacher_kinds()
+        if self.teacher_weight not in ("none", "is"):
+            raise UserError(f"--teacher-weight must be none or is, not {self.teacher_weight!r}")
+        if self.tis_cap < 0:
+            raise UserError(f"--tis-cap must be >= 0 (0 = off), got {self.tis_cap}")
         if self.group_size < 2:
             raise UserError("--group-size must be at least 2 (advantages are relative within a group)")
         if self.eval_problems < 0 or (self.eval_problems >= 1 and self.eval_problems != int(self.eval_problems)):
@@ -118,7 +125,8 @@ class TrainConfig:
             raise UserError(f"--eval-temperature must be >= 0, got {self.eval_temperature}")
         if self.eval_temperature == 0 and self.eval_samples > 1:
             raise UserError("--eval-temperature 0 (greedy) gives identical samples: use --eval-samples 1")
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch"):
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch",
+                     "num_iterations"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
 

@@ -20,7 +20,10 @@ own weights, read in place (call it inside `adapter.merged()`, so δS is folded 
   log of Exp(1) noise: the same distribution as softmax + multinomial, from a different random
   stream); greedy when temperature <= 0; eos logits set to -inf when `ignore_eos` (forced length);
 - stopping: rows that ended get the pad id; every `check_every` steps one host sync asks whether
-  all rows have ended.
+  all rows have ended;
+- the sampler's log-probs: per step, log softmax(logits)[chosen id] at temperature 1 (the policy's
+  own distribution, before temperature / top-p; see `rollout`) goes into a (B, T) fp32 buffer —
+  one extra logsumexp over the (B, V) logits a step, inside the graph.
 
 Optionally (CUDA, `compile_layers`) the elementwise work around the matmuls of each layer
 (RMSNorm, q/k norm, rotary, SiLU·mul, residual adds; each block's last residual add shares its
@@ -84,6 +87,7 @@ class _Decoder:
         self.key_ok = torch.ones(B, self.L, dtype=torch.bool, device=dev)  # prompt padding is False
         self.finished = torch.zeros(B, dtype=torch.bool, device=dev)
         self.out = torch.full((B, T), spec.pad, dtype=torch.long, device=dev)
+        self.logp = torch.zeros(B, T, dtype=torch.float32, device=dev)  # log π_sampler(out), T = 1
         self.eos_t = torch.tensor(spec.eos or [spec.pad], dtype=torch.long, device=dev)
         self.key_pos = torch.arange(self.L, device=dev)
         self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
@@ -152,13 +156,14 @@ class _Decoder:
         if not spec.ignore_eos:
             self.finished |= (nxt[:, None] == self.eos_t).any(dim=1)
         self.out.index_copy_(1, self.step + 1, nxt[:, None])
+        self.logp.index_copy_(1, self.step + 1, chosen_logprob(logits, nxt)[:, None])
         self.tok.copy_(nxt)
         self.step.add_(1)
 
     def _capture(self) -> None:
         """Warm up (compile, cuBLAS handles) on a side stream, then capture one graph per bucket.
         The step mutates its buffers, so they are snapshotted and restored around the warm-up."""
-        snap = [t.clone() for t in (self.tok, self.step, self.finished, self.out)]
+        snap = [t.clone() for t in (self.tok, self.step, self.finished, self.out, self.logp)]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -174,7 +179,7 @@ class _Decoder:
                 self._step(end)
             pool = g.pool()
             self.graphs[end] = g
-        for t, s in zip((self.tok, self.step, self.finished, self.out), snap):
+        for t, s in zip((self.tok, self.step, self.finished, self.out, self.logp), snap):
             t.copy_(s)
 
     # ---- prefill ------------------------------------------------------------------------------
@@ -207,6 +212,8 @@ class _Decoder:
         self.finished.fill_(False)
         self.out.fill_(self.spec.pad)
         self.out[:, 0] = first
+        self.logp.zero_()
+        self.logp[:, 0] = chosen_logprob(logits, first)
         if not self.spec.ignore_eos:
             self.finished |= (first[:, None] == self.eos_t).any(dim=1)
         self.tok.copy_(first)
@@ -214,7 +221,8 @@ class _Decoder:
 
     # ---- the whole generation ------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, ids: torch.Tensor, mask: torch.Tensor, check_every: int) -> torch.Tensor:
+    def run(self, ids: torch.Tensor, mask: torch.Tensor,
+            check_every: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._prefill(ids, mask)
         if self.use_graphs and not self.graphs and self.T > 1:
             while True:
@@ -243,7 +251,13 @@ class _Decoder:
             done = s + 2
             if not self.spec.ignore_eos and (s + 1) % check_every == 0 and bool(self.finished.all()):
                 break
-        return self.out[:, :done]
+        return self.out[:, :done], self.logp[:, :done]
+
+
+def chosen_logprob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] in fp32: logits (B, V), ids (B,) -> (B,)."""
+    z = logits.float()
+    return z.gather(1, ids[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
 
 
 _CACHE: dict[tuple, _Decoder] = {}
@@ -259,8 +273,11 @@ def release() -> None:
 def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: list[int],
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0, ignore_eos: bool = False,
              use_graphs: bool | None = None, compile_layers: bool | None = None, bucket: int = 128,
-             check_every: int = 16, cache: bool = True, attention: str = "auto") -> torch.Tensor:
-    """Completion ids (B, ≤ max_new_tokens), right-padded with `pad_id` after each row's first eos.
+             check_every: int = 16, cache: bool = True, attention: str = "auto",
+             return_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Completion ids (B, ≤ max_new_tokens), right-padded with `pad_id` after each row's first eos;
+    with `return_logprobs`, also (B, ≤ max_new_tokens) fp32 log-probs of those ids at temperature 1
+    (garbage after a row's end: mask them).
 
     `ids`/`mask`: left-padded prompts (B, Lp). Read the weights inside `adapter.merged()`.
     Seed with `torch.manual_seed` before the call (the noise comes from the default generator).
@@ -295,7 +312,8 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
                        attention)
         if cache:
             _CACHE[key] = dec
-    return dec.run(ids, mask, check_every).clone()
+    out, logp = dec.run(ids, mask, check_every)
+    return (out.clone(), logp.clone()) if return_logprobs else out.clone()
 
 
 def decode_bytes(model, batch: int, context_len: int) -> int:

@@ -3,15 +3,47 @@
 Advantage: A = r − mean_group(r), no std division; a group whose rewards are all equal gets
 A = 0 exactly. Per completion token t:
     ρ_t  = exp(logπ_t − logπ_old,t)
-    L_t  = −min(ρ_t A, clip(ρ_t, 1−ε, 1+ε) A) + β (exp(logπ_ref,t − logπ_t) − (logπ_ref,t − logπ_t) − 1)
+    L_t  = −w_t min(ρ_t A, clip(ρ_t, 1−ε, 1+ε) A) + β k3_t,
+    k3_t = exp(logπ_ref,t − logπ_t) − (logπ_ref,t − logπ_t) − 1
 Reduced with the constant denominator G · max_new_tokens · P (no per-response length normalisation).
+
+π_old is the trainer's policy when the batch was sampled (its log-probs before the first optimiser
+pass); with `num_iterations` > 1 passes per batch, passes 2.. see ρ ≠ 1 and the clip acts.
+w_t is a detached per-token weight (1 unless a correction below is on):
+- student rows, truncated importance sampling (TIS) against the sampler: the sampler folds δS into
+  bf16 weights and so is not exactly π_old (see `rollout`); with μ the sampler's policy,
+      w_t = min(π_old,t / μ_t, C)                                    (`tis_weight`, C = --tis-cap)
+  which makes E_μ[w ρ A ∇logπ] the PPO gradient at π_old up to the truncation (the bias-for-
+  variance trade TRL/verl make for a vLLM sampler; C = 0 turns it off). Why correct rather than
+  make the sampler exact: bf16 weights cannot hold W + U diag(δS) Vh for a small δS (each entry
+  rounds to W's ulp), and sampling through the hook path instead would add a second set of
+  matmuls to every decode step; the weight costs one subtraction per token, and `sampler_mismatch`
+  shows how far apart the two are (0.009–0.013 per token on the real 0.5B, bf16);
+- teacher rows (cached completions, behaviour policy unknown): `teacher_weight`.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
+
+# SDPA backends allowed where gradients flow through attention: every one but cuDNN. On an H100
+# (torch 2.11, cuDNN SDPA picked by default in bf16) cuDNN's attention backward returned NaN for
+# padded batches of the real Qwen2.5-Coder-0.5B (pairs cp-013, cp-056; the same sequences alone,
+# unpadded, were finite; the efficient and math kernels were finite on the same batches; anomaly
+# mode named ScaledDotProductCudnnAttentionBackward0). docs/results/qwen05_probe/bf16_h100/README.md.
+GRAD_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@contextlib.contextmanager
+def grad_safe_attention():
+    """Run a forward *and its backward* inside: SDPA never picks the cuDNN kernel (see above)."""
+    with sdpa_kernel(GRAD_SDPA_BACKENDS):
+        yield
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -23,13 +55,17 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def grpo_token_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
                     mask: torch.Tensor, denom: float, clip_eps: float, beta: float,
-                    logp_ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    logp_ref: torch.Tensor | None = None,
+                    weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed GRPO loss of a micro-batch / denom, and the summed K3 KL (detached).
 
-    logp, logp_old, logp_ref, mask: (B, T) over completion positions; adv: (B,)."""
+    logp, logp_old, logp_ref, mask, weight (detached w_t, None = 1): (B, T) over completion
+    positions; adv: (B,)."""
     a = adv[:, None]                                                  # (B, 1)
     ratio = torch.exp(logp - logp_old)                                # (B, T)
     surrogate = torch.min(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
+    if weight is not None:
+        surrogate = surrogate * weight
     per_token = -surrogate
     kl_sum = torch.zeros((), device=logp.device)
     if beta > 0:
@@ -38,6 +74,40 @@ def grpo_token_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tenso
         per_token = per_token + beta * k3
         kl_sum = (k3 * mask).sum().detach()
     return (per_token * mask).sum() / denom, kl_sum
+
+
+def clipped(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip_eps: float) -> torch.Tensor:
+    """(B, T) bool: tokens whose surrogate takes the clipped branch, i.e. get zero gradient
+    (A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε)."""
+    ratio, a = torch.exp(logp - logp_old), adv[:, None]
+    return ((a > 0) & (ratio > 1 + clip_eps)) | ((a < 0) & (ratio < 1 - clip_eps))
+
+
+def tis_weight(logp_old: torch.Tensor, logp_sampler: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weight min(π_old / μ, C) per token (detached); cap <= 0: all ones."""
+    if cap <= 0:
+        return torch.ones_like(logp_old)
+    return torch.exp(logp_old - logp_sampler).clamp(max=cap).detach()
+
+
+def teacher_is_weight(logp_old: torch.Tensor) -> torch.Tensor:
+    """Weight of a cached (teacher) token: min(π_old(y_t), 1) = π_old(y_t), detached.
+
+    The pool's completions come from an unknown behaviour policy b. Treating b as deterministic on
+    its own text (b(y_t) = 1, the most a policy can put there) makes the per-token ratio π_old / b
+    = π_old(y_t), already ≤ 1: a teacher token counts as much as the student itself would have
+    sampled it, so tokens the student finds unlikely (large ∇logπ) cannot dominate the update.
+    The weight is per token, as PPO's ratio is (a product over the row would vanish)."""
+    return torch.exp(logp_old).detach()
+
+
+def sampler_mismatch(logp_trainer: torch.Tensor, logp_sampler: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[float, float, float]:
+    """Sums over the masked tokens of |logμ − logπ|, of the K3 estimate of KL(μ ‖ π) (tokens are
+    drawn from μ: with r = π/μ, k3 = r − 1 − log r ≥ 0) and the token count."""
+    d = (logp_trainer - logp_sampler).float()                         # log r, (B, T)
+    k3 = torch.exp(d) - 1 - d
+    return float((d.abs() * mask).sum()), float((k3 * mask).sum()), float(mask.sum())
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int,

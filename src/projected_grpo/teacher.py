@@ -11,6 +11,13 @@ load, under the run's mode; its grade is reused. Teacher completions are never t
 What the pool held is written to the run dir as `teacher_pool.json` (`summary`): source, the
 kinds asked for, completions per kind and their labels per kind, so a report can say how much of
 what a run learned from was given to it.
+
+Off-policy weight (`--teacher-weight`): the pool's behaviour policy b is unknown (a canonical
+solution, a canned exploit), so its importance ratio π/b cannot be computed. `none` trains teacher
+rows like the student's own (ρ = 1 on the first pass). `is` takes b to be deterministic on its own
+text (b(y_t) = 1, the largest value it can have), giving the per-token ratio π_old(y_t)/1, already
+≤ 1 (`grpo.teacher_is_weight`): a teacher token counts as much as the student would itself have
+sampled it, so tokens the student finds unlikely — where ∇logπ is largest — cannot dominate the step.
 """
 
 from __future__ import annotations

@@ -5,9 +5,15 @@ One step, for P prompts × G samples (DESIGN §3–§5):
   2. grade them; reward uses only the flawed grade `passed` and the format bonus — the strict
      oracle (`gt_correct`, labels) is logged and never reaches reward, advantage or projection;
   3. (rebound arm) reward ← Wu & Tang's concept-score penalty;
-  4. A = r − mean_group(r); PPO-clip + K3 loss over completion tokens / (G·max_new_tokens·P);
+  4. A = r − mean_group(r); PPO-clip + K3 loss over completion tokens / (G·max_new_tokens·P),
+     π_old = the policy that sampled the batch (its log-probs before the first pass), student tokens
+     weighted by the truncated sampler ratio, teacher tokens by `teacher_weight` (see `grpo`);
   5. δS gradients all-reduced over ranks, then measured against V and (projecting arms) projected;
-  6. grad-norm clip, AdamW step (optionally projecting the step itself), warmup+cosine schedule.
+  6. grad-norm clip, AdamW step (optionally projecting the step itself);
+  4–6 run `num_iterations` times on the same batch; then the warmup+cosine schedule steps once.
+Logged: `sampler_mismatch` = mean |logπ_sampler − logπ_trainer| over the student tokens of the
+first pass (its micro-batches with a gradient), `sampler_kl` (K3 estimate of KL(sampler ‖ trainer))
+and, for passes 2.., `clip_frac` (share of tokens whose clipped surrogate has zero gradient).
 The run trains on the split's train problems only; at step 0, every eval_every steps and after the
 last step the current policy is evaluated on the held-out eval problems (splits.py, evaluate.py).
 """
@@ -30,7 +36,8 @@ from projected_grpo.adapter import AdapterConfig, attach
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.errors import UserError
-from projected_grpo.grpo import group_advantages, grpo_token_loss, token_logprobs
+from projected_grpo.grpo import (clipped, grad_safe_attention, group_advantages, grpo_token_loss,
+                                 sampler_mismatch, teacher_is_weight, tis_weight, token_logprobs)
 from projected_grpo.models import load_model
 from projected_grpo.projection import (ProjectionStats, null_directions, project_grads, project_update,
                                        update_hackward)
@@ -194,10 +201,7 @@ class Trainer:
         n, gs = len(problems), G - k  # student rows come first in `both`, then teacher rows
         order = [x for g in range(n)
                  for x in [g * gs + j for j in range(gs)] + [n * gs + g * k + j for j in range(k)]]
-        idx = torch.tensor(order, device=self.device)
-        rows = Rollouts(both.prompt_ids[idx], both.prompt_mask[idx], both.completion_ids[idx],
-                        both.completion_mask[idx], [both.texts[i] for i in order])
-        return rows, [i >= n * (G - k) for i in order]
+        return both.select(order), [i >= n * (G - k) for i in order]
 
     def step(self, step: int) -> tuple[dict, list[dict]]:
         cfg, G = self.cfg, self.cfg.group_size
@@ -226,7 +230,31 @@ class Trainer:
             rewards = rebound.modify_rewards(rewards, scores.view(-1, G), cfg.rebound_alpha,
                                              cfg.rebound_form)
         adv = group_advantages(rewards).view(-1).to(self.device)                               # (B,)
-        loss_sum, kl_sum = self.backward(rows, adv)
+        start = {k: p.detach().clone() for k, p in self.adapter.params().items()}
+        batch = BatchState()
+        for it in range(cfg.num_iterations):  # passes 2.. reuse π_old, weights and π_ref of pass 1
+            losses = self.backward(rows, adv, is_teacher, batch)
+            measured = self.optimiser_step()
+            if it == 0:  # logged: the first pass (the policy gradient at the sampling policy)
+                (loss_sum, kl_sum), (stats, real_stats, null_stats, grad_norm) = losses, measured
+        deltas = {k: p.detach() - start[k] for k, p in self.adapter.params().items()}  # the whole step
+        lr = self.sched.get_last_lr()[0]
+        self.sched.step()
+        t3 = time.perf_counter()
+        record = self._metrics(step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats,
+                               real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr)
+        record.update(batch.metrics())
+        record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
+        record["cos_in_null"] = null_stats.cos_in  # a seeded random V of the same m, measured only
+        samples = [{"step": step + 1, "problem_id": pid, "teacher": t, "completion": text,
+                    "advantage": round(float(a), 6), **asdict(g)}
+                   for pid, t, text, a, g in zip(pids, is_teacher, rows.texts, adv.tolist(), grades)]
+        return record, dist.gather_rows(samples)
+
+    def optimiser_step(self) -> tuple[ProjectionStats, ProjectionStats, ProjectionStats, float]:
+        """All-reduce, measure / project, clip, AdamW step (projecting the step itself where asked).
+        Returns (stats against the projecting V, against the real V, against the null V, grad norm)."""
+        cfg = self.cfg
         grads = dist.all_reduce_grads(self.adapter.params())
         # the real and the null V are measured on the raw gradient, before a projection changes it
         real_stats = (None if self.v_project is self.v_measure
@@ -243,43 +271,74 @@ class Trainer:
             with torch.no_grad():
                 for k, p in self.adapter.params().items():
                     p.copy_(before[k] + project_update(self.v_project[k], deltas[k]))
-                    deltas[k] = p.detach() - before[k]
-        lr = self.sched.get_last_lr()[0]
-        self.sched.step()
-        t3 = time.perf_counter()
-        record = self._metrics(step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats,
-                               real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr)
-        record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
-        record["cos_in_null"] = null_stats.cos_in  # a seeded random V of the same m, measured only
-        samples = [{"step": step + 1, "problem_id": pid, "teacher": t, "completion": text,
-                    "advantage": round(float(a), 6), **asdict(g)}
-                   for pid, t, text, a, g in zip(pids, is_teacher, rows.texts, adv.tolist(), grades)]
-        return record, dist.gather_rows(samples)
+        return stats, real_stats, null_stats, float(grad_norm)
 
-    def backward(self, rows: Rollouts, adv: torch.Tensor) -> tuple[float, float]:
-        """Accumulate ∂L/∂δS over micro-batches. Denominator: G · max_new_tokens · P (global P)."""
+    def backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool] | None = None,
+                 batch: "BatchState | None" = None) -> tuple[float, float]:
+        """One pass: accumulate ∂L/∂δS over micro-batches; denominator G · max_new_tokens · P (global P).
+
+        The first pass over a batch (empty `batch`) fixes, per micro-batch, logπ_old = the current
+        log-probs (detached), the token weights w and logπ_ref, and measures the sampler mismatch;
+        later passes reuse them, so their ratio ρ = π/π_old is against the sampling policy.
+        Forward and backward run in `grad_safe_attention` (no cuDNN SDPA: NaN gradients in bf16)."""
+        is_teacher = [False] * len(rows.texts) if is_teacher is None else is_teacher
+        with grad_safe_attention():
+            return self._backward(rows, adv, is_teacher, BatchState() if batch is None else batch)
+
+    def _backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool],
+                  batch: "BatchState") -> tuple[float, float]:
         cfg = self.cfg
         denom = float(cfg.group_size * cfg.max_new_tokens * cfg.prompts_per_step)
         n_prompt = rows.prompt_ids.shape[1]
         ids, att, cmask = rows.input_ids, rows.attention_mask, rows.completion_mask.float()
+        teacher = torch.tensor(is_teacher, device=ids.device)[:, None]               # (B, 1)
+        first = not batch.logp_old
         loss_sum = kl_sum = 0.0
         self.model.train(cfg.grad_checkpointing)
         for s in range(0, ids.shape[0], cfg.micro_batch):
             sl = slice(s, s + cfg.micro_batch)
             if not bool(adv[sl].any()) and cfg.beta == 0:
                 continue  # zero advantage, no KL: this micro-batch has zero gradient
-            logp = token_logprobs(self.model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)
-            logp_ref = None
-            if cfg.beta > 0:
-                with torch.no_grad(), self.adapter.reference():
-                    logp_ref = token_logprobs(self.model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)
-            loss, kl = grpo_token_loss(logp, logp.detach(), adv[sl], cmask[sl], denom, cfg.clip_eps,
-                                       cfg.beta, logp_ref)
+            logp = token_logprobs(self.model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)  # (b, T)
+            if first:
+                batch.logp_old[s] = logp_old = logp.detach()
+                batch.weight[s] = self._token_weights(rows, sl, logp_old, teacher[sl], cmask[sl], batch)
+                batch.logp_ref[s] = None
+                if cfg.beta > 0:
+                    with torch.no_grad(), self.adapter.reference():
+                        batch.logp_ref[s] = token_logprobs(self.model, ids[sl], att[sl], n_prompt,
+                                                           cfg.logprob_chunk)
+            else:
+                batch.clipped += float((clipped(logp.detach(), batch.logp_old[s], adv[sl], cfg.clip_eps)
+                                        * cmask[sl]).sum())
+                batch.clip_tokens += float(cmask[sl].sum())
+            loss, kl = grpo_token_loss(logp, batch.logp_old[s], adv[sl], cmask[sl], denom, cfg.clip_eps,
+                                       cfg.beta, batch.logp_ref[s], batch.weight[s])
             loss.backward()
             loss_sum += loss.item()
             kl_sum += float(kl)
         self.model.eval()
         return loss_sum, kl_sum
+
+    def _token_weights(self, rows: Rollouts, sl: slice, logp_old: torch.Tensor, teacher: torch.Tensor,
+                       cmask: torch.Tensor, batch: "BatchState") -> torch.Tensor:
+        """(b, T) detached w: TIS on student tokens, `teacher_weight` on teacher tokens, else 1;
+        measures the sampler mismatch on the student tokens on the way."""
+        cfg = self.cfg
+        weight = torch.ones_like(logp_old)
+        if rows.sampler_logp is not None:
+            student = cmask * (~teacher).float()                                      # (b, T)
+            mu = rows.sampler_logp[sl]
+            d, k3, n = sampler_mismatch(logp_old, mu, student)
+            batch.mismatch_abs, batch.mismatch_k3, batch.mismatch_tokens = (
+                batch.mismatch_abs + d, batch.mismatch_k3 + k3, batch.mismatch_tokens + n)
+            if cfg.tis_cap > 0:
+                w = tis_weight(logp_old, mu, cfg.tis_cap)
+                batch.tis_capped += float(((torch.exp(logp_old - mu) > cfg.tis_cap).float() * student).sum())
+                weight = torch.where(teacher, weight, w)
+        if cfg.teacher_weight == "is":
+            weight = torch.where(teacher, teacher_is_weight(logp_old), weight)
+        return weight
 
     def _metrics(self, step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats: ProjectionStats,
                  real: ProjectionStats, grad_norm, upd_hackward, lr) -> dict:
@@ -356,6 +415,27 @@ class Trainer:
         if self.rank == 0:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
+
+
+class BatchState:
+    """What the first optimiser pass over a sampled batch fixes for the later ones (keyed by the
+    micro-batch's first row), and the mismatch / clipping counts logged for the step."""
+
+    def __init__(self):
+        self.logp_old: dict[int, torch.Tensor] = {}         # (b, T) logπ_old, detached
+        self.weight: dict[int, torch.Tensor] = {}           # (b, T) w_t, detached
+        self.logp_ref: dict[int, torch.Tensor | None] = {}  # (b, T) logπ_ref (β > 0)
+        self.mismatch_abs = self.mismatch_k3 = self.mismatch_tokens = self.tis_capped = 0.0
+        self.clipped = self.clip_tokens = 0.0
+
+    def metrics(self) -> dict:
+        """sampler_mismatch, sampler_kl, tis_capped_frac, clip_frac, summed over ranks."""
+        abs_, k3, n, capped, clip, clip_n = dist.sum_scalars(
+            [self.mismatch_abs, self.mismatch_k3, self.mismatch_tokens, self.tis_capped, self.clipped,
+             self.clip_tokens])
+        return {"sampler_mismatch": abs_ / n if n else None, "sampler_kl": k3 / n if n else None,
+                "tis_capped_frac": capped / n if n else None, "mismatch_tokens": int(n),
+                "clip_frac": clip / clip_n if clip_n else None}
 
 
 def _rate(rows: list[dict], key: str) -> float | None:

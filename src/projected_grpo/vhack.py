@@ -74,17 +74,23 @@ def pair_differences(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], batc
                      progress: bool = True) -> dict[str, torch.Tensor]:
     """Per module, D = the stacked d of `pairs` -> {key: (n, r) fp32 on the CPU}.
 
-    A pair whose d is non-finite in any module (seen in bf16 on a real 0.5B model) is dropped with a
-    warning naming it; since one such pair poisons its whole batch's backward, a batch holding one
-    is recomputed a pair at a time first, so only the culprit is lost."""
+    Attention runs without the cuDNN SDPA kernel (`grpo.grad_safe_attention`): its backward gave
+    NaN for padded bf16 batches on CUDA (the cause of the non-finite pairs cp-013 / cp-056 on the
+    real 0.5B model). A pair whose d is still non-finite in any module is dropped with a warning
+    naming it; since one such pair poisons its whole batch's backward, a batch holding one is
+    recomputed a pair at a time first, so only the culprit is lost."""
+    from projected_grpo.grpo import grad_safe_attention
+
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in adapter.modules}
     dropped: list[str] = []
     for group in tqdm(chunks(pairs, batch_size), desc="pair gradients", unit="batch",
                       disable=not progress, file=sys.stderr):
-        d = _batch_differences(model, tok, adapter, group)
+        with grad_safe_attention():
+            d = _batch_differences(model, tok, adapter, group)
         finite = _finite_rows(d)
         if not finite.all() and len(group) > 1:
-            singles = [_batch_differences(model, tok, adapter, [p]) for p in group]
+            with grad_safe_attention():
+                singles = [_batch_differences(model, tok, adapter, [p]) for p in group]
             d = {k: torch.cat([one[k] for one in singles]) for k in d}
             finite = _finite_rows(d)
         dropped += [p.id for p, ok in zip(group, finite.tolist()) if not ok]
