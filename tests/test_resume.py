@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from projected_grpo import runio
+from projected_grpo import evaluate, runio
 from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, TrainConfig, preset
@@ -46,11 +46,13 @@ def v_hack(tmp_path_factory, small_pairs) -> str:
 
 
 @pytest.fixture(scope="module")
-def flags(v_hack) -> list[str]:
-    """A run started with non-default flags (none of them is the smoke preset's value)."""
+def flags(v_hack, small_pairs) -> list[str]:
+    """A run started with non-default flags (none of them is the smoke preset's value), with one
+    held-out eval problem evaluated at steps 0, 2 and 3 (the pairs name one of the 4 problems)."""
     return ["--preset", "smoke", "--arm", "projected", "--v-hack", v_hack, "--seed", "5",
             "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--n-problems", "4",
-            "--max-new-tokens", "8", "--grade-workers", "2"]
+            "--max-new-tokens", "8", "--grade-workers", "2", "--pairs", small_pairs,
+            "--eval-problems", "1", "--eval-samples", "1", "--eval-every", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,12 @@ def metrics(out: Path) -> list[dict]:
 
 
 def steps(out: Path) -> list[int]:
-    return [r["step"] for r in metrics(out)]
+    """Steps of the training rows."""
+    return [r["step"] for r in runio.train_rows(metrics(out))]
+
+
+def eval_steps(out: Path) -> list[int]:
+    return [r["step"] for r in runio.eval_rows(metrics(out))]
 
 
 def comparable(rows: list[dict], timing: tuple[str, ...]) -> list[dict]:
@@ -96,7 +103,7 @@ def save_checkpoint(run_dir, state):
         os._exit(9)
 
 def grade_many(*args, **kwargs):
-    if point == "mid_step" and len(runio.read_jsonl(Path(out) / runio.METRICS)) == at - 1:
+    if point == "mid_step" and len(runio.train_rows(runio.read_jsonl(Path(out) / runio.METRICS))) == at - 1:
         os._exit(9)
     return real_grade(*args, **kwargs)
 
@@ -115,9 +122,10 @@ def killed(out: Path, point: str, at: int, *args: str) -> None:
 def test_kills_at_every_point_resume_to_the_uninterrupted_run(reference, flags, tmp_path):
     out = tmp_path / "run"
     killed(out, "after_metrics.jsonl", 1, *flags)              # step 1 logged, no checkpoint yet
-    assert steps(out) == [1] and runio.load_checkpoint(out) is None
+    assert steps(out) == [1] and eval_steps(out) == [0] and runio.load_checkpoint(out) is None
     killed(out, "before_checkpoint", 2, "--resume")            # restarts from 0; dies before ckpt 2
-    assert steps(out) == [1, 2] and runio.load_checkpoint(out) is None, steps(out)
+    assert steps(out) == [1, 2] and eval_steps(out) == [0, 2], metrics(out)
+    assert runio.load_checkpoint(out) is None
     killed(out, "mid_step", 3, "--resume")                     # dies while grading step 3
     assert steps(out) == [1, 2] and runio.load_checkpoint(out)["step"] == 2, steps(out)
     killed(out, "after_samples.jsonl", 3, "--resume")          # step 3's samples, not its metrics
@@ -128,10 +136,11 @@ def test_kills_at_every_point_resume_to_the_uninterrupted_run(reference, flags, 
     assert runio.load_checkpoint(out)["step"] == 3 and not (out / "delta_s.safetensors").exists()
     assert main(["train", "--out", str(out), "--resume"]) == 0
 
-    assert steps(out) == list(range(1, STEPS + 1))
+    assert steps(out) == list(range(1, STEPS + 1)) and eval_steps(out) == [0, 2, 3]
     assert comparable(metrics(out), TIMING_KEYS) == comparable(metrics(reference), TIMING_KEYS)
-    assert (comparable(runio.read_jsonl(out / runio.SAMPLES), SAMPLE_TIMING)
-            == comparable(runio.read_jsonl(reference / runio.SAMPLES), SAMPLE_TIMING))
+    for name in (runio.SAMPLES, evaluate.EVAL_SAMPLES):
+        assert (comparable(runio.read_jsonl(out / name), SAMPLE_TIMING)
+                == comparable(runio.read_jsonl(reference / name), SAMPLE_TIMING)), name
     a, b = load_file(reference / "delta_s.safetensors"), load_file(out / "delta_s.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(bool(a[k].any()) for k in a)  # the run did move δS: the comparison is not vacuous
@@ -175,7 +184,7 @@ def test_bad_input_before_the_first_step_leaves_nothing_that_blocks_the_retry(v_
                                                                                 tmp_path, capsys):
     out = tmp_path / "run"
     good = ["--n-problems", "4", "--max-new-tokens", "8", "--grade-workers", "2", "--steps", "1",
-            "--vhack-m", "2", "--pairs", small_pairs]
+            "--vhack-m", "2", "--pairs", small_pairs, "--eval-samples", "0"]
     for bad, named in ((["--model", "no-org/no-model-here"], "no-org/no-model-here"),
                        (["--v-hack", str(tmp_path / "missing.safetensors")], "missing.safetensors"),
                        (["--problems", str(tmp_path / "nope.jsonl")], "nope.jsonl"),

@@ -3,8 +3,9 @@
 Crash safety: a checkpoint is written atomically (temp file + rename) and holds the step it ends.
 On resume, metrics/samples lines after that step are dropped (they belong to steps that will be
 re-run from the restored state; with no checkpoint yet, every line goes and the run restarts from
-step 0), so after a SIGKILL no step is lost and none is logged twice. Eval rows carry `step` =
-steps completed and are truncated by the same rule.
+step 0), so after a SIGKILL no step is lost and none is logged twice. This needs every line of
+step s — samples, the training row, the eval row (`step` = steps completed) — written before
+checkpoint s, which is the trainer's order.
 
 `config.json` marks a directory as holding a run; the trainer writes it only once its set-up
 (model, problems, directions, teacher pool) has succeeded, so input that stops a run before its
