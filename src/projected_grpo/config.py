@@ -218,10 +218,39 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             parser.add_argument(flag, type=kind, default=None, help=_doc(f.name))
 
 
+def explicit_flags(args: argparse.Namespace) -> dict:
+    """The config fields given on the command line (a flag left out is None)."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+            if getattr(args, f.name, None) is not None}
+
+
 def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
-    cfg = replace(base, **overrides)
+    cfg = replace(base, **explicit_flags(args))
+    cfg.validate()
+    return cfg
+
+
+def resumed_config(stored: dict, args: argparse.Namespace, source: str) -> TrainConfig:
+    """A run's stored config (`source`: its config.json) for `--resume`. Flags given beside --resume,
+    and a --preset with them, must agree with it: a resumed run is the same run, so a flag that
+    would change it is refused, naming it."""
+    cfg = TrainConfig.from_dict(stored, source)
+    given = explicit_flags(args)
+    bad = [f"--{k.replace('_', '-')} {v!r} (the run has {getattr(cfg, k)!r})"
+           for k, v in given.items() if getattr(cfg, k) != v]
+    if getattr(args, "preset", None):
+        want = replace(preset(args.preset), **given)
+        differ = [f.name for f in fields(TrainConfig)
+                  if f.name not in given and getattr(want, f.name) != getattr(cfg, f.name)]
+        if differ:
+            bad.append(f"--preset {args.preset} (differs from the run in {', '.join(differ)})")
+    if bad:
+        steps = (" --steps cannot change: it fixes the cosine LR schedule of the steps already taken;"
+                 " start a new run to train longer." if "steps" in given and given["steps"] != cfg.steps
+                 else "")
+        raise UserError(f"--resume continues the run in {source} with its own config; these flags "
+                        f"disagree with it: {'; '.join(bad)}.{steps} Drop them (a resumed run is the "
+                        "same run) or start a new run with another --out.")
     cfg.validate()
     return cfg
 

@@ -2,13 +2,23 @@
 
 Crash safety: a checkpoint is written atomically (temp file + rename) and holds the step it ends.
 On resume, metrics/samples lines after that step are dropped (they belong to steps that will be
-re-run from the restored state), so after a SIGKILL no step is lost and none is logged twice.
+re-run from the restored state; with no checkpoint yet, every line goes and the run restarts from
+step 0), so after a SIGKILL no step is lost and none is logged twice. This needs every line of
+step s — samples, the training row, the eval row (`step` = steps completed) — written before
+checkpoint s, which is the trainer's order.
+
+`config.json` marks a directory as holding a run; the trainer writes it only once its set-up
+(model, problems, directions, teacher pool) has succeeded, so input that stops a run before its
+first step leaves nothing that blocks the corrected retry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -61,29 +71,79 @@ def eval_rows(rows: list[dict]) -> list[dict]:
 
 
 def truncate_after(path: Path, step: int) -> None:
-    """Keep only the rows with row['step'] <= step (and drop a torn last line)."""
+    """Keep only the rows with row['step'] <= step (and drop a torn last line); step < 0 keeps none."""
     if path.is_file():
-        kept = [r for r in read_jsonl(path) if r.get("step", -1) <= step]
+        kept = [r for r in read_jsonl(path) if r.get("step", -1) <= step] if step >= 0 else []
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
-    """Fields in which two run configs differ, ignoring `steps` (a run may be extended)."""
-    return sorted(k for k in set(old) | set(new) if k != "steps" and old.get(k) != new.get(k))
+    """Fields in which two run configs differ. `steps` counts: it fixes the cosine LR schedule, so a
+    run with other steps is another run (extending one would change the LR of steps already taken
+    in neither run's schedule)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def read_config(out: Path) -> dict | None:
+    """The run config stored in `out`, or None when `out` holds no run."""
+    path = out / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg}); it is not a run config") from err
+
+
+def check_dir(out: Path, config_json: str, resume: bool) -> None:
+    """Refuse to start a run in a dir that holds another one, or to resume with another config.
+    Writes nothing."""
+    old = read_config(out)
+    if old is None:
+        return
+    if not resume:
+        raise UserError(f"{out} already holds a run ({CONFIG}); pass --resume to continue it "
+                        "or choose another --out")
+    diff = config_diff(old, json.loads(config_json))
+    if diff:
+        why = (f"; steps cannot change on resume (the run has {old.get('steps')}): they fix the cosine "
+               "LR schedule of the steps already taken, so start a new run instead" if "steps" in diff else "")
+        raise UserError(f"{out}: --resume with a different config ({', '.join(diff)} differ){why}")
+
+
+@contextlib.contextmanager
+def removed_on_error(out: Path, owner: bool = True) -> Iterator[None]:
+    """Create `out` if missing; if the body raises, remove every entry it added there (and `out`
+    itself when it was made here), so a failed set-up leaves nothing behind. `owner`=False (ranks
+    other than 0) creates and removes nothing."""
+    if not owner:
+        yield
+        return
+    existed = out.is_dir()
+    before = set(out.iterdir()) if existed else set()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in sorted(set(out.iterdir()) - before):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if not existed:
+            out.rmdir()
+        raise
+
+
+def write_config(out: Path, config_json: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / CONFIG, config_json.encode())
 
 
 def prepare_dir(out: Path, config_json: str, resume: bool) -> None:
-    """Create the run dir, or check a resumed one holds the same run."""
-    cfg_path = out / CONFIG
-    if cfg_path.is_file():
-        if not resume:
-            raise UserError(f"{out} already holds a run ({CONFIG}); pass --resume to continue it "
-                            "or choose another --out")
-        diff = config_diff(json.loads(cfg_path.read_text()), json.loads(config_json))
-        if diff:
-            raise UserError(f"{out}: --resume with a different config ({', '.join(diff)} differ)")
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(cfg_path, config_json.encode())
+    """check_dir, then create the run dir and write its config."""
+    check_dir(out, config_json, resume)
+    write_config(out, config_json)
 
 
 def save_checkpoint(out: Path, state: dict) -> None:

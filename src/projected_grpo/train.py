@@ -68,14 +68,35 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         if self.world > cfg.prompts_per_step:  # every rank must hold at least one prompt group
             raise UserError(f"--prompts-per-step {cfg.prompts_per_step} is less than the {self.world} ranks")
+        if self.rank == 0:
+            runio.check_dir(self.out, cfg.to_json(), resume)
+        dist.barrier()
+        # config.json is written only once set-up succeeded; bad input (a missing model, v_hack file,
+        # problems path or split) removes what set-up wrote, so the corrected retry finds no run in
+        # the way.
+        with runio.removed_on_error(self.out, owner=self.rank == 0):
+            self._set_up()
+            if self.rank == 0:
+                runio.write_config(self.out, cfg.to_json())
+        dist.barrier()
+        # A fresh start and a restart from step 0 (killed before the first checkpoint) begin from the
+        # same RNG state, whatever set-up consumed.
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.start_step = 0
+        if resume:
+            self._restore()
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def _set_up(self) -> None:
+        cfg = self.cfg
         self.device = policy_device(cfg)
         self.model, self.tok, self.adapter = load_policy(cfg)
-        # the split is checked before anything is written, so a bad one leaves no run dir behind
         self.split, self.problems, self.eval_problems = self._load_problems()
         if self.rank == 0:
-            runio.prepare_dir(self.out, cfg.to_json(), resume)
-            splits.write_for_run(self.out, self.split)
-            if progress:
+            splits.write_for_run(self.out, self.split)  # a resumed run must find the same split
+            if self.progress:
                 print(self.split.summary())
         dist.barrier()
         if cfg.grad_checkpointing:
@@ -97,11 +118,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(list(self.adapter.params().values()), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda)
-        self.start_step = 0
-        if resume:
-            self._restore()
 
-    # ---- set-up --------------------------------------------------------------------------------
     def _load_problems(self) -> tuple[splits.Split, list, list]:
         """(split, train problems in walk order, eval problems): see splits.py."""
         pool = splits.load_pool(self.cfg, self.tok)
@@ -161,21 +178,25 @@ class Trainer:
                         "python": random.getstate()}}
 
     def _restore(self) -> None:
+        """Continue from the checkpoint (δS, optimiser, schedule, RNG, step) and drop the log lines of
+        later steps (training, samples, eval), which are re-run. Killed before the first checkpoint:
+        restart from step 0 and drop every line, the step-0 eval included, so nothing is logged
+        twice."""
         state = runio.load_checkpoint(self.out)
-        if state is None:
-            return
-        with torch.no_grad():
-            for k, p in self.adapter.params().items():
-                p.copy_(state["delta_s"][k])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        self.start_step = state["step"]
+        if state is not None:
+            with torch.no_grad():
+                for k, p in self.adapter.params().items():
+                    p.copy_(state["delta_s"][k])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+            self.start_step = state["step"]
         if self.rank == 0:
-            for name in (runio.METRICS, runio.SAMPLES):
-                runio.truncate_after(self.out / name, self.start_step)
+            for name in (runio.METRICS, runio.SAMPLES, evaluate.EVAL_SAMPLES):
+                runio.truncate_after(self.out / name, self.start_step if state is not None else -1)
+        dist.barrier()
 
     # ---- one step -------------------------------------------------------------------------------
     def step_problems(self, step: int) -> list:
@@ -382,9 +403,6 @@ class Trainer:
         After step s (s = steps completed) the order is: training row, eval row (when due, see
         evaluate.due), checkpoint — so a checkpoint of step s implies its eval row was written."""
         cfg = self.cfg
-        if self.rank == 0:  # rows of a step after the checkpoint (or before step 1) are re-done below
-            for name in (runio.METRICS, evaluate.EVAL_SAMPLES):
-                runio.truncate_after(self.out / name, self.start_step if self.start_step else -1)
         if self.start_step == 0:
             self.evaluate(0)                               # the base rate, before any update
         bar = tqdm(range(self.start_step, min(until or cfg.steps, cfg.steps)), initial=self.start_step,
@@ -392,7 +410,7 @@ class Trainer:
                    disable=not self.progress or self.rank != 0, desc=f"{cfg.arm} s{cfg.seed}")
         for step in bar:
             record, samples = self.step(step)
-            if self.rank == 0:
+            if self.rank == 0:  # every line of step k is written before checkpoint k (see runio)
                 if cfg.samples_every and (step + 1) % cfg.samples_every == 0:
                     runio.append_jsonl(self.out / runio.SAMPLES, samples)
                 runio.append_jsonl(self.out / runio.METRICS, [{"kind": "train", **record}])
@@ -450,10 +468,22 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
 
 # ---- CLI: pgrpo train ------------------------------------------------------------------------
 def _cmd_train(args) -> int:
-    from projected_grpo.config import config_from_args, preset
+    from projected_grpo.config import config_from_args, preset, resumed_config
 
+    if args.out is None and (args.resume or not args.print_config):
+        raise UserError("--out DIR is required" + (" with --resume" if args.resume else ""))
+    if args.resume:  # the run's own config.json is the base; flags beside --resume must agree with it
+        stored = runio.read_config(Path(args.out))
+        if stored is None:
+            raise UserError(f"--resume: {args.out} holds no run ({runio.CONFIG} missing); "
+                            "start it without --resume")
+        cfg = resumed_config(stored, args, source=str(Path(args.out) / runio.CONFIG))
+    else:
+        cfg = config_from_args(args, preset(args.preset or "smoke"))
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
     dist.init_from_env()
-    cfg = config_from_args(args, preset(args.preset))
     out = train(cfg, args.out, resume=args.resume)
     if dist.rank() == 0:
         rows = runio.read_jsonl(out / runio.METRICS)
@@ -471,8 +501,14 @@ def add_commands(sub) -> None:
     from projected_grpo.config import PRESETS, add_config_flags
 
     p = sub.add_parser("train", help="one GRPO run (one arm, one seed) into --out")
-    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)}")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--preset", default=None,
+                   help=f"one of {', '.join(PRESETS)} (default smoke; with --resume the run's config.json "
+                        "is the base and a preset is not needed)")
+    p.add_argument("--out", default=None, help="run directory (required unless --print-config)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with its config.json; flags "
+                        "given beside it must agree with that config")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as JSON (the run's, with --resume) and exit")
     add_config_flags(p)
     p.set_defaults(func=_cmd_train)

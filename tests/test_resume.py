@@ -1,0 +1,203 @@
+"""Resume through the CLI: kills at several points of a run, `pgrpo train --out DIR --resume` alone
+(the README's command, for a run started with non-default flags), flags beside --resume, bad input
+before the first step, and `--print-config`.
+
+A kill is simulated in a child process that swaps one function of the trainer for one that calls
+os._exit(9) at the chosen point — as abrupt as SIGKILL (no cleanup, no flush), but landing exactly
+there. CPU runs are deterministic, so a resumed run must log what an uninterrupted one logs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from projected_grpo import evaluate, runio
+from projected_grpo import train as train_mod
+from projected_grpo.cli import main
+from projected_grpo.config import TIMING_KEYS, TrainConfig, preset
+from projected_grpo.errors import UserError
+
+STEPS, EVERY = 3, 2  # checkpoints after steps 2 and 3 (the last)
+SAMPLE_TIMING = ("seconds",)  # sandbox wall time of a graded program: differs between identical runs
+
+
+@pytest.fixture(scope="module")
+def small_pairs(tmp_path_factory) -> str:
+    """A few bundled code pairs, so extraction stays quick."""
+    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    path = tmp_path_factory.mktemp("pairs") / "pairs_code.jsonl"
+    path.write_text("\n".join([r for r in rows if '"train"' in r][:6]) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def v_hack(tmp_path_factory, small_pairs) -> str:
+    path = tmp_path_factory.mktemp("v") / "v.safetensors"
+    assert main(["extract", "--out", str(path), "--m", "2", "--pairs", small_pairs]) == 0
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def flags(v_hack, small_pairs) -> list[str]:
+    """A run started with non-default flags (none of them is the smoke preset's value), with one
+    held-out eval problem evaluated at steps 0, 2 and 3 (the pairs name one of the 4 problems)."""
+    return ["--preset", "smoke", "--arm", "projected", "--v-hack", v_hack, "--seed", "5",
+            "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--n-problems", "4",
+            "--max-new-tokens", "8", "--grade-workers", "2", "--pairs", small_pairs,
+            "--eval-problems", "1", "--eval-samples", "1", "--eval-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, flags) -> Path:
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["train", "--out", str(out), *flags]) == 0
+    return out
+
+
+def metrics(out: Path) -> list[dict]:
+    return runio.read_jsonl(out / runio.METRICS)
+
+
+def steps(out: Path) -> list[int]:
+    """Steps of the training rows."""
+    return [r["step"] for r in runio.train_rows(metrics(out))]
+
+
+def eval_steps(out: Path) -> list[int]:
+    return [r["step"] for r in runio.eval_rows(metrics(out))]
+
+
+def comparable(rows: list[dict], timing: tuple[str, ...]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+
+# The child: runs `pgrpo ARGS...` with one function swapped to die at POINT, step AT.
+CHILD = r"""
+import os, sys
+from pathlib import Path
+from projected_grpo import runio, train
+from projected_grpo.cli import main
+
+point, at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+real_append, real_save, real_grade = runio.append_jsonl, runio.save_checkpoint, train.grade_many
+
+def append_jsonl(path, rows):
+    real_append(path, rows)
+    if point == f"after_{path.name}" and rows and rows[-1]["step"] == at:
+        os._exit(9)
+
+def save_checkpoint(run_dir, state):
+    if point == "before_checkpoint" and state["step"] == at:
+        os._exit(9)
+    real_save(run_dir, state)
+    if point == "after_checkpoint" and state["step"] == at:
+        os._exit(9)
+
+def grade_many(*args, **kwargs):
+    if point == "mid_step" and len(runio.train_rows(runio.read_jsonl(Path(out) / runio.METRICS))) == at - 1:
+        os._exit(9)
+    return real_grade(*args, **kwargs)
+
+runio.append_jsonl, runio.save_checkpoint, train.grade_many = append_jsonl, save_checkpoint, grade_many
+sys.exit(main(["train", "--out", out] + sys.argv[4:]))
+"""
+
+
+def killed(out: Path, point: str, at: int, *args: str) -> None:
+    """Run `pgrpo train --out OUT ARGS` in a child that dies (exit 9) at `point` of step `at`."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, point, str(at), str(out), *args],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 9, f"the kill at {point} {at} never came:\n{proc.stderr[-3000:]}"
+
+
+def test_kills_at_every_point_resume_to_the_uninterrupted_run(reference, flags, tmp_path):
+    out = tmp_path / "run"
+    killed(out, "after_metrics.jsonl", 1, *flags)              # step 1 logged, no checkpoint yet
+    assert steps(out) == [1] and eval_steps(out) == [0] and runio.load_checkpoint(out) is None
+    killed(out, "before_checkpoint", 2, "--resume")            # restarts from 0; dies before ckpt 2
+    assert steps(out) == [1, 2] and eval_steps(out) == [0, 2], metrics(out)
+    assert runio.load_checkpoint(out) is None
+    killed(out, "mid_step", 3, "--resume")                     # dies while grading step 3
+    assert steps(out) == [1, 2] and runio.load_checkpoint(out)["step"] == 2, steps(out)
+    killed(out, "after_samples.jsonl", 3, "--resume")          # step 3's samples, not its metrics
+    assert steps(out) == [1, 2] and max(r["step"] for r in runio.read_jsonl(out / runio.SAMPLES)) == 3
+    killed(out, "before_checkpoint", 3, "--resume")            # step 3 logged, ckpt still 2
+    assert steps(out) == [1, 2, 3] and runio.load_checkpoint(out)["step"] == 2
+    killed(out, "after_checkpoint", 3, "--resume")             # last ckpt written, not delta_s
+    assert runio.load_checkpoint(out)["step"] == 3 and not (out / "delta_s.safetensors").exists()
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+
+    assert steps(out) == list(range(1, STEPS + 1)) and eval_steps(out) == [0, 2, 3]
+    assert comparable(metrics(out), TIMING_KEYS) == comparable(metrics(reference), TIMING_KEYS)
+    for name in (runio.SAMPLES, evaluate.EVAL_SAMPLES):
+        assert (comparable(runio.read_jsonl(out / name), SAMPLE_TIMING)
+                == comparable(runio.read_jsonl(reference / name), SAMPLE_TIMING)), name
+    a, b = load_file(reference / "delta_s.safetensors"), load_file(out / "delta_s.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(bool(a[k].any()) for k in a)  # the run did move δS: the comparison is not vacuous
+
+
+def test_flags_beside_resume_must_agree_with_the_run(reference, flags, capsys):
+    ref = str(reference)
+    assert main(["train", "--out", ref, "--resume", "--seed", "7", "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed 7 (the run has 5)" in err and "--lr 0.1 (the run has 0.005)" in err
+    assert main(["train", "--out", ref, "--resume", "--preset", "full"]) == 2
+    assert "--preset full (differs from the run in" in capsys.readouterr().err
+    # extending the run would change the cosine LR schedule of the steps already taken
+    assert main(["train", "--out", ref, "--resume", "--steps", str(STEPS + 2)]) == 2
+    assert "--steps cannot change: it fixes the cosine LR schedule" in capsys.readouterr().err
+    stored = TrainConfig.from_dict(json.loads((reference / runio.CONFIG).read_text()))
+    with pytest.raises(UserError, match="steps cannot change on resume"):
+        train_mod.train(replace(stored, steps=STEPS + 2), reference, resume=True, progress=False)
+    # the same flags again, the preset included, are accepted: the run's config, unchanged
+    assert main(["train", "--out", ref, "--resume", *flags, "--print-config"]) == 0
+    assert TrainConfig.from_dict(json.loads(capsys.readouterr().out)) == stored
+    assert main(["train", "--out", ref + "-none", "--resume"]) == 2
+    assert "holds no run" in capsys.readouterr().err
+
+
+def test_print_config_round_trips_into_the_runs_config_json(reference, flags, tmp_path, capsys):
+    assert main(["train", "--print-config", *flags]) == 0          # no --out needed, nothing run
+    printed = TrainConfig.from_dict(json.loads(capsys.readouterr().out))
+    assert printed == TrainConfig.from_dict(json.loads((reference / runio.CONFIG).read_text()))
+    assert printed.seed == 5 and printed.arm == "projected"
+    assert main(["train", "--print-config", "--preset", "full", "--seed", "3", "--lr", "0.002",
+                 "--problems", "bundled"]) == 0   # (full's benchmark file is not shipped)
+    assert (TrainConfig.from_dict(json.loads(capsys.readouterr().out))
+            == replace(preset("full"), seed=3, lr=0.002, problems="bundled"))
+    assert main(["train", "--print-config", "--out", str(reference), "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((reference / runio.CONFIG).read_text())
+    assert main(["train", "--print-config", "--out", str(tmp_path / "x"), "--seed", "3"]) == 0
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_input_before_the_first_step_leaves_nothing_that_blocks_the_retry(v_hack, small_pairs,
+                                                                                tmp_path, capsys):
+    out = tmp_path / "run"
+    good = ["--n-problems", "4", "--max-new-tokens", "8", "--grade-workers", "2", "--steps", "1",
+            "--vhack-m", "2", "--pairs", small_pairs, "--eval-samples", "0"]
+    for bad, named in ((["--model", "no-org/no-model-here"], "no-org/no-model-here"),
+                       (["--v-hack", str(tmp_path / "missing.safetensors")], "missing.safetensors"),
+                       (["--problems", str(tmp_path / "nope.jsonl")], "nope.jsonl"),
+                       # V is extracted into the run dir before the pool fails: it must go too
+                       (["--teacher-pool", str(tmp_path / "pool.jsonl")], "pool.jsonl")):
+        assert main(["train", "--out", str(out), *good, *bad]) == 2, bad
+        assert named in capsys.readouterr().err
+        assert not out.exists(), f"{bad} left {sorted(p.name for p in out.iterdir())}"
+    # a directory that existed keeps what it held and gets nothing new
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(out), *good, "--v-hack", str(tmp_path / "missing.safetensors")]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(["train", "--out", str(out), *good, "--v-hack", v_hack]) == 0   # the corrected retry
+    assert steps(out) == [1] and (out / runio.CONFIG).is_file()
