@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from projected_grpo import passes as passes_mod
 from projected_grpo import train as train_mod
 from projected_grpo import vhack
 from projected_grpo.adapter import attach
@@ -90,7 +91,7 @@ def two_pass_step(small_pairs, tmp_path_factory):
     loss recorded (its inputs and the gradient that reaches logπ) and the SDPA calls' backends."""
     mp = pytest.MonkeyPatch()
     calls, batches, cudnn_flags = [], [], []
-    real_loss, real_backward = train_mod.grpo_token_loss, train_mod.Trainer.backward
+    real_loss, real_backward = passes_mod.grpo_token_loss, train_mod.Trainer.backward
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def loss_spy(logp, logp_old, adv, mask, denom, clip_eps, beta, logp_ref=None, weight=None):
@@ -109,7 +110,7 @@ def two_pass_step(small_pairs, tmp_path_factory):
             cudnn_flags.append(torch.backends.cuda.cudnn_sdp_enabled())
         return real_sdpa(*args, **kwargs)
 
-    mp.setattr(train_mod, "grpo_token_loss", loss_spy)
+    mp.setattr(passes_mod, "grpo_token_loss", loss_spy)
     mp.setattr(train_mod.Trainer, "backward", backward_spy)
     mp.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_spy)
     cfg = replace(preset("smoke"), n_problems=4, max_new_tokens=16, steps=1, grade_workers=2, vhack_m=2,

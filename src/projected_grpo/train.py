@@ -7,7 +7,7 @@ One step, for P prompts × G samples (DESIGN §3–§5):
   3. (rebound arm) reward ← Wu & Tang's concept-score penalty;
   4. A = r − mean_group(r); PPO-clip + K3 loss over completion tokens / (G·max_new_tokens·P),
      π_old = the policy that sampled the batch (its log-probs before the first pass), student tokens
-     weighted by the truncated sampler ratio, teacher tokens by `teacher_weight` (see `grpo`);
+     weighted by the truncated sampler ratio, teacher tokens by `teacher_weight` (`passes.py`);
   5. δS gradients all-reduced over ranks, then measured against V and (projecting arms) projected;
   6. grad-norm clip, AdamW step (optionally projecting the step itself);
   4–6 run `num_iterations` times on the same batch; then the warmup+cosine schedule steps once.
@@ -36,9 +36,9 @@ from projected_grpo.adapter import AdapterConfig, attach
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.errors import UserError
-from projected_grpo.grpo import (clipped, grad_safe_attention, group_advantages, grpo_token_loss,
-                                 sampler_mismatch, teacher_is_weight, tis_weight, token_logprobs)
+from projected_grpo.grpo import grad_safe_attention, group_advantages
 from projected_grpo.models import load_model
+from projected_grpo.passes import BatchState, backward_pass
 from projected_grpo.projection import (ProjectionStats, null_directions, project_grads, project_update,
                                        update_hackward)
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
@@ -295,7 +295,7 @@ class Trainer:
         return stats, real_stats, null_stats, float(grad_norm)
 
     def backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool] | None = None,
-                 batch: "BatchState | None" = None) -> tuple[float, float]:
+                 batch: BatchState | None = None) -> tuple[float, float]:
         """One pass: accumulate ∂L/∂δS over micro-batches; denominator G · max_new_tokens · P (global P).
 
         The first pass over a batch (empty `batch`) fixes, per micro-batch, logπ_old = the current
@@ -304,62 +304,8 @@ class Trainer:
         Forward and backward run in `grad_safe_attention` (no cuDNN SDPA: NaN gradients in bf16)."""
         is_teacher = [False] * len(rows.texts) if is_teacher is None else is_teacher
         with grad_safe_attention():
-            return self._backward(rows, adv, is_teacher, BatchState() if batch is None else batch)
-
-    def _backward(self, rows: Rollouts, adv: torch.Tensor, is_teacher: list[bool],
-                  batch: "BatchState") -> tuple[float, float]:
-        cfg = self.cfg
-        denom = float(cfg.group_size * cfg.max_new_tokens * cfg.prompts_per_step)
-        n_prompt = rows.prompt_ids.shape[1]
-        ids, att, cmask = rows.input_ids, rows.attention_mask, rows.completion_mask.float()
-        teacher = torch.tensor(is_teacher, device=ids.device)[:, None]               # (B, 1)
-        first = not batch.logp_old
-        loss_sum = kl_sum = 0.0
-        self.model.train(cfg.grad_checkpointing)
-        for s in range(0, ids.shape[0], cfg.micro_batch):
-            sl = slice(s, s + cfg.micro_batch)
-            if not bool(adv[sl].any()) and cfg.beta == 0:
-                continue  # zero advantage, no KL: this micro-batch has zero gradient
-            logp = token_logprobs(self.model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)  # (b, T)
-            if first:
-                batch.logp_old[s] = logp_old = logp.detach()
-                batch.weight[s] = self._token_weights(rows, sl, logp_old, teacher[sl], cmask[sl], batch)
-                batch.logp_ref[s] = None
-                if cfg.beta > 0:
-                    with torch.no_grad(), self.adapter.reference():
-                        batch.logp_ref[s] = token_logprobs(self.model, ids[sl], att[sl], n_prompt,
-                                                           cfg.logprob_chunk)
-            else:
-                batch.clipped += float((clipped(logp.detach(), batch.logp_old[s], adv[sl], cfg.clip_eps)
-                                        * cmask[sl]).sum())
-                batch.clip_tokens += float(cmask[sl].sum())
-            loss, kl = grpo_token_loss(logp, batch.logp_old[s], adv[sl], cmask[sl], denom, cfg.clip_eps,
-                                       cfg.beta, batch.logp_ref[s], batch.weight[s])
-            loss.backward()
-            loss_sum += loss.item()
-            kl_sum += float(kl)
-        self.model.eval()
-        return loss_sum, kl_sum
-
-    def _token_weights(self, rows: Rollouts, sl: slice, logp_old: torch.Tensor, teacher: torch.Tensor,
-                       cmask: torch.Tensor, batch: "BatchState") -> torch.Tensor:
-        """(b, T) detached w: TIS on student tokens, `teacher_weight` on teacher tokens, else 1;
-        measures the sampler mismatch on the student tokens on the way."""
-        cfg = self.cfg
-        weight = torch.ones_like(logp_old)
-        if rows.sampler_logp is not None:
-            student = cmask * (~teacher).float()                                      # (b, T)
-            mu = rows.sampler_logp[sl]
-            d, k3, n = sampler_mismatch(logp_old, mu, student)
-            batch.mismatch_abs, batch.mismatch_k3, batch.mismatch_tokens = (
-                batch.mismatch_abs + d, batch.mismatch_k3 + k3, batch.mismatch_tokens + n)
-            if cfg.tis_cap > 0:
-                w = tis_weight(logp_old, mu, cfg.tis_cap)
-                batch.tis_capped += float(((torch.exp(logp_old - mu) > cfg.tis_cap).float() * student).sum())
-                weight = torch.where(teacher, weight, w)
-        if cfg.teacher_weight == "is":
-            weight = torch.where(teacher, teacher_is_weight(logp_old), weight)
-        return weight
+            return backward_pass(self.model, self.adapter, self.cfg, rows, adv, is_teacher,
+                                 BatchState() if batch is None else batch)
 
     def _metrics(self, step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats: ProjectionStats,
                  real: ProjectionStats, grad_norm, upd_hackward, lr) -> dict:
@@ -433,27 +379,6 @@ class Trainer:
         if self.rank == 0:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
-
-
-class BatchState:
-    """What the first optimiser pass over a sampled batch fixes for the later ones (keyed by the
-    micro-batch's first row), and the mismatch / clipping counts logged for the step."""
-
-    def __init__(self):
-        self.logp_old: dict[int, torch.Tensor] = {}         # (b, T) logπ_old, detached
-        self.weight: dict[int, torch.Tensor] = {}           # (b, T) w_t, detached
-        self.logp_ref: dict[int, torch.Tensor | None] = {}  # (b, T) logπ_ref (β > 0)
-        self.mismatch_abs = self.mismatch_k3 = self.mismatch_tokens = self.tis_capped = 0.0
-        self.clipped = self.clip_tokens = 0.0
-
-    def metrics(self) -> dict:
-        """sampler_mismatch, sampler_kl, tis_capped_frac, clip_frac, summed over ranks."""
-        abs_, k3, n, capped, clip, clip_n = dist.sum_scalars(
-            [self.mismatch_abs, self.mismatch_k3, self.mismatch_tokens, self.tis_capped, self.clipped,
-             self.clip_tokens])
-        return {"sampler_mismatch": abs_ / n if n else None, "sampler_kl": k3 / n if n else None,
-                "tis_capped_frac": capped / n if n else None, "mismatch_tokens": int(n),
-                "clip_frac": clip / clip_n if clip_n else None}
 
 
 def _rate(rows: list[dict], key: str) -> float | None:

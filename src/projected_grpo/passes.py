@@ -1,0 +1,99 @@
+"""One optimiser pass over a sampled batch: the GRPO loss (grpo.py) backward, micro-batch by micro-batch.
+
+The first pass over a batch (an empty BatchState) fixes, per micro-batch:
+  logπ_old — the trainer's log-probs of the sampled tokens at the sampling policy (detached);
+  w        — per-token weights: student tokens min(π_old/π_sampler, C) (truncated importance sampling
+             against the bf16 fold of the sampler, `--tis-cap C`); teacher tokens 1, or with
+             `--teacher-weight is` the student's own probability π_old(y_t) ≤ 1 (teacher.py);
+  logπ_ref — the δS = 0 reference's log-probs (β > 0 only);
+and measures the sampler–trainer mismatch on the student tokens. Later passes (`--num-iterations`)
+reuse them, so their ratio ρ = π/π_old is against the sampling policy and `--clip-eps` acts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from projected_grpo import dist
+from projected_grpo.config import TrainConfig
+from projected_grpo.grpo import (clipped, grpo_token_loss, sampler_mismatch, teacher_is_weight, tis_weight,
+                                 token_logprobs)
+from projected_grpo.rollout import Rollouts
+
+
+class BatchState:
+    """What the first optimiser pass over a sampled batch fixes for the later ones (keyed by the
+    micro-batch's first row), and the mismatch / clipping counts logged for the step."""
+
+    def __init__(self):
+        self.logp_old: dict[int, torch.Tensor] = {}         # (b, T) logπ_old, detached
+        self.weight: dict[int, torch.Tensor] = {}           # (b, T) w_t, detached
+        self.logp_ref: dict[int, torch.Tensor | None] = {}  # (b, T) logπ_ref (β > 0)
+        self.mismatch_abs = self.mismatch_k3 = self.mismatch_tokens = self.tis_capped = 0.0
+        self.clipped = self.clip_tokens = 0.0
+
+    def metrics(self) -> dict:
+        """sampler_mismatch, sampler_kl, tis_capped_frac, clip_frac, summed over ranks."""
+        abs_, k3, n, capped, clip, clip_n = dist.sum_scalars(
+            [self.mismatch_abs, self.mismatch_k3, self.mismatch_tokens, self.tis_capped, self.clipped,
+             self.clip_tokens])
+        return {"sampler_mismatch": abs_ / n if n else None, "sampler_kl": k3 / n if n else None,
+                "tis_capped_frac": capped / n if n else None, "mismatch_tokens": int(n),
+                "clip_frac": clip / clip_n if clip_n else None}
+
+
+def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.Tensor,
+                  is_teacher: list[bool], batch: BatchState) -> tuple[float, float]:
+    """One pass over the batch: accumulate ∂L/∂δS micro-batch by micro-batch (see the module doc);
+    -> (summed loss, summed K3 KL). Denominator G · max_new_tokens · P (global P)."""
+    denom = float(cfg.group_size * cfg.max_new_tokens * cfg.prompts_per_step)
+    n_prompt = rows.prompt_ids.shape[1]
+    ids, att, cmask = rows.input_ids, rows.attention_mask, rows.completion_mask.float()
+    teacher = torch.tensor(is_teacher, device=ids.device)[:, None]               # (B, 1)
+    first = not batch.logp_old
+    loss_sum = kl_sum = 0.0
+    model.train(cfg.grad_checkpointing)
+    for s in range(0, ids.shape[0], cfg.micro_batch):
+        sl = slice(s, s + cfg.micro_batch)
+        if not bool(adv[sl].any()) and cfg.beta == 0:
+            continue  # zero advantage, no KL: this micro-batch has zero gradient
+        logp = token_logprobs(model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)  # (b, T)
+        if first:
+            batch.logp_old[s] = logp_old = logp.detach()
+            batch.weight[s] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
+            batch.logp_ref[s] = None
+            if cfg.beta > 0:
+                with torch.no_grad(), adapter.reference():
+                    batch.logp_ref[s] = token_logprobs(model, ids[sl], att[sl], n_prompt,
+                                                       cfg.logprob_chunk)
+        else:
+            batch.clipped += float((clipped(logp.detach(), batch.logp_old[s], adv[sl], cfg.clip_eps)
+                                    * cmask[sl]).sum())
+            batch.clip_tokens += float(cmask[sl].sum())
+        loss, kl = grpo_token_loss(logp, batch.logp_old[s], adv[sl], cmask[sl], denom, cfg.clip_eps,
+                                   cfg.beta, batch.logp_ref[s], batch.weight[s])
+        loss.backward()
+        loss_sum += loss.item()
+        kl_sum += float(kl)
+    model.eval()
+    return loss_sum, kl_sum
+
+
+def token_weights(cfg: TrainConfig, rows: Rollouts, sl: slice, logp_old: torch.Tensor,
+                  teacher: torch.Tensor, cmask: torch.Tensor, batch: BatchState) -> torch.Tensor:
+    """(b, T) detached w: TIS on student tokens, `teacher_weight` on teacher tokens, else 1;
+    measures the sampler mismatch on the student tokens on the way."""
+    weight = torch.ones_like(logp_old)
+    if rows.sampler_logp is not None:
+        student = cmask * (~teacher).float()                                      # (b, T)
+        mu = rows.sampler_logp[sl]
+        d, k3, n = sampler_mismatch(logp_old, mu, student)
+        batch.mismatch_abs, batch.mismatch_k3, batch.mismatch_tokens = (
+            batch.mismatch_abs + d, batch.mismatch_k3 + k3, batch.mismatch_tokens + n)
+        if cfg.tis_cap > 0:
+            w = tis_weight(logp_old, mu, cfg.tis_cap)
+            batch.tis_capped += float(((torch.exp(logp_old - mu) > cfg.tis_cap).float() * student).sum())
+            weight = torch.where(teacher, weight, w)
+    if cfg.teacher_weight == "is":
+        weight = torch.where(teacher, teacher_is_weight(logp_old), weight)
+    return weight
