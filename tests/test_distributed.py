@@ -7,7 +7,8 @@
    `Trainer.step`.
 2. `torchrun --nproc-per-node 2 -m projected_grpo.cli train --preset smoke` completes: one
    metrics.jsonl (rank 0 alone writes), rows from both ranks in every record, one checkpoint, and
-   `--resume` with more steps appends exactly the new steps.
+   after every rank stopped at step 2 of 3 (as an interrupted run), `--resume` appends exactly
+   the missing step.
 """
 
 from __future__ import annotations
@@ -201,12 +202,14 @@ def _random_v(path: Path, cfg: TrainConfig) -> Path:
                              n_train=cfg.vhack_m, seed=3)
 
 
-def _torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], timeout: float = 300, until: int | None = None) -> subprocess.CompletedProcess:
+    """`pgrpo train ARGS` on 2 processes; with `until`, every rank stops after that step."""
+    entry = (["-m", "projected_grpo.cli", "train"] if until is None
+             else [str(REPO / "tests" / "torchrun_until.py")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "-m", "projected_grpo.cli", "train", *args]
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *entry, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **({} if until is None else {"PGRPO_UNTIL": str(until)}))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -233,17 +236,17 @@ def test_torchrun_two_process_smoke_and_resume(tmp_path):
     flags = [*SMOKE_FLAGS, "--out", str(out), "--v-hack", str(v_path), "--pairs", str(pairs),
              "--eval-problems", "2", "--eval-samples", "2"]   # one eval problem per rank
     t0 = time.perf_counter()
-    res = _torchrun([*flags, "--steps", "2"])
+    res = _torchrun([*flags, "--steps", "3"], until=2)
     assert res.stdout.count("run finished:") == 1, res.stdout[-3000:]  # rank 0 alone reports
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted([runio.CONFIG, runio.METRICS, runio.SAMPLES, runio.CHECKPOINT, splits.SPLIT,
-                            evaluate.EVAL_SAMPLES, teacher.SUMMARY_FILE, "delta_s.safetensors"]), files
+                            evaluate.EVAL_SAMPLES, teacher.SUMMARY_FILE]), files  # stopped: no delta_s
     # (no per-rank leftovers; teacher_pool.json: the smoke preset mixes the builtin pool in)
     evals = runio.eval_rows(runio.read_jsonl(out / runio.METRICS))
-    assert [e["step"] for e in evals] == [0, 2] and all(e["eval_n"] == 2 * 2 for e in evals)  # both ranks
+    assert [e["step"] for e in evals] == [0] and all(e["eval_n"] == 2 * 2 for e in evals)  # both ranks
     eval_ids = json.loads((out / splits.SPLIT).read_text())["eval"]
     eval_samples = runio.read_jsonl(out / evaluate.EVAL_SAMPLES)
-    assert sorted(s["problem_id"] for s in eval_samples if s["step"] == 2) == sorted(eval_ids * 2)
+    assert sorted(s["problem_id"] for s in eval_samples if s["step"] == 0) == sorted(eval_ids * 2)
     metrics = runio.train_rows(runio.read_jsonl(out / runio.METRICS))
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
@@ -255,11 +258,11 @@ def test_torchrun_two_process_smoke_and_resume(tmp_path):
     assert len({s["problem_id"] for s in samples if s["step"] == 1}) == cfg.prompts_per_step
     assert torch.load(out / runio.CHECKPOINT, weights_only=False)["step"] == 2
 
-    res = _torchrun([*flags, "--steps", "3", "--resume"])
+    res = _torchrun(["--out", str(out), "--resume"])        # the README's resume command, as is
     metrics = runio.train_rows(runio.read_jsonl(out / runio.METRICS))
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    assert [e["step"] for e in runio.eval_rows(runio.read_jsonl(out / runio.METRICS))] == [0, 2, 3]
+    assert [e["step"] for e in runio.eval_rows(runio.read_jsonl(out / runio.METRICS))] == [0, 3]
     assert len(runio.read_jsonl(out / runio.SAMPLES)) == 3 * cfg.prompts_per_step * cfg.group_size
     assert torch.load(out / runio.CHECKPOINT, weights_only=False)["step"] == 3
-    assert sorted(p.name for p in out.iterdir()) == files
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "delta_s.safetensors"])
     print(f"torchrun smoke + resume: {time.perf_counter() - t0:.1f}s")
