@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -30,3 +31,13 @@ def shared_dir() -> Path:
         pytest.fail(f"shared data missing: expected {SHARED}/data/leetcode_test_medhard.jsonl "
                     "(CI checks the repo out with ../shared beside it)")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is ~20x faster than two on a loaded 2-core runner. A module opts in
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,13 +8,7 @@ from projected_grpo.adapter import attach
 from projected_grpo.models import load_model
 from projected_grpo.rollout import sample
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread is ~20x faster than two on a loaded 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROMPTS = ["def add(a, b):\n    return a + b", "Write a Python function that reverses a string, then explain how it works step by step."]

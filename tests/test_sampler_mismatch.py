@@ -26,12 +26,7 @@ MESSAGES = [[{"role": "user", "content": "Write a Python function that reverses 
             [{"role": "user", "content": "def add(a, b):"}]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mean_abs(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
