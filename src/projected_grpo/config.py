@@ -85,8 +85,10 @@ class TrainConfig:
     eval_temperature: float = 1.0        # eval sampling temperature (0 = greedy, then --eval-samples 1)
     eval_max_new_tokens: int = 0         # eval generation budget (0 = --max-new-tokens)
 
-    def validate(self) -> None:
-        if (self.problems != "bundled" and not self.problems.startswith("hf:")
+    def validate(self, files: bool = True) -> None:
+        """Refuse bad values, naming the flag; `files=False` skips the checks of paths on disk (for
+        `--print-config`, which prints a config meant for another machine as readily)."""
+        if (files and self.problems != "bundled" and not self.problems.startswith("hf:")
                 and not Path(self.problems).expanduser().is_file()):
             raise UserError(
                 f"--problems {self.problems}: file does not exist. Give a benchmark-format JSONL (the "
@@ -224,13 +226,13 @@ def explicit_flags(args: argparse.Namespace) -> dict:
             if getattr(args, f.name, None) is not None}
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, base: TrainConfig, files: bool = True) -> TrainConfig:
     cfg = replace(base, **explicit_flags(args))
-    cfg.validate()
+    cfg.validate(files)
     return cfg
 
 
-def resumed_config(stored: dict, args: argparse.Namespace, source: str) -> TrainConfig:
+def resumed_config(stored: dict, args: argparse.Namespace, source: str, files: bool = True) -> TrainConfig:
     """A run's stored config (`source`: its config.json) for `--resume`. Flags given beside --resume,
     and a --preset with them, must agree with it: a resumed run is the same run, so a flag that
     would change it is refused, naming it."""
@@ -251,7 +253,7 @@ def resumed_config(stored: dict, args: argparse.Namespace, source: str) -> Train
         raise UserError(f"--resume continues the run in {source} with its own config; these flags "
                         f"disagree with it: {'; '.join(bad)}.{steps} Drop them (a resumed run is the "
                         "same run) or start a new run with another --out.")
-    cfg.validate()
+    cfg.validate(files)
     return cfg
 
 

@@ -402,9 +402,10 @@ def _cmd_train(args) -> int:
         if stored is None:
             raise UserError(f"--resume: {args.out} holds no run ({runio.CONFIG} missing); "
                             "start it without --resume")
-        cfg = resumed_config(stored, args, source=str(Path(args.out) / runio.CONFIG))
+        cfg = resumed_config(stored, args, source=str(Path(args.out) / runio.CONFIG),
+                             files=not args.print_config)
     else:
-        cfg = config_from_args(args, preset(args.preset or "smoke"))
+        cfg = config_from_args(args, preset(args.preset or "smoke"), files=not args.print_config)
     if args.print_config:
         print(cfg.to_json())
         return 0
