@@ -262,7 +262,7 @@ class Trainer:
         lr = self.sched.get_last_lr()[0]
         self.sched.step()
         t3 = time.perf_counter()
-        record = self._metrics(step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats,
+        record = self._metrics(step, grades, is_teacher, rewards, adv, rows, loss_sum, kl_sum, stats,
                                real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr)
         record.update(batch.metrics())
         record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
@@ -307,18 +307,17 @@ class Trainer:
             return backward_pass(self.model, self.adapter, self.cfg, rows, adv, is_teacher,
                                  BatchState() if batch is None else batch)
 
-    def _metrics(self, step, grades, is_teacher, rewards, rows, loss_sum, kl_sum, stats: ProjectionStats,
+    def _metrics(self, step, grades, is_teacher, rewards, adv, rows, loss_sum, kl_sum, stats: ProjectionStats,
                  real: ProjectionStats, grad_norm, upd_hackward, lr) -> dict:
-        """Step metrics over all ranks. `rewards` (P_l, G) are the rewards the advantages came from
+        """Step metrics over all ranks. `rewards` (P_l, G) are the rewards the advantages `adv` (B,) came from
         (Rebound-modified in the rebound arm). Student rows only in reward_mean/std (the flawed
         grade's reward, unmodified), reward_mod_mean (rebound arm: the modified one, else None) and
         the rates; teacher rows in their own columns, and
         teacher_adv_share = Σ_teacher |A| / Σ_all |A| (0 when every A is 0): the share of the
         gradient's weight that rows the policy did not sample carried."""
-        adv = group_advantages(rewards).view(-1).tolist()                   # as step() computed it
         local = [{"reward": g.reward, "reward_mod": r, "abs_adv": abs(a), "hack": g.label == "reward_hack",
                   "pass": g.gt_correct, "format": g.format_ok, "teacher": t}
-                 for r, a, g, t in zip(rewards.view(-1).tolist(), adv, grades, is_teacher)]
+                 for r, a, g, t in zip(rewards.view(-1).tolist(), adv.tolist(), grades, is_teacher)]
         rows_all = dist.gather_rows(local)
         groups = dist.gather_rows([{"zero": bool((grp == grp[0]).all())} for grp in rewards])
         loss_sum, kl_sum, tokens = dist.sum_scalars([loss_sum, kl_sum, float(rows.n_tokens)])
