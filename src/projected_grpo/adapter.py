@@ -3,6 +3,8 @@
 For W = U Σ Vh (reduced SVD in fp32, stored in the model dtype):
     y = W x + U (δS ⊙ (Vh x)),     δS ∈ R^r, r = min(d_in, d_out), δS = 0 at init.
 W is never rebuilt on this path, so at δS = 0 the output is bit-identical to the base model.
+Opt-in (`--delta-s-impl merged`, `DeltaSAdapter.merged_training`): the training forward runs on
+W' = W + U diag(δS) Vh as one matmul, δS's gradient read off dY and X (merged_delta.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from projected_grpo.errors import UserError
+from projected_grpo.merged_delta import GRAD_MODES, fold, merged_linear
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -43,12 +46,17 @@ class DeltaSLinear(nn.Module):
         self.delta_s = nn.Parameter(torch.zeros(u.shape[1], device=u.device, dtype=torch.float32))
         self.active = True  # False: plain base forward (reference model / folded weights)
         self.per_sample_delta_s: torch.Tensor | None = None  # (B, r) while in `per_sample` only
+        self.w_merged: torch.Tensor | None = None  # (d_out, d_in) W' while in `merged_training` only
+        self.merged_version = -1                   # δS._version W' was folded at
+        self.merged_grad = "auto"                  # δS gradient of the merged path (merged_delta)
 
     @property
     def rank(self) -> int:
         return self.delta_s.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
+        if self.active and self.w_merged is not None and self.per_sample_delta_s is None:
+            return self._merged_forward(x)
         y = self.base(x)                                   # (..., d_out)
         if not self.active:
             return y
@@ -56,6 +64,15 @@ class DeltaSLinear(nn.Module):
             return y + self._per_sample_delta(x)
         h = (x @ self.vh.T) * self.delta_s.to(x.dtype)     # (..., r)
         return y + h @ self.u.T
+
+    def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
+        """W' x + b (merged_delta.py). W' is re-folded when δS changed in place since the last fold
+        (an optimiser step bumps δS's version counter), so it can never be stale."""
+        if self.merged_version != self.delta_s._version:
+            self.w_merged = fold(self.base.weight, self.u, self.vh, self.delta_s)
+            self.merged_version = self.delta_s._version
+        return merged_linear(x, self.delta_s, self.w_merged, self.base.bias, self.u, self.vh,
+                             self.merged_grad)
 
     def _per_sample_delta(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
         """U (δS_b ⊙ (Vh x_b)) with one δS row per batch row b (see DeltaSAdapter.per_sample)."""
@@ -169,8 +186,7 @@ class DeltaSAdapter:
                 for k, m in self.modules.items():
                     w = m.base.weight
                     saved[k] = w.detach().to("cpu", copy=True) if offload else w.detach().clone()
-                    delta = (m.u.float() * m.delta_s.float()) @ m.vh.float()  # (d_out, d_in)
-                    w.copy_((w.float() + delta).to(w.dtype))
+                    w.copy_(fold(w, m.u, m.vh, m.delta_s))  # fp32 W + U diag(δS) Vh, rounded
                     m.active = False
             yield
         finally:
@@ -179,6 +195,24 @@ class DeltaSAdapter:
                     if k in saved:
                         m.base.weight.copy_(saved[k])
                     m.active = True
+
+    @contextlib.contextmanager
+    def merged_training(self, grad_mode: str = "auto"):
+        """Inside, every active module's forward is one matmul with W' = W + U diag(δS) Vh, folded
+        here from the current δS (and again whenever δS changes in place), with ∂L/∂δS read off dY
+        and X (merged_delta.py; `grad_mode` auto | tokens | weight). The same function as the hook
+        path up to rounding; W is untouched, so `reference()` inside is still the exact base model,
+        and W' is the very fold `merged()` samples with. W' is freed on exit."""
+        if grad_mode not in GRAD_MODES:
+            raise ValueError(f"grad_mode must be one of {GRAD_MODES}, not {grad_mode!r}")
+        for m in self.modules.values():
+            m.w_merged = fold(m.base.weight, m.u, m.vh, m.delta_s)
+            m.merged_version, m.merged_grad = m.delta_s._version, grad_mode
+        try:
+            yield
+        finally:
+            for m in self.modules.values():
+                m.w_merged, m.merged_version = None, -1
 
     # ---- per-sample gradients ---------------------------------------------------------------
     @contextlib.contextmanager

@@ -73,6 +73,7 @@ class TrainConfig:
     grad_checkpointing: bool = False     # activation checkpointing in the training forward
     fast_rollout: bool = True            # CUDA: static-cache compiled decode; CPU: HF generate
     decode_attention: str = "auto"       # fast decode's attention: auto | triton | sdpa | matmul
+    delta_s_impl: str = "hook"           # training forward: hook (W x + U(δS⊙Vh x)) | merged (one matmul with W' = W + U diag(δS) Vh)
     # --- run ---
     seed: int = 41                       # seeds sampling, problem order and controls
     checkpoint_every: int = 1            # steps between checkpoints
@@ -104,6 +105,8 @@ class TrainConfig:
         if self.decode_attention not in ("auto", "triton", "sdpa", "matmul"):
             raise UserError("--decode-attention must be auto, triton, sdpa or matmul, "
                             f"not {self.decode_attention!r}")
+        if self.delta_s_impl not in ("hook", "merged"):
+            raise UserError(f"--delta-s-impl must be hook or merged, not {self.delta_s_impl!r}")
         if not 0.0 <= self.mix_ratio < 1.0:
             raise UserError(f"--mix-ratio must be in [0, 1), got {self.mix_ratio}")
         if self.mix_ratio > 0 and not self.teacher_pool:

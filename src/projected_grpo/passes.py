@@ -8,9 +8,14 @@ The first pass over a batch (an empty BatchState) fixes, per micro-batch:
   logπ_ref — the δS = 0 reference's log-probs (β > 0 only);
 and measures the sampler–trainer mismatch on the student tokens. Later passes (`--num-iterations`)
 reuse them, so their ratio ρ = π/π_old is against the sampling policy and `--clip-eps` acts.
+With `--delta-s-impl merged` the pass runs in `adapter.merged_training()`: W' = W + U diag(δS) Vh is
+folded once at its start (δS is fixed until the optimiser step after it) and each targeted linear is
+one matmul (merged_delta.py); the reference forward inside still reads the untouched W.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -53,28 +58,29 @@ def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.T
     first = not batch.logp_old
     loss_sum = kl_sum = 0.0
     model.train(cfg.grad_checkpointing)
-    for s in range(0, ids.shape[0], cfg.micro_batch):
-        sl = slice(s, s + cfg.micro_batch)
-        if not bool(adv[sl].any()) and cfg.beta == 0:
-            continue  # zero advantage, no KL: this micro-batch has zero gradient
-        logp = token_logprobs(model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)  # (b, T)
-        if first:
-            batch.logp_old[s] = logp_old = logp.detach()
-            batch.weight[s] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
-            batch.logp_ref[s] = None
-            if cfg.beta > 0:
-                with torch.no_grad(), adapter.reference():
-                    batch.logp_ref[s] = token_logprobs(model, ids[sl], att[sl], n_prompt,
-                                                       cfg.logprob_chunk)
-        else:
-            batch.clipped += float((clipped(logp.detach(), batch.logp_old[s], adv[sl], cfg.clip_eps)
-                                    * cmask[sl]).sum())
-            batch.clip_tokens += float(cmask[sl].sum())
-        loss, kl = grpo_token_loss(logp, batch.logp_old[s], adv[sl], cmask[sl], denom, cfg.clip_eps,
-                                   cfg.beta, batch.logp_ref[s], batch.weight[s])
-        loss.backward()
-        loss_sum += loss.item()
-        kl_sum += float(kl)
+    with adapter.merged_training() if cfg.delta_s_impl == "merged" else contextlib.nullcontext():
+        for s in range(0, ids.shape[0], cfg.micro_batch):
+            sl = slice(s, s + cfg.micro_batch)
+            if not bool(adv[sl].any()) and cfg.beta == 0:
+                continue  # zero advantage, no KL: this micro-batch has zero gradient
+            logp = token_logprobs(model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)  # (b, T)
+            if first:
+                batch.logp_old[s] = logp_old = logp.detach()
+                batch.weight[s] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
+                batch.logp_ref[s] = None
+                if cfg.beta > 0:
+                    with torch.no_grad(), adapter.reference():
+                        batch.logp_ref[s] = token_logprobs(model, ids[sl], att[sl], n_prompt,
+                                                           cfg.logprob_chunk)
+            else:
+                batch.clipped += float((clipped(logp.detach(), batch.logp_old[s], adv[sl], cfg.clip_eps)
+                                        * cmask[sl]).sum())
+                batch.clip_tokens += float(cmask[sl].sum())
+            loss, kl = grpo_token_loss(logp, batch.logp_old[s], adv[sl], cmask[sl], denom, cfg.clip_eps,
+                                       cfg.beta, batch.logp_ref[s], batch.weight[s])
+            loss.backward()
+            loss_sum += loss.item()
+            kl_sum += float(kl)
     model.eval()
     return loss_sum, kl_sum
 

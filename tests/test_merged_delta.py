@@ -1,0 +1,215 @@
+"""Issue 18: the merged-weight training forward (`--delta-s-impl merged`) against the hook path —
+bit-exact identity at δS = 0, the δS gradient against finite differences (fp64) and against the hook
+on a real GRPO loss, several optimiser steps without drift, the exact β > 0 reference inside, and
+sampling's fold unchanged (the trainer's W' is the sampler's weight, bit for bit)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from projected_grpo.adapter import DeltaSLinear, attach
+from projected_grpo.config import preset
+from projected_grpo.errors import UserError
+from projected_grpo.merged_delta import fold, pick_grad_mode
+from projected_grpo.models import chat_text, load_model
+from projected_grpo.passes import BatchState, backward_pass
+from projected_grpo.rollout import encode_prompts, sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MESSAGES = [[{"role": "user", "content": "Write a Python function that reverses a string."}],
+            [{"role": "user", "content": "def add(a, b):"}]]
+
+
+def _set_delta_s(adapter, scale: float, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in adapter.modules.values():
+            m.delta_s.copy_(torch.randn(m.rank, generator=gen) * scale)
+
+
+def _logits(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.fixture(scope="module")
+def ids():
+    _, tok = load_model("tiny-qwen3", "float32")
+    return tok(chat_text(tok, MESSAGES[0]), return_tensors="pt").input_ids
+
+
+# ---- exactness of the forward ---------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_identity_at_zero_and_exact_reference_inside(dtype, ids):
+    model, _ = load_model("tiny-qwen3", dtype)
+    base = _logits(model, ids)
+    adapter = attach(model, "tiny-qwen3")
+    weights = {k: m.base.weight.clone() for k, m in adapter.modules.items()}
+    with adapter.merged_training():
+        assert all(m.w_merged is not None for m in adapter.modules.values())  # the merged path runs
+        assert torch.equal(_logits(model, ids), base)                          # δS = 0: bit-identical
+        _set_delta_s(adapter, 0.05)
+        moved = _logits(model, ids)
+        with adapter.reference():                                              # β > 0 reference
+            assert torch.equal(_logits(model, ids), base)
+    assert (moved.float() - base.float()).abs().max() > 1e-2                   # δS acts inside
+    assert all(m.w_merged is None for m in adapter.modules.values())           # W' freed on exit
+    assert all(torch.equal(m.base.weight, weights[k]) for k, m in adapter.modules.items())  # W untouched
+
+
+def test_trainer_weight_is_the_samplers_fold_bit_for_bit(ids):
+    # bf16, δS ≠ 0: the merged forward and `merged()` (what rollout samples with) round W + U diag(δS) Vh
+    # identically, so sampler and trainer run the same weights; the hook path differs from both
+    model, _ = load_model("tiny-qwen3", "bfloat16")
+    adapter = attach(model, "tiny-qwen3")
+    _set_delta_s(adapter, 0.02)
+    hook = _logits(model, ids)
+    with adapter.merged():
+        folded = _logits(model, ids)
+    with adapter.merged_training():
+        merged = _logits(model, ids)
+    assert torch.equal(merged, folded)
+    assert not torch.equal(hook, folded)
+    with adapter.merged():  # merged() still round-trips W exactly after the merged path ran
+        pass
+    again = _logits(model, ids)
+    assert torch.equal(again, hook)
+
+
+# ---- the δS gradient --------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["tokens", "weight"])
+def test_delta_s_gradient_matches_finite_differences_fp64(mode):
+    # a non-square linear with bias (d_out=3, d_in=5, r=3): a transposed basis, a swapped index
+    # order or a flipped sign of ∂L/∂δS cannot match central differences of the loss
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3).double().requires_grad_(False)
+    u, _, vh = torch.linalg.svd(lin.weight, full_matrices=False)
+    mod = DeltaSLinear(lin, u, vh)
+    mod.delta_s.data = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
+    mod.delta_s.grad = None
+    x = torch.randn(2, 4, 5, dtype=torch.float64)
+    c = torch.randn(2, 4, 3, dtype=torch.float64)
+
+    def loss(y):
+        return (c * y).sum() + 0.5 * (y ** 2).sum()   # nonlinear in y: dY depends on the input
+
+    hook_y = mod(x)
+    (hook_g,) = torch.autograd.grad(loss(hook_y), mod.delta_s)
+    # the context lives on DeltaSAdapter; here the one module is switched by hand
+    mod.w_merged, mod.merged_version, mod.merged_grad = fold(lin.weight, u, vh, mod.delta_s), \
+        mod.delta_s._version, mode
+    xg = x.clone().requires_grad_(True)
+    y = mod(xg)
+    assert torch.allclose(y, hook_y, rtol=0, atol=1e-12)            # same function as the hook
+    g, gx = torch.autograd.grad(loss(y), (mod.delta_s, xg))
+    fd = torch.zeros(3, dtype=torch.float64)
+    h = 1e-6
+    with torch.no_grad():
+        for i in range(3):
+            for sgn in (1, -1):
+                mod.delta_s[i] += sgn * h                           # bumps the version: W' re-folds
+                fd[i] += sgn * loss(mod(x)) / (2 * h)
+                mod.delta_s[i] -= sgn * h
+    assert torch.allclose(g, fd, rtol=1e-7, atol=1e-9), (g, fd)
+    assert torch.allclose(g, hook_g, rtol=1e-10, atol=1e-12), (g - hook_g)
+    xh = x.clone().requires_grad_(True)
+    mod.w_merged = None
+    (gx_hook,) = torch.autograd.grad(loss(mod(xh)), xh)
+    assert torch.allclose(gx, gx_hook, rtol=1e-10, atol=1e-12)     # dX = dY W'
+
+
+def test_auto_picks_the_cheaper_gradient():
+    # square 3584 (7B q_proj) at a micro-batch of 13k tokens: reading it off dW is cheaper;
+    # down_proj (3584 × 18944, r = 3584) at the same N: the token form is cheaper
+    assert pick_grad_mode("auto", 13_000, 3584, 3584, 3584) == "weight"
+    assert pick_grad_mode("auto", 13_000, 3584, 18944, 3584) == "tokens"
+    assert pick_grad_mode("auto", 100, 3584, 3584, 3584) == "tokens"
+    assert pick_grad_mode("tokens", 13_000, 3584, 3584, 3584) == "tokens"
+
+
+@pytest.fixture(scope="module")
+def rollout_fp32():
+    """tiny-qwen3 fp32 with δS ≠ 0, 2 prompts × G = 2 sampled completions of 8 tokens, advantages."""
+    model, tok = load_model("tiny-qwen3", "float32")
+    adapter = attach(model, "tiny-qwen3")
+    _set_delta_s(adapter, 0.02)
+    p_ids, mask = encode_prompts(tok, MESSAGES, "cpu")
+    rows = sample(model, tok, adapter, p_ids, mask, 2, 8, 1.0, 1.0, seed=0, fast=False)
+    cfg = replace(preset("smoke"), dtype="float32", prompts_per_step=2, group_size=2, max_new_tokens=8,
+                  micro_batch=2, beta=0.04, tis_cap=2.0, lr=1e-3)
+    adv = torch.tensor([0.5, -0.5, 0.75, -0.75])
+    return model, adapter, rows, adv, cfg
+
+
+def _pass_grads(model, adapter, cfg, rows, adv) -> dict[str, torch.Tensor]:
+    for p in adapter.params().values():
+        p.grad = None
+    backward_pass(model, adapter, cfg, rows, adv, [False] * len(adv), BatchState())
+    return {k: p.grad.clone() for k, p in adapter.params().items()}
+
+
+@pytest.mark.parametrize("mode", ["auto", "tokens", "weight"])
+def test_grpo_gradient_equals_the_hook_paths(rollout_fp32, mode):
+    model, adapter, rows, adv, cfg = rollout_fp32
+    hook = _pass_grads(model, adapter, cfg, rows, adv)
+    if mode == "auto":  # through the config switch, as the trainer runs it
+        merged = _pass_grads(model, adapter, replace(cfg, delta_s_impl="merged"), rows, adv)
+    else:
+        with adapter.merged_training(mode):
+            merged = _pass_grads(model, adapter, cfg, rows, adv)
+    assert all(m.w_merged is None for m in adapter.modules.values())
+    for k in hook:
+        scale = float(hook[k].abs().max())
+        assert scale > 0
+        assert torch.allclose(merged[k], hook[k], rtol=1e-5, atol=1e-5 * scale), k
+    flat_h = torch.cat(list(hook.values()))
+    flat_m = torch.cat(list(merged.values()))
+    assert float((flat_m - flat_h).norm() / flat_h.norm()) < 1e-5
+
+
+def test_several_optimiser_steps_do_not_drift(rollout_fp32, ids):
+    # AdamW over 4 passes on the same batch: each merged pass folds W' afresh from the untouched W and
+    # the stepped δS, so its gradient stays within fp32 rounding of the hook's at every step (no
+    # growth from repeated merging), and so do δS and the next logits
+    model, adapter, rows, adv, cfg = rollout_fp32
+    start = {k: p.detach().clone() for k, p in adapter.params().items()}
+
+    def run(impl: str):
+        with torch.no_grad():
+            for k, p in adapter.params().items():
+                p.copy_(start[k])
+        params = list(adapter.params().values())
+        opt = torch.optim.AdamW(params, lr=cfg.lr)
+        grads = []
+        for _ in range(4):
+            opt.zero_grad(set_to_none=True)
+            backward_pass(model, adapter, replace(cfg, delta_s_impl=impl), rows, adv, [False] * len(adv),
+                          BatchState())
+            grads.append(torch.cat([p.grad for p in params]))
+            opt.step()
+        with adapter.merged_training() if impl == "merged" else contextlib.nullcontext():
+            logits = _logits(model, ids)
+        return torch.cat([p.detach().clone() for p in params]), grads, logits
+
+    ds_h, grads_h, logits_h = run("hook")
+    ds_m, grads_m, logits_m = run("merged")
+    flat0 = torch.cat(list(start.values()))
+    for gh, gm in zip(grads_h, grads_m):
+        assert float((gm - gh).norm() / gh.norm()) < 1e-5
+    step = ds_h - flat0
+    assert float(step.abs().max()) > 3 * cfg.lr                      # the steps moved δS
+    assert float((ds_m - ds_h).norm() / step.norm()) < 1e-4
+    # Adam divides by √v: a coordinate whose gradient is ~0 may differ by rounding × lr / √v
+    assert float((ds_m - ds_h).abs().max()) < 1e-2 * cfg.lr
+    assert float((logits_m - logits_h).abs().max()) < 1e-4
+
+
+def test_bad_delta_s_impl_is_refused_naming_the_flag():
+    with pytest.raises(UserError, match="--delta-s-impl"):
+        replace(preset("smoke"), delta_s_impl="fused").validate()
