@@ -213,3 +213,31 @@ def test_several_optimiser_steps_do_not_drift(rollout_fp32, ids):
 def test_bad_delta_s_impl_is_refused_naming_the_flag():
     with pytest.raises(UserError, match="--delta-s-impl"):
         replace(preset("smoke"), delta_s_impl="fused").validate()
+
+
+def test_bench_runs_on_the_cpu_with_merged_and_the_lora_comparison(tmp_path):
+    # the GPU bench's plumbing (issue 18 options): our step on the merged path with its memory
+    # breakdown, and the training fwd+bwd of δS hook / δS merged / LoRA r=32 on the same tokens
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "grpo_step.py"
+    spec = importlib.util.spec_from_file_location("grpo_step_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.jsonl"
+    assert bench.main(["--device", "cpu", "--sizes", "tiny", "--trl-sizes", "", "--prompts", "1", "--group", "2",
+                       "--new-tokens", "2", "--micro-batch", "2", "--steps", "1", "--warmup", "0",
+                       "--train-parts", "--delta-s-impl", "merged", "--json", str(out)]) == 0
+    rows = {r["side"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"ours", "train-parts"} and not any("error" in r for r in rows.values())
+    ours, parts = rows["ours"], rows["train-parts"]
+    assert ours["delta_s_impl"] == "merged"
+    # tiny (Qwen2 shape, hidden 64, MLP 128, 2 layers): targeted W, and bases U, Vh with r = min(d_out, d_in)
+    shapes = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]  # q k v o gate up down
+    weights = 2 * sum(a * b for a, b in shapes) * 4 / 1e9
+    bases = 2 * sum(a * min(a, b) + min(a, b) * b for a, b in shapes) * 4 / 1e9
+    assert ours["targeted_weights_gb"] == pytest.approx(weights) and ours["bases_gb"] == pytest.approx(bases)
+    assert parts["lora_impl"] in ("peft", "plain")
+    assert all(parts[k]["s"] > 0 for k in ("hook", "merged", "lora32"))
