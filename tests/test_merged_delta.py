@@ -125,8 +125,8 @@ def test_delta_s_gradient_matches_finite_differences_fp64(mode):
 
 
 def test_auto_picks_the_cheaper_gradient():
-    # square 3584 (7B q_proj) at a micro-batch of 13k tokens: reading it off dW is cheaper;
-    # down_proj (3584 × 18944, r = 3584) at the same N: the token form is cheaper
+    # multiply-adds, tokens N r (d_in + d_out) vs weight (N + r) d_in d_out: 7B q_proj (3584²) at a
+    # micro-batch of 13k tokens -> weight; down_proj (d_in 18944, r 3584) at the same N -> tokens
     assert pick_grad_mode("auto", 13_000, 3584, 3584, 3584) == "weight"
     assert pick_grad_mode("auto", 13_000, 3584, 18944, 3584) == "tokens"
     assert pick_grad_mode("auto", 100, 3584, 3584, 3584) == "tokens"
