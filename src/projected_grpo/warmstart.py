@@ -198,11 +198,21 @@ def batches(encoded: list[tuple[list[int], list[int]]], size: int, pad_id: int, 
 
 
 def token_nll(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ masked −log π(x_t | x_<t), Σ mask) over the batch; position t is predicted from t − 1."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()   # (B, L-1, V)
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, L-1)
-    mask = loss_mask[:, 1:]
-    return (nll * mask).sum(), mask.sum()
+    """(Σ masked −log π(x_t | x_<t), Σ mask) over the batch; position t is predicted from t − 1.
+
+    The output head runs only on the positions that carry loss (most tokens are prompt): the full
+    (B, L, V) logits of a 152k vocabulary would cost most of the step's time and memory. Models whose
+    head post-processes its logits (soft-capping) take the plain full-logits path."""
+    pick = loss_mask[:, 1:] > 0                                                    # (B, L-1)
+    targets = ids[:, 1:][pick]                                                     # (N,)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or head is None or getattr(model.config, "final_logit_softcapping", None):
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1][pick]     # (N, V)
+    else:
+        hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state      # (B, L, H)
+        logits = head(hidden[:, :-1][pick])                                        # (N, V)
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    return nll, pick.sum().to(nll.dtype)
 
 
 @torch.no_grad()
