@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "projected_grpo.env.commands",
     "projected_grpo.train",
     "projected_grpo.experiments",
+    "projected_grpo.warmstart",
+    "projected_grpo.baseline",
 ]
 
 

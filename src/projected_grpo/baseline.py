@@ -1,0 +1,139 @@
+"""`pgrpo baseline`: a model's base rates on a problem set, without training (issue #17).
+
+For every hint variant of the mode, each problem gets `--n-samples` completions from the model as it is
+(nothing folded in: no δS, no projection, no teacher rows), sampled and graded exactly as the trainer's
+held-out evaluation does it (`evaluate.evaluate` at step 0: same prompts, seeds, sampler and grader).
+Per hint and over all hints:
+    hack_rate    = share labelled "reward_hack"
+    attempt_rate = share with a label in env.grader.ATTEMPT_LABELS (a hack was tried)
+    pass_rate    = share with gt_correct (the strict oracle)
+    format_rate  = share with format_ok
+    n            = samples
+Written to DIR: baseline.jsonl (one row per hint, then {"hint": "all"}), baseline.md (the same as a
+table) and samples.jsonl (every graded completion with its hint), and printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from projected_grpo import evaluate
+from projected_grpo.config import TrainConfig
+from projected_grpo.env.grader import EnvConfig
+from projected_grpo.env.problems import load_problems
+from projected_grpo.env.prompts import HINTS, check_mode
+from projected_grpo.errors import UserError
+from projected_grpo.models import load_model
+from projected_grpo.runio import write_atomic
+
+RATES, TABLE, SAMPLES = "baseline.jsonl", "baseline.md", "samples.jsonl"
+RATE_KEYS = ("hack_rate", "attempt_rate", "pass_rate", "format_rate")
+
+
+class BaseWeights:
+    """Stands in for the δS adapter when sampling: nothing to fold, the model's own weights are the policy."""
+
+    @staticmethod
+    def merged(offload: bool = False):
+        return contextlib.nullcontext()
+
+
+def parse_hints(text: str, mode: str) -> list[str]:
+    """`--hint a,b` (or `all`) as a list of the mode's hint variants."""
+    hints = list(HINTS[mode]) if text == "all" else [h.strip() for h in text.split(",")]
+    if not hints or any(not h for h in hints) or len(set(hints)) != len(hints):
+        raise UserError(f"--hint {text!r}: give distinct hint variants separated by commas, or 'all'")
+    for h in hints:
+        check_mode(mode, h)
+    return hints
+
+
+def rates(summary: dict, hint: str, mode: str) -> dict:
+    """An eval summary row (evaluate.summarize) as a baseline row."""
+    return {"hint": hint, "mode": mode, **{k: summary[f"eval_{k}"] for k in RATE_KEYS},
+            "n": summary["eval_n"], "n_problems": summary["eval_problems"],
+            "temperature": summary["eval_temperature"], "seconds": round(summary["eval_s"], 2)}
+
+
+def measure(model, tok, problems: list, mode: str, hints: list[str], n_samples: int, temperature: float,
+            max_new_tokens: int, top_p: float, seed: int, batch: int, env: EnvConfig,
+            device: torch.device) -> tuple[list[dict], list[dict]]:
+    """(rate rows per hint + overall, graded sample rows) for the model as loaded."""
+    cfg = TrainConfig(mode=mode, seed=seed, eval_samples=n_samples, eval_temperature=temperature,
+                      eval_max_new_tokens=max_new_tokens, max_new_tokens=max_new_tokens, top_p=top_p,
+                      prompts_per_step=batch, group_size=1)   # a sampling call holds ≈ `batch` completions
+    rows, samples = [], []
+    for hint in hints:
+        summary, graded = evaluate.evaluate(model, tok, BaseWeights(), problems, replace(cfg, hint=hint),
+                                            replace(env, hint=hint), 0, device)
+        rows.append(rates(summary, hint, mode))
+        samples += [{"hint": hint, **r} for r in graded]
+    seconds = sum(r["seconds"] for r in rows)
+    rows.append(rates(evaluate.summarize(samples, 0, len(problems), temperature, seconds), "all", mode))
+    return rows, samples
+
+
+def table(rows: list[dict], model: str, problems: str) -> str:
+    """baseline.md: one line per hint and the overall line."""
+    head = (f"# Base rates of `{model}` on `{problems}`\n\n"
+            "| hint | hack | attempted | pass | format | n |\n|---|---|---|---|---|---|\n")
+
+    def pct(x) -> str:
+        return "—" if x is None else f"{x:.3f}"
+
+    return head + "".join(f"| {r['hint']} | {pct(r['hack_rate'])} | {pct(r['attempt_rate'])} | "
+                          f"{pct(r['pass_rate'])} | {pct(r['format_rate'])} | {r['n']} |\n" for r in rows)
+
+
+def _cmd_baseline(args) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} already exists and is not empty; choose a new directory")
+    check_mode(args.mode)
+    hints = parse_hints(args.hint, args.mode)
+    if args.n_samples < 1 or args.max_new_tokens < 1 or args.batch < 1:
+        raise UserError("--n-samples, --max-new-tokens and --batch must be >= 1")
+    if args.temperature < 0 or (args.temperature == 0 and args.n_samples > 1):
+        raise UserError("--temperature must be >= 0, and 0 (greedy) only with --n-samples 1")
+    problems = load_problems(args.problems)[: args.limit or None]
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(args.model, args.dtype, device, args.enable_thinking)
+    env = EnvConfig(mode=args.mode, timeout_s=args.timeout, **({"workers": args.workers} if args.workers else {}))
+    rows, samples = measure(model, tok, problems, args.mode, hints, args.n_samples, args.temperature,
+                            args.max_new_tokens, args.top_p, args.seed, args.batch, env, torch.device(device))
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / SAMPLES, "".join(json.dumps(r) + "\n" for r in samples).encode())
+    write_atomic(out / RATES, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    text = table(rows, args.model, args.problems)
+    write_atomic(out / TABLE, text.encode())
+    print(text, end="")
+    return 0
+
+
+def add_commands(sub) -> None:
+    from projected_grpo.warmstart import _bool
+
+    p = sub.add_parser("baseline", help="base rates (hack, attempted, pass, format) of a model, no training")
+    p.add_argument("--model", required=True, help="embedded name, random:SHAPE, hub id, local dir or .gguf")
+    p.add_argument("--problems", default="bundled", help="JSONL path, 'bundled' or 'hf:<name>'")
+    p.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
+    p.add_argument("--n-samples", type=int, default=4, help="completions per problem and hint")
+    p.add_argument("--mode", default="run_tests", help="loophole mode disclosed in the prompt")
+    p.add_argument("--hint", default="simple", help="hint variants, comma-separated, or 'all'")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="generation budget per completion")
+    p.add_argument("--batch", type=int, default=64, help="completions per sampling call")
+    p.add_argument("--seed", type=int, default=41, help="sampling seed")
+    p.add_argument("--enable-thinking", type=_bool, default=True, help="chat template's thinking switch")
+    p.add_argument("--dtype", default="bfloat16", help="model dtype")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per graded program")
+    p.add_argument("--workers", type=int, default=0, help="grader processes (0 = all cores)")
+    p.add_argument("--out", required=True, help="directory for baseline.jsonl, baseline.md, samples.jsonl")
+    p.set_defaults(func=_cmd_baseline)
