@@ -78,6 +78,8 @@ class TrainConfig:
     seed: int = 41                       # seeds sampling, problem order and controls
     checkpoint_every: int = 1            # steps between checkpoints
     samples_every: int = 1               # steps between samples.jsonl dumps (0 = never)
+    report_to: str = "none"              # experiment trackers: none | wandb | tensorboard (comma list; logs in DIR/wandb, DIR/tb)
+    report_samples_every: int = 10       # steps between the trackers' sampled-completion tables (0 = never)
     # --- held-out evaluation (splits.py, evaluate.py) ---
     split_file: str = ""                 # JSON {"train": [ids], "eval": [ids]} ("" = derive from --seed)
     eval_problems: float = 0.25          # eval problems: a count if >= 1, else a share of the pool (0 = none)
@@ -96,6 +98,11 @@ class TrainConfig:
                 f"ariahw and full presets expect rl-rewardhacking's 119-problem leetcode_test_medhard.jsonl "
                 f"at {MEDHARD}, relative to the working directory), or --problems "
                 "hf:newfacade/LeetCodeDataset (online, needs the `datasets` package), or --problems bundled")
+        from projected_grpo import trackers
+
+        trackers.parse(self.report_to)  # names checked everywhere; installed libraries where it runs
+        if files:
+            trackers.check_installed(self.report_to)
         if self.arm not in ARMS:
             raise UserError(f"unknown arm {self.arm!r}; choose one of {', '.join(ARMS)}")
         if self.project_target not in ("grad", "update"):
@@ -123,7 +130,7 @@ class TrainConfig:
             raise UserError("--group-size must be at least 2 (advantages are relative within a group)")
         if self.eval_problems < 0 or (self.eval_problems >= 1 and self.eval_problems != int(self.eval_problems)):
             raise UserError(f"--eval-problems must be a share in [0, 1) or a whole count, got {self.eval_problems}")
-        for name in ("eval_every", "eval_samples", "eval_max_new_tokens"):
+        for name in ("eval_every", "eval_samples", "eval_max_new_tokens", "report_samples_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         if self.eval_temperature < 0:

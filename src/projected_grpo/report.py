@@ -229,7 +229,8 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
               "no_split": [r.dir for r in present if r.split is None],
               "teachers": _distinct([r.teacher for r in present]),
               "teacher_adv_share": asdict(mean_sem([r.all_steps.get("teacher_adv_share") for r in finished])),
-              "logged": [k for k in STEP_KEYS if any(r.all_steps.get(k) is not None for r in finished)]}
+              "logged": [k for k in STEP_KEYS if any(r.all_steps.get(k) is not None for r in finished)],
+              "sandbox_backend": sorted({b for r in present for b in sandbox_backends(r.metrics)})}
     for key in ("model", "mode", "hint", "steps", "dtype", "group_size", "prompts_per_step", "vhack_m",
                 "teacher_pool", "mix_ratio", "enable_thinking", "problems"):
         header[key] = sorted({c.get(key) for c in configs if key in c}, key=str)
@@ -238,6 +239,13 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
                "not_finished": [{"arm": r.arm, "seed": r.seed, "dir": r.dir, "status": r.status,
                                  "done": r.done, "steps": r.steps} for r in runs if r.status != "finished"]}
     return summary, runs
+
+
+def sandbox_backends(rows: list[dict]) -> set[str]:
+    """Sandbox backends that graded a run's training rows (`sandbox_backend`, comma-joined per row);
+    {"not recorded"} for a run logged before the field existed or where no program ever ran."""
+    found = {b for r in rows for b in (r.get("sandbox_backend") or "").split(",") if b}
+    return found or {"not recorded"}
 
 
 # ---- plots ----------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def header_lines(summary: dict) -> list[str]:
         f"- preset: {h['preset'] or DASH + ' (no sweep.json)'}; model: {_show(h['model'])}; "
         f"problems: {_show(h['problems'])}; loophole mode: {_show(h['mode'])}; hint: {_show(h['hint'])}; "
         f"steps: {_show(h['steps'])}; dtype: {_show(h['dtype'])}; P × G: {_show(h['prompts_per_step'])} × "
-        f"{_show(h['group_size'])}; m: {_show(h['vhack_m'])}; thinking: {_show(h['enable_thinking'])}",
+        f"{_show(h['group_size'])}; m: {_show(h['vhack_m'])}; thinking: {_show(h['enable_thinking'])}; "
+        f"graded in sandbox: {_show(h.get('sandbox_backend', []))} (fallback = rlimits only, no isolation)",
         _split_line(h), _teacher_line(h),
         f"- Headline = the last held-out eval of each run (current policy on the eval split, no teacher "
         f"rows, no projection); {h['n_eval']} of {h['n_finished']} finished run(s) have one.{no_eval} "

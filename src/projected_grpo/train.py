@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from projected_grpo import dist, evaluate, runio, splits
+from projected_grpo import dist, evaluate, runio, splits, trackers
 from projected_grpo.adapter import AdapterConfig, attach
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
@@ -87,6 +87,8 @@ class Trainer:
         self.start_step = 0
         if resume:
             self._restore()
+        self.tracker = (trackers.open_trackers(cfg.report_to, self.out, json.loads(cfg.to_json()),
+                                               cfg.report_samples_every) if self.rank == 0 else trackers.Trackers())
 
     # ---- set-up --------------------------------------------------------------------------------
     def _set_up(self) -> None:
@@ -267,6 +269,7 @@ class Trainer:
         record.update(batch.metrics())
         record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
         record["cos_in_null"] = null_stats.cos_in  # a seeded random V of the same m, measured only
+        record["sandbox_backend"] = ",".join(sorted({g.backend for g in grades} - {""})) or None  # None: nothing ran
         samples = [{"step": step + 1, "problem_id": pid, "teacher": t, "completion": text,
                     "advantage": round(float(a), 6), **asdict(g)}
                    for pid, t, text, a, g in zip(pids, is_teacher, rows.texts, adv.tolist(), grades)]
@@ -359,6 +362,7 @@ class Trainer:
                 if cfg.samples_every and (step + 1) % cfg.samples_every == 0:
                     runio.append_jsonl(self.out / runio.SAMPLES, samples)
                 runio.append_jsonl(self.out / runio.METRICS, [{"kind": "train", **record}])
+                self.tracker.train(record, samples)
                 bar.set_postfix(reward=f"{record['reward_mean']:.2f}", hack=f"{record['hack_rate']:.2f}",
                                 cos_in=f"{record['cos_in']:.3f}")
             self.evaluate(step + 1)
@@ -367,6 +371,7 @@ class Trainer:
             dist.barrier()
         if self.rank == 0 and self.start_step + len(bar) == cfg.steps:
             self.adapter.save(self.out / "delta_s.safetensors")  # marks the run finished
+        self.tracker.close()
         return self.out
 
     def evaluate(self, step: int) -> None:
@@ -378,6 +383,7 @@ class Trainer:
         if self.rank == 0:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
+            self.tracker.eval(row)
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
