@@ -6,6 +6,7 @@ control file), standing in for what scripts/fetch_bwrap.sh downloads."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,3 +66,18 @@ def test_install_script_without_debs_says_what_to_run(tmp_path):
     res = subprocess.run(["bash", str(REPO / "scripts" / "install_bwrap_local.sh"), str(tmp_path / "bw"),
                           str(tmp_path / "empty")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "run scripts/fetch_bwrap.sh" in res.stderr
+
+
+def test_report_header_names_the_sandbox_backend_of_each_run(tmp_path):
+    from projected_grpo.report import write_report
+
+    for name, backend in (("new", "bwrap"), ("gpu", "fallback"), ("old", None)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"arm": "vanilla", "seed": len(name) + ord(name[0]), "steps": 1}))
+        row = {"kind": "train", "step": 1, "hack_rate": 0.0, "pass_rate": 0.0, "reward_mean": 0.0}
+        if backend:
+            row["sandbox_backend"] = backend
+        (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    text = write_report(tmp_path).read_text()
+    assert "graded in sandbox: bwrap, fallback, not recorded (fallback = rlimits only, no isolation)" in text

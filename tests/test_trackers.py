@@ -62,6 +62,8 @@ def test_tensorboard_events_equal_metrics_jsonl_across_a_crash_and_resume(v_hack
         got.update({(tag, e.step): e.value for e in events})
     want, samples = _expected(out)
     assert {s for _, s in want} == {0, 1, 2, 3, 4}
+    # the teacher rows' programs ran in bubblewrap, and every training row says so
+    assert {r["sandbox_backend"] for r in runio.train_rows(runio.read_jsonl(out / runio.METRICS))} == {"bwrap"}
     assert got.keys() == want.keys()
     assert all(got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7) for k in want)  # float32 in events
     assert ("eval/hack_rate", 0) in got and ("train/hack_rate", 4) in got and ("train/cos_in", 1) in got
