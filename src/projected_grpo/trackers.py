@@ -175,3 +175,6 @@ class WandB:
 
     def close(self) -> None:
         self.run.finish()
+        # finish() can return before wandb's service process has written the run's last records (its
+        # .wandb file read right after finish missed the last step under load); teardown waits for it
+        self.wandb.teardown()
