@@ -1,0 +1,363 @@
+"""`pgrpo sweep`: every (arm variant, seed) run of a study, sequentially in this process or as a queue
+of child processes pinned to GPUs; resumable; then the report.
+
+    pgrpo sweep --preset P --arms A,B --seeds 41,42 --out DIR [--gpus N [--runs-per-gpu k]]
+
+Plan. Each name in --arms is a plain arm (config.ARMS) or an *arm variant*: a base arm plus config
+overrides (VARIANTS below, or ad hoc with --variant NAME=ARM:field=value,...). Run dirs are
+DIR/{name}_s{seed}. Every run reads one shared split (DIR/split.json) and one shared V
+(DIR/v_hack.safetensors, or --v-hack); a variant that changes what V is (V_FIELDS) gets its own
+DIR/v_hack_{name}.safetensors. DIR/sweep.json records the plan, variants resolved.
+
+Execution.
+  --gpus 0 (default)  one run after another in this process (`ensure_run`); a failing run stops the sweep.
+  --gpus N            the shared V file(s) are extracted first in a child process (so this process never
+                      holds a CUDA context); then a queue (sweep_pool.py) runs every run as its own child,
+                      `python -m projected_grpo.sweep_worker`, with CUDA_VISIBLE_DEVICES=<one GPU>, at most
+                      k per GPU at once, output in DIR/logs/{name}.log. A failed run is reported and the
+                      others go on; see sweep_pool.py for retries and Ctrl-C.
+Resuming is the same command again: finished runs are skipped, cut-off runs resume from their
+checkpoint, missing ones start. A finished run under another config is refused, naming the fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from projected_grpo import runio
+from projected_grpo.config import (ARMS, PRESETS, TrainConfig, add_config_flags, config_from_args,
+                                   parse_bool, preset)
+from projected_grpo.errors import UserError
+
+V_HACK = "v_hack.safetensors"
+SPLIT = "split.json"                  # the sweep's split file, beside sweep.json
+LOGS = "logs"                         # DIR/logs/{name}.log (+ {name}.json status, {name}.run.json spec)
+
+# Arm variants: name -> (base arm, config overrides). 47 = the training pairs of the bundled pair
+# file, so V spans every training pair difference (extraction caps m at the pairs it kept).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "projected_update": ("projected", {"project_target": "update"}),
+    "projected_m47": ("projected", {"vhack_m": 47}),
+}
+# Fields that change what V is: a variant overriding one gets its own V file.
+V_FIELDS = ("dtype", "targets", "enable_thinking", "vhack_m", "vhack_modes")
+# Fields every run of a sweep shares (the split and the V file depend on them, or the sweep sets them).
+SHARED_FIELDS = ("model", "problems", "n_problems", "max_prompt_tokens", "eval_problems", "pairs",
+                 "split_file", "v_hack", "arm", "seed")
+NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+# ---- the shared artifacts ---------------------------------------------------------------------
+def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = True) -> dict | None:
+    """Extract V into `path` from cfg.pairs / cfg.vhack_m unless it exists; with `verify`, run the
+    held-out check (per-module table beside V) and return its summary dict (no per-module rows)."""
+    from projected_grpo import vhack
+    from projected_grpo.pairs import load_pairs, parse_modes
+    from projected_grpo.train import load_policy
+    from projected_grpo.verify import verify_v_hack, write_table
+
+    path = Path(path)
+    if path.is_file() and not verify:
+        return None
+    modes = parse_modes(cfg.vhack_modes)
+    model, tok, adapter = load_policy(cfg)
+    if not path.is_file():
+        t0 = time.time()
+        v, train_pairs = vhack.extract_to_file(path, model, tok, adapter, cfg.pairs, cfg.vhack_modes,
+                                               cfg.vhack_m, seed=cfg.seed, progress=progress)
+        print(f"extracted V: {len(v)} modules, m={next(iter(v.values())).shape[0]}, "
+              f"{len(train_pairs.pairs)} training pairs -> {path} ({time.time() - t0:.0f}s)")
+    if not verify:
+        return None
+    heldout = load_pairs(cfg.pairs, split="heldout", modes=modes)
+    result = verify_v_hack(model, tok, adapter, vhack.load_v_hack(path, adapter), heldout.pairs,
+                           progress=progress)
+    write_table(path.with_name(path.stem + ".verify.md"), result.pop("per_module"))
+    return result
+
+
+def prepare_split(cfg: TrainConfig, path: Path) -> Path:
+    """Derive the sweep's one split (from cfg.seed) into `path` unless it exists; every run of the sweep
+    reads it, so all arms and seeds train and are evaluated on the same problems. Needs the tokenizer
+    only (prompt lengths), never the model."""
+    from projected_grpo import splits
+    from projected_grpo.models import load_tokenizer
+
+    if not path.is_file():
+        split = splits.derive(splits.load_pool(cfg, load_tokenizer(cfg.model)),
+                              splits.pair_problem_ids(cfg.pairs), cfg.eval_problems, cfg.seed)
+        runio.write_atomic(path, split.to_json().encode())
+        print(split.summary())
+    return path.resolve()
+
+
+# ---- one run, resumably -----------------------------------------------------------------------
+def run_state(run_dir: Path, steps: int) -> str:
+    """finished (delta_s written and metrics reach `steps`) | unfinished (config.json only) | missing."""
+    if not (run_dir / runio.CONFIG).is_file():
+        return "missing"
+    rows = runio.train_rows(runio.read_jsonl(run_dir / runio.METRICS))
+    done = max((r.get("step", 0) for r in rows), default=0)
+    return "finished" if (run_dir / "delta_s.safetensors").is_file() and done >= steps else "unfinished"
+
+
+def check_run(cfg: TrainConfig, run_dir: Path) -> str:
+    """run_state, refusing a dir that holds a run under another config (naming the fields)."""
+    state = run_state(run_dir, cfg.steps)
+    if state != "missing":
+        diff = runio.config_diff(json.loads((run_dir / runio.CONFIG).read_text()), json.loads(cfg.to_json()))
+        if diff:
+            raise UserError(f"{run_dir} holds a run with another config ({', '.join(diff)} differ); "
+                            "move it away or choose another --out")
+    return state
+
+
+def ensure_run(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> str:
+    """Skip, resume or start one run; returns what it did: skipped | resumed | started."""
+    from projected_grpo import train as train_module   # looked up per call, so tests can swap `train`
+
+    state = check_run(cfg, run_dir)
+    if state == "finished":
+        print(f"[skip]   {run_dir} already finished ({cfg.steps} steps)")
+        return "skipped"
+    print(f"[{'resume' if state == 'unfinished' else 'start'}]  {cfg.arm} seed {cfg.seed} -> {run_dir}")
+    train_module.train(cfg, run_dir, resume=state == "unfinished", progress=progress)
+    return "resumed" if state == "unfinished" else "started"
+
+
+# ---- the plan ----------------------------------------------------------------------------------
+@dataclass
+class SweepPlan:
+    """What one sweep runs; written to DIR/sweep.json."""
+
+    preset: str                       # preset name the runs start from
+    arms: list[str]                   # arm or variant names, in run order (run dirs {name}_s{seed})
+    seeds: list[int]                  # seeds, each arm runs every seed
+    overrides: dict                   # config fields set on the command line
+    v_hack: str                       # the V artifact every run shares (unless its variant changes V)
+    out: str                          # sweep directory
+    variants: dict = field(default_factory=dict)  # ad hoc variants: name -> {"arm", "overrides"}
+    gpus: int = 0                     # 0 = sequential in this process; N = a queue over N GPUs
+    runs_per_gpu: int = 1             # k: runs at once on one GPU
+    max_attempts: int = 2             # failed attempts after which a run is skipped
+
+
+@dataclass
+class RunSpec:
+    """One planned run: its dir name ({name}_s{seed}), full config, and the V file it needs."""
+
+    name: str
+    cfg: TrainConfig
+    run_dir: Path
+
+
+def resolve(name: str, ad_hoc: dict) -> tuple[str, dict]:
+    """Arm or variant name -> (base arm, config overrides)."""
+    if name in ad_hoc:
+        return ad_hoc[name]["arm"], dict(ad_hoc[name]["overrides"])
+    if name in VARIANTS:
+        arm, overrides = VARIANTS[name]
+        return arm, dict(overrides)
+    if name in ARMS:
+        return name, {}
+    raise UserError(f"--arms: unknown arm or variant {name!r}; choose from arms {', '.join(ARMS)}, "
+                    f"variants {', '.join(VARIANTS)}, or define it with --variant {name}=ARM:field=value")
+
+
+def v_path_for(plan: SweepPlan, name: str, overrides: dict) -> Path:
+    """The V file of one arm variant: its own when it changes V, else the plan's shared one."""
+    changed = sorted(set(overrides) & set(V_FIELDS))
+    if not changed:
+        return Path(plan.v_hack).resolve()
+    if plan.v_hack != str((Path(plan.out) / V_HACK).resolve()):
+        raise UserError(f"variant {name} changes V ({', '.join(changed)}), so it cannot share --v-hack "
+                        f"{plan.v_hack}; leave --v-hack out to extract every V into {plan.out}")
+    return (Path(plan.out) / f"v_hack_{name}.safetensors").resolve()
+
+
+def plan_runs(plan: SweepPlan, base: TrainConfig, split_file: str = "") -> list[RunSpec]:
+    """Every (variant, seed) run of the plan with its config (validated), in plan order."""
+    specs = []
+    for name in plan.arms:
+        arm, overrides = resolve(name, plan.variants)
+        v_path = v_path_for(plan, name, overrides)
+        for seed in plan.seeds:
+            cfg = replace(base, **overrides, arm=arm, seed=seed, v_hack=str(v_path), split_file=split_file)
+            cfg.validate()
+            specs.append(RunSpec(f"{name}_s{seed}", cfg, Path(plan.out) / f"{name}_s{seed}"))
+    return specs
+
+
+def v_files(plan: SweepPlan, base: TrainConfig) -> dict[Path, TrainConfig]:
+    """The V files the plan needs -> the config to extract each from (base + the variant's overrides)."""
+    need: dict[Path, TrainConfig] = {}
+    for name in plan.arms:
+        _, overrides = resolve(name, plan.variants)
+        path = v_path_for(plan, name, overrides)
+        need.setdefault(path, replace(base, **{k: v for k, v in overrides.items() if k in V_FIELDS}))
+    return need
+
+
+def plan_record(plan: SweepPlan) -> dict:
+    """sweep.json: the plan, and every name of --arms resolved to its base arm, overrides and V file."""
+    resolved = {}
+    for name in plan.arms:
+        arm, overrides = resolve(name, plan.variants)
+        resolved[name] = {"arm": arm, "overrides": overrides, "v_hack": str(v_path_for(plan, name, overrides))}
+    return asdict(plan) | {"resolved": resolved}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME=ARM:field=value,...` -> (NAME, {"arm", "overrides"}), values typed as the config field."""
+    hints = typing.get_type_hints(TrainConfig)
+    head, _, body = text.partition(":")
+    name, _, arm = head.partition("=")
+    name, arm = name.strip(), arm.strip()
+    where = f"--variant {text!r}"
+    if not NAME.fullmatch(name) or not arm:
+        raise UserError(f"{where}: expected NAME=ARM:field=value,... with NAME in [a-z0-9_]")
+    if name in ARMS or name in VARIANTS:
+        raise UserError(f"{where}: {name} is already an arm or a built-in variant; choose another name")
+    if arm not in ARMS:
+        raise UserError(f"{where}: unknown base arm {arm!r}; choose from {', '.join(ARMS)}")
+    overrides = {}
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in hints:
+            raise UserError(f"{where}: {item!r} is not field=value with a config field")
+        if key in SHARED_FIELDS:
+            raise UserError(f"{where}: {key} is shared by every run of a sweep (the split or V depend on "
+                            "it); run another sweep for it")
+        try:
+            overrides[key] = parse_bool(value) if hints[key] is bool else hints[key](value)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise UserError(f"{where}: {key}: {err}") from err
+    return name, {"arm": arm, "overrides": overrides}
+
+
+def parse_list(text: str, kind: type, what: str) -> list:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        values = [kind(x) for x in items]
+    except ValueError as err:
+        raise UserError(f"--{what}: {err}") from err
+    if not values:
+        raise UserError(f"--{what} is empty")
+    if len(set(values)) != len(values):
+        raise UserError(f"--{what}: {text} names an item twice")
+    return values
+
+
+# ---- the sweep -------------------------------------------------------------------------------
+def sweep(plan: SweepPlan, base: TrainConfig, progress: bool = True) -> dict[str, str]:
+    """Run every (variant, seed) of the plan; -> {run dir name: what happened}: skipped | resumed |
+    started, and with --gpus also failed | gave up. Sequential runs raise on the first failure."""
+    out = Path(plan.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan_runs(plan, base)                                  # refuse a bad variant before any work
+    needed = v_files(plan, base)
+    for path, v_cfg in needed.items():
+        if path.is_file():
+            continue
+        if path.parent != out.resolve():
+            raise UserError(f"--v-hack {path} does not exist")
+        if plan.gpus:
+            extract_in_child(v_cfg, path, out)
+        else:
+            prepare_v_hack(v_cfg, path, verify=False, progress=progress)
+    runio.write_atomic(out / "sweep.json", (json.dumps(plan_record(plan), indent=2) + "\n").encode())
+    split_file = str(Path(base.split_file).resolve() if base.split_file else prepare_split(base, out / SPLIT))
+    specs = plan_runs(plan, base, split_file)
+    if plan.gpus:
+        from projected_grpo.sweep_pool import gpu_ids, run_queue
+
+        return run_queue(specs, out, gpu_ids(plan.gpus), plan.runs_per_gpu, plan.max_attempts)
+    done = {}
+    for i, spec in enumerate(specs, start=1):
+        print(f"--- run {i}/{len(specs)}: {spec.name}")
+        t0 = time.time()
+        done[spec.name] = ensure_run(spec.cfg, spec.run_dir, progress)
+        print(f"    {done[spec.name]} in {time.time() - t0:.0f}s")
+    return done
+
+
+def extract_in_child(cfg: TrainConfig, path: Path, out: Path) -> None:
+    """Extract one V file in a child process on the first GPU, so this process never holds a CUDA
+    context while the runs go. Output in DIR/logs/extract_{stem}.log."""
+    from projected_grpo.sweep_pool import gpu_ids, log_tail
+
+    logs = out / LOGS
+    logs.mkdir(exist_ok=True)
+    spec, log = logs / f"extract_{path.stem}.run.json", logs / f"extract_{path.stem}.log"
+    runio.write_atomic(spec, json.dumps({"config": asdict(cfg), "v_hack": str(path)}).encode())
+    print(f"[extract] {path.name} (m={cfg.vhack_m}) in a child process, log {log}")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu_ids(1)[0]), PYTHONUNBUFFERED="1")
+    with open(log, "ab") as f:
+        code = subprocess.call([sys.executable, "-m", "projected_grpo.sweep_worker", "extract", str(spec)],
+                               stdout=f, stderr=subprocess.STDOUT, env=env)
+    if code != 0 or not path.is_file():
+        raise UserError(f"extracting {path} failed (exit {code}); log {log}:\n{log_tail(log)}")
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+def _cmd_sweep(args) -> int:
+    from projected_grpo.report import write_report
+
+    base = config_from_args(args, preset(args.preset))
+    out = Path(args.out)
+    variants = dict(parse_variant(v) for v in args.variant)
+    if args.gpus < 0 or args.runs_per_gpu < 1 or args.max_attempts < 1:
+        raise UserError("--gpus must be >= 0, --runs-per-gpu and --max-attempts >= 1")
+    plan = SweepPlan(preset=args.preset, arms=parse_list(args.arms, str, "arms"),
+                     seeds=parse_list(args.seeds, int, "seeds"), overrides=overrides_of(args),
+                     v_hack=str(Path(base.v_hack).resolve() if base.v_hack else (out / V_HACK).resolve()),
+                     out=str(out), variants=variants, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
+                     max_attempts=args.max_attempts)
+    t0 = time.time()
+    done = sweep(plan, base)
+    bad = sorted(n for n, s in done.items() if s in ("failed", "gave up"))
+    print(f"sweep done in {time.time() - t0:.0f}s: {len(done) - len(bad)} of {len(done)} runs finished in {out}"
+          + (f"; NOT finished: {', '.join(bad)}" if bad else ""))
+    if args.report:
+        print(f"report: {write_report(out, args.last_k)}")
+    return 1 if bad else 0
+
+
+def overrides_of(args: argparse.Namespace) -> dict:
+    """Config fields given explicitly on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+
+
+def add_command(sub) -> None:
+    presets = ", ".join(PRESETS)
+    p = sub.add_parser("sweep", help="every (arm, seed) with one shared V, resumable, then the report; "
+                                     "--gpus N runs them as a queue of processes over N GPUs")
+    p.add_argument("--preset", default="smoke", help=f"one of {presets}")
+    p.add_argument("--arms", default="vanilla,projected,rebound,random",
+                   help=f"comma list of arms ({', '.join(ARMS)}) or variants ({', '.join(VARIANTS)}, "
+                        "or one defined with --variant)")
+    p.add_argument("--seeds", default="41,42,43", help="comma list of seeds")
+    p.add_argument("--out", required=True, help="sweep directory (run dirs go in it)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ARM:field=value,...",
+                   help="define an arm variant for --arms (repeatable), e.g. projected_lr2=projected:lr=0.02")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="0: runs one after another in this process; N: one child process per run, "
+                        "pinned to one of N GPUs (the first N of CUDA_VISIBLE_DEVICES when set)")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="with --gpus: runs at once on one GPU")
+    p.add_argument("--max-attempts", type=int, default=2,
+                   help="with --gpus: a run that failed this many times (over invocations) is skipped")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the report at the end (--no-report to skip)")
+    p.add_argument("--last-k", type=int, default=5, help="report window")
+    add_config_flags(p, skip=("arm", "seed"))
+    p.set_defaults(func=_cmd_sweep)
