@@ -1,17 +1,12 @@
-"""probe gates on constructed numbers; sweep resumability with a fake trainer (no real training)."""
+"""probe gates on constructed numbers and the probe driver with a fake trainer (the sweep: test_sweep.py)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from projected_grpo import experiments, runio
-from projected_grpo.config import preset
-from projected_grpo.errors import UserError
-from projected_grpo.experiments import ProbeThresholds, SweepPlan, probe_verdict, run_state, sweep
+from projected_grpo.experiments import ProbeThresholds, probe_verdict
 
 GOOD_V = {"pass": True, "frac_pos": 0.95, "median": 0.3, "null_cos": 0.09}
 BAD_V = {"pass": False, "frac_pos": 0.40, "median": -0.01, "null_cos": 0.09}
@@ -99,7 +94,7 @@ def test_probe_command_stops_at_first_failed_gate(tmp_path, monkeypatch, capsys)
     assert (gate3["cos_in_mean"], gate3["cos_in_null_mean"]) == (0.1, 0.05)
 
 
-# ---- sweep resumability ---------------------------------------------------------------------
+# ---- a fake trainer (also used by test_sweep.py) ---------------------------------------------
 class Crash(RuntimeError):
     """The fake trainer's stand-in for a killed run."""
 
@@ -125,79 +120,3 @@ class FakeTrain:
             raise Crash(f"killed at step {stop}")
         (out / "delta_s.safetensors").write_bytes(b"fake")
         return out
-
-
-@pytest.fixture()
-def plan(tmp_path: Path) -> SweepPlan:
-    v = tmp_path / "shared" / "v.safetensors"
-    v.parent.mkdir()
-    v.write_bytes(b"fake V")
-    return SweepPlan(preset="smoke", arms=["vanilla", "projected"], seeds=[41, 42], overrides={"steps": 3},
-                     v_hack=str(v), out=str(tmp_path / "sweep"))
-
-
-def test_sweep_skips_resumes_and_starts(plan, monkeypatch):
-    calls: list = []
-    base = replace(preset("smoke"), steps=3)
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, crash={"projected_s41": 1}))
-    with pytest.raises(Crash):
-        sweep(plan, base, progress=False)
-    out = Path(plan.out)
-    assert [c[:3] for c in calls] == [("vanilla", 41, False), ("vanilla", 42, False), ("projected", 41, False)]
-    assert run_state(out / "vanilla_s41", 3) == "finished"
-    assert run_state(out / "projected_s41", 3) == "unfinished"
-    assert run_state(out / "projected_s42", 3) == "missing"
-    assert json.loads((out / "sweep.json").read_text())["v_hack"] == plan.v_hack
-
-    calls.clear()
-    done = sweep(plan, base, progress=False)
-    assert done == {"vanilla_s41": "skipped", "vanilla_s42": "skipped", "projected_s41": "resumed",
-                    "projected_s42": "started"}
-    assert [c[:3] for c in calls] == [("projected", 41, True), ("projected", 42, False)]
-    for name in done:
-        cfg = json.loads((out / name / "config.json").read_text())
-        assert cfg["v_hack"] == str(Path(plan.v_hack).resolve())
-        assert len(runio.read_jsonl(out / name / runio.METRICS)) == 3      # no step lost or doubled
-
-    calls.clear()
-    assert set(sweep(plan, base, progress=False).values()) == {"skipped"} and calls == []
-    # a finished run is never skipped under another config: the sweep refuses, naming the field
-    with pytest.raises(UserError, match="lr differ"):
-        sweep(plan, replace(base, lr=0.5), progress=False)
-
-
-def test_sweep_extracts_one_shared_artifact(tmp_path, monkeypatch):
-    calls, extracted = [], []
-
-    def fake_prepare(cfg, path, verify, progress=True):
-        extracted.append(Path(path))
-        Path(path).write_bytes(b"fake V")
-
-    monkeypatch.setattr(experiments, "prepare_v_hack", fake_prepare)
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls))
-    out = tmp_path / "sw"
-    p = SweepPlan(preset="smoke", arms=["vanilla", "random"], seeds=[1, 2], overrides={},
-                  v_hack=str((out / experiments.V_HACK).resolve()), out=str(out))
-    sweep(p, replace(preset("smoke"), steps=2), progress=False)
-    assert extracted == [(out / experiments.V_HACK).resolve()]
-    assert {c[3] for c in calls} == {p.v_hack} and len(calls) == 4
-
-    missing = replace(p, v_hack=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(UserError, match="does not exist"):
-        sweep(missing, preset("smoke"), progress=False)
-
-
-def test_sweep_cli_writes_report(tmp_path, monkeypatch, capsys):
-    calls: list = []
-    monkeypatch.setattr(experiments, "prepare_v_hack",
-                        lambda cfg, path, verify, progress=True: Path(path).write_bytes(b"V"))
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls))
-    from projected_grpo.cli import main
-
-    out = tmp_path / "s"
-    assert main(["sweep", "--arms", "vanilla,projected", "--seeds", "5", "--steps", "2", "--lr", "0.01",
-                 "--out", str(out)]) == 0
-    sweep_json = json.loads((out / "sweep.json").read_text())
-    assert sweep_json["overrides"] == {"steps": 2, "lr": 0.01} and sweep_json["seeds"] == [5]
-    assert (out / "results.md").is_file() and (out / "hack_rate.png").stat().st_size > 0
-    assert main(["sweep", "--arms", "vanilla,bogus", "--out", str(out)]) == 2
