@@ -272,3 +272,22 @@ def test_bad_split_json_names_the_file(tmp_path: Path):
     (d / "split.json").write_text('{"train": "oops"}')
     with pytest.raises(UserError, match="split.json"):
         summarise(tmp_path)
+
+
+def test_sweep_variants_are_their_own_arms_and_per_arm_seeds_are_expected(tmp_path: Path):
+    """projected_update_s41 (config arm 'projected') is the arm projected_update, not a duplicate of
+    projected_s41; --seeds-for seeds count as expected runs, and nothing else does."""
+    write_run(tmp_path, "vanilla", 41, flat(0.5), flat(0.2))
+    write_run(tmp_path, "projected", 41, flat(0.2), flat(0.2))
+    d = write_run(tmp_path, "projected_update", 41, flat(0.4), flat(0.1))
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "arm": "projected", "project_target": "update"}))
+    (tmp_path / "sweep.json").write_text(json.dumps({
+        "preset": "smoke", "arms": ["vanilla", "projected", "projected_update"], "seeds": [41],
+        "seeds_for": {"vanilla": [41, 42]}}))
+    s = summarise(tmp_path, last_k=3)
+    assert s["arms"]["projected_update"]["hack_rate"]["mean"] == pytest.approx(0.4)
+    assert s["arms"]["projected"]["hack_rate"]["mean"] == pytest.approx(0.2)
+    assert s["arms"]["projected_update"]["delta_hack_rate"]["mean"] == pytest.approx(-0.1)
+    missing = sorted(r["dir"] for r in s["runs"] if r["status"] == "missing")
+    assert missing == ["vanilla_s42"]

@@ -291,3 +291,32 @@ def test_sigterm_stops_every_child_and_the_same_command_resumes_to_the_uninterru
     for name in ("vanilla_s41", "projected_update_s41"):
         assert run_state(out / name, STEPS) == "finished"
         assert comparable(out, name) == comparable(queued[0], name)
+
+
+def test_a_config_from_before_a_new_field_still_matches_when_the_field_keeps_its_default():
+    """A study's runs must resume under a version that added config fields (defaults keep the old
+    behaviour); a field set to a non-default value is still a different run."""
+    import json
+
+    from projected_grpo import runio
+    from projected_grpo.config import TrainConfig
+
+    new = json.loads(TrainConfig().to_json())
+    old = {k: v for k, v in new.items() if k != "delta_s_impl"}       # written before the field existed
+    assert runio.config_diff(old, new) == []
+    assert runio.config_diff(old, {**new, "delta_s_impl": "merged"}) == ["delta_s_impl"]
+    assert runio.config_diff(old, {**new, "lr": new["lr"] * 2}) == ["lr"]
+
+
+def test_runs_are_queued_seed_major_and_seeds_for_gives_an_arm_its_own_seeds(tmp_path):
+    """A sweep cut off part-way should leave whole seeds of every arm: run order is every arm's first
+    seed, then every arm's second, ...; --seeds-for adds seeds to one arm only."""
+    from projected_grpo.config import preset
+    from projected_grpo.sweep import SweepPlan, plan_runs
+
+    plan = SweepPlan(preset="smoke", arms=["vanilla", "projected_update", "random"], seeds=[1, 2],
+                     overrides={}, v_hack=str(tmp_path / "v_hack.safetensors"), out=str(tmp_path),
+                     seeds_for={"vanilla": [1, 2, 3]})
+    names = [s.name for s in plan_runs(plan, preset("smoke"))]
+    assert names == ["vanilla_s1", "projected_update_s1", "random_s1",
+                     "vanilla_s2", "projected_update_s2", "random_s2", "vanilla_s3"]

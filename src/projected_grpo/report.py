@@ -160,16 +160,21 @@ def find_runs(root: Path, last_k: int) -> tuple[list[Run], dict]:
     if not root.is_dir():
         raise UserError(f"report: {root} is not a directory")
     runs, seen = [], set()
+    sweep_path = root / "sweep.json"
+    sweep = _read_json(sweep_path) if sweep_path.is_file() else {}
     for cfg_path in sorted(root.rglob(runio.CONFIG)):
         run = load_run(cfg_path.parent, root, last_k)
+        # a sweep's arm variant (e.g. projected_update: arm projected + project_target update) is its
+        # own arm here: its dir is {variant}_s{seed} and sweep.json lists the variant
+        variant = cfg_path.parent.name.removesuffix(f"_s{run.seed}")
+        if variant != run.arm and variant in sweep.get("arms", []):
+            run.arm = variant
         if (run.arm, run.seed) in seen:
             run.status = "duplicate"          # a second dir for the same (arm, seed): listed, not used
         seen.add((run.arm, run.seed))
         runs.append(run)
-    sweep_path = root / "sweep.json"
-    sweep = _read_json(sweep_path) if sweep_path.is_file() else {}
     for arm in sweep.get("arms", []):
-        for seed in sweep.get("seeds", []):
+        for seed in sweep.get("seeds_for", {}).get(arm, sweep.get("seeds", [])):
             if (arm, int(seed)) not in seen:
                 runs.append(Run(arm=arm, seed=int(seed), dir=f"{arm}_s{seed}", steps=0, done=0,
                                 status="missing"))

@@ -80,8 +80,16 @@ def truncate_after(path: Path, step: int) -> None:
 def config_diff(old: dict, new: dict) -> list[str]:
     """Fields in which two run configs differ. `steps` counts: it fixes the cosine LR schedule, so a
     run with other steps is another run (extending one would change the LR of steps already taken
-    in neither run's schedule)."""
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    in neither run's schedule). A field that a run's config predates (absent from `old`) agrees
+    when `new` holds that field's default, which by rule keeps the behaviour from before the field
+    existed — so a study's runs resume across a version that added config fields."""
+    from dataclasses import MISSING, fields
+
+    from projected_grpo.config import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
 
 
 def read_config(out: Path) -> dict | None:

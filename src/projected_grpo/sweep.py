@@ -149,6 +149,7 @@ class SweepPlan:
     gpus: int = 0                     # 0 = sequential in this process; N = a queue over N GPUs
     runs_per_gpu: int = 1             # k: runs at once on one GPU
     max_attempts: int = 2             # failed attempts after which a run is skipped
+    seeds_for: dict = field(default_factory=dict)  # arm/variant name -> its own seeds (else `seeds`)
 
 
 @dataclass
@@ -184,17 +185,24 @@ def v_path_for(plan: SweepPlan, name: str, overrides: dict) -> Path:
     return (Path(plan.out) / f"v_hack_{name}.safetensors").resolve()
 
 
+def seeds_of(plan: SweepPlan, name: str) -> list[int]:
+    """The seeds one arm or variant runs: its --seeds-for entry, else --seeds."""
+    return list(plan.seeds_for.get(name, plan.seeds))
+
+
 def plan_runs(plan: SweepPlan, base: TrainConfig, split_file: str = "") -> list[RunSpec]:
-    """Every (variant, seed) run of the plan with its config (validated), in plan order."""
+    """Every (variant, seed) run of the plan with its config (validated), seed-major: every arm's
+    first seed, then every arm's second, ... so a sweep cut off part-way leaves whole seeds of
+    every arm rather than every seed of the first arms."""
     specs = []
     for name in plan.arms:
         arm, overrides = resolve(name, plan.variants)
         v_path = v_path_for(plan, name, overrides)
-        for seed in plan.seeds:
+        for rank, seed in enumerate(seeds_of(plan, name)):
             cfg = replace(base, **overrides, arm=arm, seed=seed, v_hack=str(v_path), split_file=split_file)
             cfg.validate()
-            specs.append(RunSpec(f"{name}_s{seed}", cfg, Path(plan.out) / f"{name}_s{seed}"))
-    return specs
+            specs.append((rank, RunSpec(f"{name}_s{seed}", cfg, Path(plan.out) / f"{name}_s{seed}")))
+    return [spec for _, spec in sorted(specs, key=lambda x: x[0])]   # stable: arm order within a rank
 
 
 def v_files(plan: SweepPlan, base: TrainConfig) -> dict[Path, TrainConfig]:
@@ -316,13 +324,20 @@ def _cmd_sweep(args) -> int:
     base = config_from_args(args, preset(args.preset))
     out = Path(args.out)
     variants = dict(parse_variant(v) for v in args.variant)
+    arms = parse_list(args.arms, str, "arms")
+    seeds_for = {}
+    for item in args.seeds_for:
+        name, eq, seeds = item.partition("=")
+        if not eq or name.strip() not in arms:
+            raise UserError(f"--seeds-for {item!r}: expected NAME=SEEDS with NAME one of --arms ({args.arms})")
+        seeds_for[name.strip()] = parse_list(seeds, int, "seeds-for")
     if args.gpus < 0 or args.runs_per_gpu < 1 or args.max_attempts < 1:
         raise UserError("--gpus must be >= 0, --runs-per-gpu and --max-attempts >= 1")
-    plan = SweepPlan(preset=args.preset, arms=parse_list(args.arms, str, "arms"),
+    plan = SweepPlan(preset=args.preset, arms=arms,
                      seeds=parse_list(args.seeds, int, "seeds"), overrides=overrides_of(args),
                      v_hack=str(Path(base.v_hack).resolve() if base.v_hack else (out / V_HACK).resolve()),
                      out=str(out), variants=variants, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
-                     max_attempts=args.max_attempts)
+                     max_attempts=args.max_attempts, seeds_for=seeds_for)
     t0 = time.time()
     done = sweep(plan, base)
     bad = sorted(n for n, s in done.items() if s in ("failed", "gave up"))
@@ -347,6 +362,8 @@ def add_command(sub) -> None:
                    help=f"comma list of arms ({', '.join(ARMS)}) or variants ({', '.join(VARIANTS)}, "
                         "or one defined with --variant)")
     p.add_argument("--seeds", default="41,42,43", help="comma list of seeds")
+    p.add_argument("--seeds-for", action="append", default=[], metavar="NAME=SEEDS",
+                   help="an arm's own seeds instead of --seeds (repeatable), e.g. vanilla=1,2,3,4,5")
     p.add_argument("--out", required=True, help="sweep directory (run dirs go in it)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARM:field=value,...",
                    help="define an arm variant for --arms (repeatable), e.g. projected_lr2=projected:lr=0.02")

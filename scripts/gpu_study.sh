@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The study on the lent GPU machine, in steps that fit its calls (see docs/results/qwen05_study/README.md).
+#   bash scripts/gpu_study.sh piece            move the carried models/pieces/piece_* to /root/m (one per call)
+#   bash scripts/gpu_study.sh setup            wheels -> /tmp/site; join + sha-check the GGUF; save it as a
+#                                              bf16 transformers dir /root/qwen05 (loads in seconds)
+#   bash scripts/gpu_study.sh restore TAR      unpack run dirs brought back earlier into /root/study
+#   bash scripts/gpu_study.sh launch ARGS...   `pgrpo sweep ARGS` detached (setsid), log /root/study.log
+#   bash scripts/gpu_study.sh collect [SAMPLES_GLOB]
+#                                              tar the study dir (no samples.jsonl except SAMPLES_GLOB's runs)
+#                                              into $OUT/study.tar.gz, plus the log's tail
+set -euo pipefail
+SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+STUDY=${STUDY:-/root/study}
+env_on() { export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH; }
+case "${1:-}" in
+  piece)
+    mkdir -p /root/m && mv -f models/pieces/piece_* /root/m/ && ls -la /root/m ;;
+  setup)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    env_on
+    cat /root/m/piece_* > /root/m/qwen05.gguf
+    echo "$SHA  /root/m/qwen05.gguf" | sha256sum -c -
+    python3 -c "from projected_grpo.models import load_model; m,t=load_model('/root/m/qwen05.gguf','bfloat16'); \
+m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
+    nvidia-smi --query-gpu=name,memory.total --format=csv ;;
+  restore)
+    mkdir -p "$STUDY" && tar -xzf "$2" -C "$STUDY" && ls "$STUDY" ;;
+  launch)
+    shift; env_on; mkdir -p "$STUDY"
+    setsid nohup python3 -m projected_grpo.cli sweep "$@" --out "$STUDY" > /root/study.log 2>&1 < /dev/null &
+    sleep 5; cat /root/study.log ;;
+  collect)
+    keep=${2:-none}
+    (cd "$STUDY" && find . -name samples.jsonl ! -path "./$keep/*" > /tmp/skip && \
+     tar -czf "$OUT/study.tar.gz" -X /tmp/skip .)
+    tail -n 60 /root/study.log > "$OUT/study_log_tail.txt" || true
+    ls -la "$OUT"; tail -n 25 /root/study.log ;;
+  *) echo "usage: $0 piece|setup|restore TAR|launch ARGS|collect [GLOB]" >&2; exit 2 ;;
+esac
