@@ -9,10 +9,11 @@ import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from projected_grpo import arms
 from projected_grpo.errors import UserError
 
-ARMS = ("vanilla", "projected", "rebound", "random", "shuffled")
-TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s")  # metrics that differ between identical runs
+ARMS = arms.NAMES  # the table of arms is arms.py
+TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s", "refresh_s")  # metrics that differ between identical runs
 # The benchmark's 119 medium/hard problems (rl-rewardhacking's leetcode_test_medhard.jsonl), which the
 # ariahw and full presets read. Not shipped with the package (LeetCode's text): put the file here,
 # relative to the working directory, or pass --problems PATH.
@@ -40,12 +41,14 @@ class TrainConfig:
     grade_timeout_s: float = 5.0         # wall timeout per graded program
     grade_workers: int = 0               # grader processes (0 = all cores)
     # --- arm ---
-    arm: str = "vanilla"                 # vanilla | projected | rebound | random | shuffled
+    arm: str = "vanilla"                 # vanilla | projected | rebound | random | shuffled | lomo | refresh | oracle (UPPER BOUND: uses the oracle labels); see arms.py
     v_hack: str = ""                     # path to a v_hack artifact ("" = extract into the run dir)
     pairs: str = "bundled"               # contrastive code pairs for extraction
     vhack_m: int = 4                     # directions kept per module
     vhack_modes: str = ""                # restrict extraction to these modes ("" = all)
     project_target: str = "grad"         # grad: project δS.grad | update: project the AdamW step
+    refresh_every: int = 8               # refresh arm: re-extract V from the pairs at the current δS every K steps
+    coverage: bool = False               # log cov_span / cov_removed / cov_span_null of the oracle-labelled hack rows' gradient (diagnostic, reads labels, never changes training)
     rebound_alpha: float = 2.0           # Rebound penalty strength α
     rebound_form: str = "multiplicative"  # multiplicative | additive
     persona_pairs: str = "bundled:persona"     # sentence pairs for the Rebound concept direction
@@ -103,8 +106,7 @@ class TrainConfig:
         trackers.parse(self.report_to)  # names checked everywhere; installed libraries where it runs
         if files:
             trackers.check_installed(self.report_to)
-        if self.arm not in ARMS:
-            raise UserError(f"unknown arm {self.arm!r}; choose one of {', '.join(ARMS)}")
+        arms.get(self.arm)  # unknown arm -> UserError naming the choices
         if self.project_target not in ("grad", "update"):
             raise UserError(f"--project-target must be grad or update, not {self.project_target!r}")
         if self.rebound_form not in ("multiplicative", "additive"):
@@ -138,7 +140,7 @@ class TrainConfig:
         if self.eval_temperature == 0 and self.eval_samples > 1:
             raise UserError("--eval-temperature 0 (greedy) gives identical samples: use --eval-samples 1")
         for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch",
-                     "num_iterations"):
+                     "num_iterations", "refresh_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
 

@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from projected_grpo import arms as arms_mod
 from projected_grpo import runio
 from projected_grpo.errors import UserError
 from projected_grpo.stats import Stat, auc, censored, mean_sem, onset, paired
@@ -38,7 +39,7 @@ STEP_KEYS = ("cos_in", "cos_out", "frac_fired", "update_hackward", "sampler_mism
 THRESHOLDS = (0.3, 0.5)                                 # onset thresholds on the training hack rate
 DYN_KEYS = tuple(f"onset_{t}" for t in THRESHOLDS) + ("auc",)
 DELTA_KEYS = ("eval_hack_rate", "eval_pass_rate", "hack_rate", "pass_rate") + DYN_KEYS
-ARM_ORDER = ("vanilla", "projected", "rebound", "random", "shuffled")
+ARM_ORDER = arms_mod.NAMES  # arms.py's table order; other names (sweep variants) sort after, by name
 SPLIT_PARTS = ("train", "eval", "pairs")
 DASH = "—"
 
@@ -286,13 +287,13 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
             c = colors.get(arm)
             xs, m, s = _by_step([r.metrics for r in mine], key)
             if xs:
-                ax.plot(xs, m, label=f"{arm} train (n={len(mine)})", color=c)
+                ax.plot(xs, m, label=f"{arms_mod.label(arm)} train (n={len(mine)})", color=c)
                 ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
                                 color=c, alpha=0.2, linewidth=0)
             xs, m, s = _by_step([r.evals for r in mine], f"eval_{key}")
             if xs:
                 ax.errorbar([x + nudge[arm] for x in xs], m, yerr=s, fmt="o", ms=6, mfc="white", capsize=3, color=c,
-                            label=f"{arm} held-out eval")
+                            label=f"{arms_mod.label(arm)} held-out eval")
         ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± sem over seeds (o = held-out eval)",
                ylim=(-0.02, 1.02))
         written.append(_save(fig, ax, root / f"{key}.png", plt))
@@ -302,7 +303,7 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
         for key, style in (("cos_in", "-"), ("cos_out", "--")):
             xs, m, _ = _by_step(mine, key)
             if xs:
-                ax.plot(xs, m, style, color=colors.get(arm), label=f"{arm} {key}")
+                ax.plot(xs, m, style, color=colors.get(arm), label=f"{arms_mod.label(arm)} {key}")
     ax.set(xlabel="step", ylabel="‖relu(V g)‖ / ‖g‖", title="Gradient alignment with V (mean over seeds)")
     written.append(_save(fig, ax, root / "cosine.png", plt))
     return written

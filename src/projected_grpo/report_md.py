@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from projected_grpo import arms as arms_mod
+
 DASH = "—"
 
 
@@ -108,16 +110,25 @@ def header_lines(summary: dict) -> list[str]:
         f"- What this shows: {_facts(summary)}"]
 
 
+def arm_lines(arms: dict) -> list[str]:
+    """One line per arm of the report: what it does (arms.py); an arm that reads labels says so."""
+    known = [a for a in arms if a in arms_mod.BY_NAME]
+    if not known:
+        return []
+    return ["## Arms", "", *[f"- {arms_mod.label(a)}: {arms_mod.BY_NAME[a].description}" for a in known], ""]
+
+
 def markdown(summary: dict) -> str:
     h, arms = summary["header"], summary["arms"]
     k, (t1, t2) = h["last_k"], h["thresholds"]
-    lines = ["# Results", "", *header_lines(summary), "", "## Headline: final held-out eval", ""]
+    lines = ["# Results", "", *header_lines(summary), "", *arm_lines(arms),
+             "## Headline: final held-out eval", ""]
     if h["n_eval"]:
         lines += [f"| arm | seeds | eval hack | Δ hack vs vanilla [95% CI] | eval pass | Δ pass vs vanilla "
                   f"[95% CI] | eval hack at step 0 | rise over step 0 | train hack (last {k}) | train pass (last {k}) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for arm, s in arms.items():
-            lines.append(f"| {arm} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | {fmt_delta(s['delta_eval_hack_rate'])} "
+            lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | {fmt_delta(s['delta_eval_hack_rate'])} "
                          f"| {fmt(s['eval_pass_rate'])} | {fmt_delta(s['delta_eval_pass_rate'])} | "
                          f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} | "
                          f"{fmt(s['pass_rate'])} |")
@@ -129,7 +140,7 @@ def markdown(summary: dict) -> str:
               f"Δ onset ≥ {t2} [95% CI] | AUC | Δ AUC [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
     for arm, s in arms.items():
         n = len(s["seeds"])
-        lines.append(f"| {arm} | {fmt(s[f'onset_{t1}'], digits=1)} | {s[f'never_{t1}']}/{n} | "
+        lines.append(f"| {arms_mod.label(arm)} | {fmt(s[f'onset_{t1}'], digits=1)} | {s[f'never_{t1}']}/{n} | "
                      f"{fmt_delta(s[f'delta_onset_{t1}'], 1)} | {fmt(s[f'onset_{t2}'], digits=1)} | "
                      f"{s[f'never_{t2}']}/{n} | {fmt_delta(s[f'delta_onset_{t2}'], 1)} | {fmt(s['auc'])} | "
                      f"{fmt_delta(s['delta_auc'])} |")
@@ -141,7 +152,7 @@ def markdown(summary: dict) -> str:
               "| reward | " + " | ".join(diag + evals) + " |", "|---" * (7 + len(diag) + len(evals)) + "|"]
     for arm, s in arms.items():
         extra = [_num(s[d]["mean"]) for d in diag + evals]
-        lines.append(f"| {arm} | {_seeds(s)} | {fmt(s['hack_rate'])} | {fmt_delta(s['delta_hack_rate'])} | "
+        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['hack_rate'])} | {fmt_delta(s['delta_hack_rate'])} | "
                      f"{fmt(s['pass_rate'])} | {fmt_delta(s['delta_pass_rate'])} | {fmt(s['reward_mean'])} | "
                      + " | ".join(extra) + " |")
     lines += ["", "## Per run", "",

@@ -8,9 +8,13 @@ One step, for P prompts × G samples (DESIGN §3–§5):
   4. A = r − mean_group(r); PPO-clip + K3 loss over completion tokens / (G·max_new_tokens·P),
      π_old = the policy that sampled the batch (its log-probs before the first pass), student tokens
      weighted by the truncated sampler ratio, teacher tokens by `teacher_weight` (`passes.py`);
-  5. δS gradients all-reduced over ranks, then measured against V and (projecting arms) projected;
+  5. δS gradients all-reduced over ranks, then measured against V and (projecting arms) projected
+     with the arm's V (arms.py: the real V, a control, lomo, refresh — directions.py — or the
+     oracle upper bound's V from the labelled hack rows, oracle.py);
   6. grad-norm clip, AdamW step (optionally projecting the step itself);
   4–6 run `num_iterations` times on the same batch; then the warmup+cosine schedule steps once.
+With --coverage (or the oracle arm) a separate backward over the oracle-labelled hack rows gives
+g_h before step 4 (oracle.py); it is logged (cov_*) and, in the oracle arm only, projected out.
 Logged: `sampler_mismatch` = mean |logπ_sampler − logπ_trainer| over the student tokens of the
 first pass (its micro-batches with a gradient), `sampler_kl` (K3 estimate of KL(sampler ‖ trainer))
 and, for passes 2.., `clip_frac` (share of tokens whose clipped surrogate has zero gradient).
@@ -31,9 +35,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from projected_grpo import dist, evaluate, runio, splits, trackers
+from projected_grpo import arms, dist, evaluate, oracle, runio, splits, trackers
 from projected_grpo.adapter import AdapterConfig, attach
 from projected_grpo.config import TrainConfig
+from projected_grpo.directions import Refresh, lomo_modes
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.errors import UserError
 from projected_grpo.grpo import grad_safe_attention, group_advantages
@@ -44,7 +49,7 @@ from projected_grpo.projection import (ProjectionStats, null_directions, project
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
 from projected_grpo.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
-PROJECTING_ARMS = ("projected", "random", "shuffled")
+PROJECTING_ARMS = arms.PROJECTING
 
 
 def policy_device(cfg: TrainConfig) -> torch.device:
@@ -107,6 +112,8 @@ class Trainer:
                              workers=cfg.grade_workers or EnvConfig().workers,
                              reward=RewardConfig(cfg.correct_reward, cfg.format_reward))
         # v_hack is loaded (and checked against this model) before anything is generated.
+        self.arm = arms.get(cfg.arm)
+        self.refresh: Refresh | None = None
         self.v_measure, self.v_project = self._load_directions()
         self.v_null = null_directions(self.v_measure, cfg.seed)  # measured only: cos_in_null
         self.rebound_direction = self._rebound_direction() if cfg.arm == "rebound" else None
@@ -129,22 +136,37 @@ class Trainer:
         return split, [by_id[i] for i in split.train], [by_id[i] for i in split.eval]
 
     def _load_directions(self) -> tuple[dict, dict]:
-        """(V measured in every arm, V the arm projects with): the real v_hack for all arms but the
-        controls, which project with a random / label-shuffled V of the same m."""
-        cfg = self.cfg
+        """(V measured in every arm, V the arm projects with). Measured: the real v_hack. Projected
+        (arms.py): the real V; a random / label-shuffled control or the lomo V, each extracted into
+        the run dir with the real V's m; the refresh arm's V_0 (then re-extracted, directions.py);
+        the oracle arm's V of each batch (zero until the first step). Files extracted into the run
+        dir are kept across resumes; all happen here, at δS = 0, before the checkpoint is restored."""
+        cfg, source = self.cfg, self.arm.v_source
         real = Path(cfg.v_hack) if cfg.v_hack else self._extract(self.out / "v_hack.safetensors", "none")
         v_real = self._load_v(real)
-        if cfg.arm not in ("random", "shuffled"):
-            return v_real, v_real
-        return v_real, self._load_v(self._extract(self.out / f"v_hack_{cfg.arm}.safetensors", cfg.arm))
+        if source in arms.CONTROLS:
+            return v_real, self._load_v(self._extract(self.out / f"v_hack_{source}.safetensors", source))
+        if source == "lomo":
+            modes = ",".join(lomo_modes(cfg))
+            return v_real, self._load_v(self._extract(self.out / "v_hack_lomo.safetensors", "none", modes))
+        if source == "refresh":  # V_0: the run's pairs at δS = 0 (the real V itself unless --v-hack)
+            v_0 = v_real if not cfg.v_hack else self._load_v(
+                self._extract(self.out / "v_hack_refresh0.safetensors", "none"))
+            self.refresh = Refresh(self.model, self.tok, self.adapter, cfg, v_0)
+            return v_real, v_0
+        if source == "oracle":
+            return v_real, oracle.zero_directions(v_real)
+        return v_real, v_real
 
-    def _extract(self, path: Path, control: str) -> Path:
-        """Extract V with the run's pairs into `path` (rank 0, once; kept across resumes)."""
+    def _extract(self, path: Path, control: str, modes: str | None = None) -> Path:
+        """Extract V with the run's pairs (`modes`, default --vhack-modes) into `path` (rank 0, once;
+        kept across resumes)."""
         from projected_grpo import vhack
 
         cfg = self.cfg
         if self.rank == 0 and not path.is_file():
-            vhack.extract_to_file(path, self.model, self.tok, self.adapter, cfg.pairs, cfg.vhack_modes,
+            vhack.extract_to_file(path, self.model, self.tok, self.adapter, cfg.pairs,
+                                  cfg.vhack_modes if modes is None else modes,
                                   cfg.vhack_m, control, cfg.seed, progress=self.progress)
         dist.barrier()
         return path
@@ -174,10 +196,13 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _state(self, step: int) -> dict:
-        return {"step": step, "delta_s": {k: p.detach().cpu() for k, p in self.adapter.params().items()},
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                        "python": random.getstate()}}
+        state = {"step": step, "delta_s": {k: p.detach().cpu() for k, p in self.adapter.params().items()},
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                         "python": random.getstate()}}
+        if self.refresh is not None:  # the refresh arm's V in use: a resumed run goes on with it
+            state["v_refresh"] = self.refresh.state()
+        return state
 
     def _restore(self) -> None:
         """Continue from the checkpoint (δS, optimiser, schedule, RNG, step) and drop the log lines of
@@ -195,6 +220,8 @@ class Trainer:
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
             self.start_step = state["step"]
+            if self.refresh is not None:
+                self.refresh.load_state(state["v_refresh"])
         if self.rank == 0:
             for name in (runio.METRICS, runio.SAMPLES, evaluate.EVAL_SAMPLES):
                 runio.truncate_after(self.out / name, self.start_step if state is not None else -1)
@@ -241,7 +268,8 @@ class Trainer:
                   for it, t in zip(items, is_teacher)]
         t2 = time.perf_counter()
         # Reward from the flawed grade only; gt_correct / label are never read below this line
-        # until the metrics are assembled.
+        # until the metrics are assembled, except by the labelled-hack gradient (oracle.py): logged
+        # only (--coverage), projected only in the oracle arm, the declared upper bound.
         rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32).view(-1, G)   # (P_l, G)
         if self.rebound_direction is not None:
             from projected_grpo import rebound
@@ -253,6 +281,15 @@ class Trainer:
             rewards = rebound.modify_rewards(rewards, scores.view(-1, G), cfg.rebound_alpha,
                                              cfg.rebound_form)
         adv = group_advantages(rewards).view(-1).to(self.device)                               # (B,)
+        if self.refresh is not None:
+            self.v_project = self.refresh.at(step)
+        cov = {}
+        if cfg.coverage or self.arm.uses_labels:
+            g_hack, n_hack = oracle.hack_gradient(self.model, self.adapter, cfg, rows, adv, is_teacher,
+                                                  [g.label == oracle.HACK_LABEL for g in grades])
+            cov = {**oracle.coverage(g_hack, self.v_measure, self.v_null), "cov_rows": n_hack}
+            if self.arm.v_source == "oracle":
+                self.v_project = oracle.oracle_directions(g_hack)
         start = {k: p.detach().clone() for k, p in self.adapter.params().items()}
         batch = BatchState()
         for it in range(cfg.num_iterations):  # passes 2.. reuse π_old, weights and π_ref of pass 1
@@ -267,6 +304,9 @@ class Trainer:
         record = self._metrics(step, grades, is_teacher, rewards, adv, rows, loss_sum, kl_sum, stats,
                                real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr)
         record.update(batch.metrics())
+        record.update(cov, uses_labels=self.arm.uses_labels)
+        if self.refresh is not None:
+            record.update(self.refresh.metrics())
         record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
         record["cos_in_null"] = null_stats.cos_in  # a seeded random V of the same m, measured only
         record["sandbox_backend"] = ",".join(sorted({g.backend for g in grades} - {""})) or None  # None: nothing ran
