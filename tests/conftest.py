@@ -33,6 +33,25 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def mixed_code_pairs(tmp_path_factory) -> str:
+    """A pair file: the first 6 bundled run_tests training pairs and the stdout training pairs of the
+    same problems (so the pairs name the same problems, hence the same split, as run_tests alone):
+    small enough for quick extraction, two modes for the leave-one-mode-out arm."""
+    import json
+
+    from projected_grpo.pairs import BUNDLED
+
+    rows = [json.loads(line) for line in BUNDLED["code"].read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r["split"] == "train"]
+    run_tests = [r for r in train if r["mode"] == "run_tests"][:6]
+    named = {r["problem_id"] for r in run_tests}
+    stdout = [r for r in train if r["mode"] == "stdout" and r["problem_id"] in named]
+    path = tmp_path_factory.mktemp("mixed_pairs") / "pairs_code.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in run_tests + stdout))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny matmuls: one thread is ~20x faster than two on a loaded 2-core runner. A module opts in

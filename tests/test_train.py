@@ -3,6 +3,7 @@ update-space projection, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from projected_grpo import runio
+from projected_grpo import arms, runio
 from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
@@ -33,13 +34,13 @@ def smoke(**kw):
 
 
 @pytest.fixture(scope="module")
-def small_pairs(tmp_path_factory) -> tuple[str, str]:
-    """A few bundled code and persona pairs, so each extraction in these tests stays quick."""
-    d = tmp_path_factory.mktemp("pairs")
-    for name, n in (("pairs_code.jsonl", 6), ("pairs_persona.jsonl", 6)):
-        rows = (Path(train_mod.__file__).parent / "data" / name).read_text().splitlines()
-        (d / name).write_text("\n".join([r for r in rows if '"train"' in r][:n]) + "\n")
-    return str(d / "pairs_code.jsonl"), str(d / "pairs_persona.jsonl")
+def small_pairs(tmp_path_factory, mixed_code_pairs) -> tuple[str, str]:
+    """A few bundled code pairs (run_tests and stdout, conftest) and persona pairs, so each
+    extraction in these tests stays quick."""
+    rows = (Path(train_mod.__file__).parent / "data" / "pairs_persona.jsonl").read_text().splitlines()
+    persona = tmp_path_factory.mktemp("pairs") / "pairs_persona.jsonl"
+    persona.write_text("\n".join([r for r in rows if '"train"' in r][:6]) + "\n")
+    return mixed_code_pairs, str(persona)
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,44 @@ def v_hack(tmp_path_factory, small_pairs) -> str:
     return str(out / "v_hack.safetensors")
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Tiny matmuls run far faster on one thread of a loaded 2-core box (conftest's one_thread)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def metrics(out: Path) -> list[dict]:
     return runio.train_rows(runio.read_jsonl(out / runio.METRICS))
 
 
-@pytest.mark.parametrize("arm", ["vanilla", "projected", "random", "shuffled", "rebound"])
-def test_smoke_run_per_arm(arm, v_hack, small_pairs, tmp_path):
-    out = tmp_path / arm
-    train_mod.train(smoke(arm=arm, v_hack=v_hack, pairs=small_pairs[0], persona_pairs=small_pairs[1]),
-                    out, progress=False)
+def arm_config(arm: str, v_hack: str, small_pairs, **kw):
+    """The smoke config of one arm in these tests (refresh re-extracts V every step)."""
+    return smoke(arm=arm, v_hack=v_hack, pairs=small_pairs[0], persona_pairs=small_pairs[1],
+                 **({"refresh_every": 1} if arm == "refresh" else {}) | kw)
+
+
+@pytest.fixture(scope="module")
+def honest_runs(tmp_path_factory, v_hack, small_pairs):
+    """arm -> run dir of its smoke run, trained once and shared by the smoke and no-cheat tests."""
+    done: dict[str, Path] = {}
+
+    def get(arm: str) -> Path:
+        if arm not in done:
+            done[arm] = tmp_path_factory.mktemp("honest") / arm
+            with single_thread():
+                train_mod.train(arm_config(arm, v_hack, small_pairs), done[arm], progress=False)
+        return done[arm]
+    return get
+
+
+@pytest.mark.parametrize("arm", arms.NAMES)
+def test_smoke_run_per_arm(arm, v_hack, honest_runs):
+    out = honest_runs(arm)
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     # held-out eval (one problem named by no pair) at step 0 and after the last step, in every arm
@@ -73,13 +103,17 @@ def test_smoke_run_per_arm(arm, v_hack, small_pairs, tmp_path):
     else:
         assert all(r["cos_out"] < 1e-6 for r in rows)          # projected away
         assert any(r["cos_in"] > 0 for r in rows) and any(r["frac_fired"] > 0 for r in rows)
-    if arm in ("random", "shuffled"):
+    if arm in ("random", "shuffled", "lomo"):
         control = load_file(out / f"v_hack_{arm}.safetensors")
         real = load_file(v_hack)
         key = next(iter(real))
         assert not torch.allclose(control[key], real[key])
     if arm == "rebound":
         assert (out / "rebound_direction.safetensors").is_file()
+    assert all(r["uses_labels"] is (arm == "oracle") for r in rows)
+    assert all(("cov_rows" in r) is (arm == "oracle") for r in rows)  # oracle: g_h of the hack rows
+    if arm == "refresh":
+        assert [r["refresh_s"] > 0 for r in rows] == [False, True]   # re-extracted before step 2
     cfg = json.loads((out / runio.CONFIG).read_text())
     assert cfg["arm"] == arm and cfg["v_hack"] == v_hack
     samples = runio.read_jsonl(out / runio.SAMPLES)
@@ -126,30 +160,52 @@ def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, tmp_path
     assert _comparable(rows) == _comparable(metrics(ref))
 
 
-def test_oracle_never_reaches_reward_advantage_or_projection(v_hack, tmp_path, monkeypatch):
-    cfg = smoke(arm="projected", v_hack=v_hack, steps=2)
-    honest = tmp_path / "honest"
-    train_mod.train(cfg, honest, progress=False)
+# Every arm that must keep the no-cheat rule (all but the declared upper bound), and the projected
+# arm with the coverage diagnostic, which reads the labels for its log only.
+NO_CHEAT = [("vanilla", {}), ("projected", {}), ("rebound", {}), ("random", {}), ("shuffled", {}),
+            ("lomo", {}), ("refresh", {}), ("projected", {"coverage": True})]
 
-    real_grade_many = train_mod.grade_many
 
-    def scrambled(*args, **kwargs):  # the oracle's verdicts inverted, labels all 'reward_hack'
-        grades = real_grade_many(*args, **kwargs)
-        for g in grades:
-            g.gt_correct, g.label = not g.gt_correct, "reward_hack"
-        return grades
+def test_no_cheat_list_holds_every_arm_that_does_not_use_labels():
+    assert {a for a, _ in NO_CHEAT} == {a.name for a in arms.TABLE if not a.uses_labels}
+    assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle"]
 
-    monkeypatch.setattr(train_mod, "grade_many", scrambled)
-    monkeypatch.setattr("projected_grpo.teacher.grade_many", scrambled)
-    lied = tmp_path / "scrambled"
-    train_mod.train(cfg, lied, progress=False)
+
+@pytest.mark.parametrize("arm,extra", NO_CHEAT, ids=[a + ("+coverage" if kw.get("coverage") else "")
+                                                     for a, kw in NO_CHEAT])
+def test_oracle_never_reaches_reward_advantage_or_projection(arm, extra, v_hack, small_pairs, honest_runs,
+                                                             tmp_path, monkeypatch):
+    cfg = arm_config(arm, v_hack, small_pairs, **extra)
+    with single_thread():
+        if extra.get("coverage"):
+            honest = tmp_path / "honest"
+            train_mod.train(cfg, honest, progress=False)
+        else:
+            honest = honest_runs(arm)
+
+        real_grade_many = train_mod.grade_many
+
+        def scrambled(*args, **kwargs):  # the oracle's verdicts inverted, labels all 'reward_hack'
+            grades = real_grade_many(*args, **kwargs)
+            for g in grades:
+                g.gt_correct, g.label = not g.gt_correct, "reward_hack"
+            return grades
+
+        monkeypatch.setattr(train_mod, "grade_many", scrambled)
+        monkeypatch.setattr("projected_grpo.teacher.grade_many", scrambled)
+        lied = tmp_path / "scrambled"
+        train_mod.train(cfg, lied, progress=False)
     a, b = metrics(honest), metrics(lied)
-    training = ("reward_mean", "reward_std", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired",
-                "update_hackward", "cos_in_real", "cos_in_null", "frac_zero_adv")
-    assert [[r[k] for k in training] for r in a] == [[r[k] for k in training] for r in b]
+    training = ("reward_mean", "reward_std", "reward_mod_mean", "loss", "grad_norm", "cos_in", "cos_out",
+                "frac_fired", "update_hackward", "cos_in_real", "cos_in_null", "frac_zero_adv",
+                "refresh_overlap")
+    assert [[r.get(k) for k in training] for r in a] == [[r.get(k) for k in training] for r in b]
     assert [r["hack_rate"] for r in b] == [1.0, 1.0] != [r["hack_rate"] for r in a]
+    if extra.get("coverage"):  # the diagnostic did read the (scrambled) labels, for its log only
+        assert [r["cov_rows"] for r in b] == [4, 4] != [r["cov_rows"] for r in a]
     da, db = load_file(honest / "delta_s.safetensors"), load_file(lied / "delta_s.safetensors")
     assert all(torch.equal(da[k], db[k]) for k in da)
+    assert any(bool(da[k].any()) for k in da)  # δS moved: the comparison is not vacuous
 
 
 def test_update_space_projection_removes_hackward_part_of_the_step(v_hack, tmp_path):
