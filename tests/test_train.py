@@ -106,8 +106,8 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
     if arm in ("random", "shuffled", "lomo"):
         control = load_file(out / f"v_hack_{arm}.safetensors")
         real = load_file(v_hack)
-        key = next(iter(real))
-        assert not torch.allclose(control[key], real[key])
+        # not the real V (shuffled, m > 1: the same span, rows flipped in some modules; vhack.py)
+        assert not all(torch.allclose(control[k], real[k]) for k in real)
     if arm == "rebound":
         assert (out / "rebound_direction.safetensors").is_file()
     assert all(r["uses_labels"] is (arm == "oracle") for r in rows)
