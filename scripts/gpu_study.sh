@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The study on the lent GPU machine, in steps that fit its calls (see docs/results/qwen05_study/README.md).
 #   bash scripts/gpu_study.sh piece            move the carried models/pieces/piece_* to /root/m (one per call)
-#   bash scripts/gpu_study.sh setup            wheels -> /tmp/site; join + sha-check the GGUF; save it as a
+#   bash scripts/gpu_study.sh setup            wheels -> /tmp/site; bwrap from .debs -> /tmp/bwrap; join +
+#                                              sha-check the GGUF; save it as a
 #                                              bf16 transformers dir /root/qwen05 (loads in seconds)
 #   bash scripts/gpu_study.sh restore TAR      unpack run dirs brought back earlier into /root/study
 #   bash scripts/gpu_study.sh launch ARGS...   `pgrpo sweep ARGS` detached (setsid), log /root/study.log
 #   bash scripts/gpu_study.sh collect [SAMPLES_GLOB]
 #                                              tar the study dir (no samples.jsonl except SAMPLES_GLOB's runs)
-#                                              into $OUT/study.tar.gz, plus the log's tail
+#                                              into $OUT/study.tar.gz.NN (15 MiB pieces: cat them), plus logs
 set -euo pipefail
 SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 STUDY=${STUDY:-/root/study}
-env_on() { export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH; }
+env_on() { export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PATH=/tmp/bwrap/bin:/tmp/site/bin:$PATH; }
 case "${1:-}" in
   piece)
     mkdir -p /root/m && mv -f models/pieces/piece_* /root/m/ && ls -la /root/m ;;
@@ -22,6 +23,9 @@ case "${1:-}" in
     echo "$SHA  /root/m/qwen05.gguf" | sha256sum -c -
     python3 -c "from projected_grpo.models import load_model; m,t=load_model('/root/m/qwen05.gguf','bfloat16'); \
 m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
+    # bubblewrap for the grader, from the .debs scripts/fetch_bwrap.sh brought (else the rlimit fallback)
+    if ls .debs/*.deb >/dev/null 2>&1; then bash scripts/install_bwrap_local.sh /tmp/bwrap || \
+      echo "bwrap install failed: the grader will use its rlimit fallback (the report names the backend)"; fi
     nvidia-smi --query-gpu=name,memory.total --format=csv ;;
   restore)
     mkdir -p "$STUDY" && tar -xzf "$2" -C "$STUDY" && ls "$STUDY" ;;
@@ -32,7 +36,9 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
   collect)
     keep=${2:-none}
     (cd "$STUDY" && find . -name samples.jsonl ! -path "./$keep/*" > /tmp/skip && \
-     tar -czf "$OUT/study.tar.gz" -X /tmp/skip .)
+     tar -czf /tmp/study.tar.gz -X /tmp/skip --exclude='logs/*.log' . ; \
+     split -b 15M -d /tmp/study.tar.gz "$OUT/study.tar.gz.")     # <= 8 files of 15 MiB come back
+    tar -czf "$OUT/logs.tar.gz" -C "$STUDY" logs
     tail -n 60 /root/study.log > "$OUT/study_log_tail.txt" || true
     ls -la "$OUT"; tail -n 25 /root/study.log ;;
   *) echo "usage: $0 piece|setup|restore TAR|launch ARGS|collect [GLOB]" >&2; exit 2 ;;
