@@ -107,7 +107,7 @@ def test_write_report_files(sweep_dir: Path):
     assert "| rebound | 41 | rebound_s41 | unfinished | 2 / 6 |" in text
     assert "| rebound | 42 | rebound_s42 | missing | — |" in text
     assert "last 3 steps" in text and "preset: smoke" in text
-    for name in ("hack_rate.png", "pass_rate.png", "cosine.png"):
+    for name in ("hack_rate.png", "pass_rate.png", "cosine.png", "eval_curves.png"):
         png = sweep_dir / name
         assert png.is_file() and png.stat().st_size > 1000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -50,17 +50,19 @@ def test_sweep_skips_resumes_and_starts(plan, monkeypatch):
     with pytest.raises(Crash):
         sweep(plan, base, progress=False)
     out = Path(plan.out)
-    assert [c[:3] for c in calls] == [("vanilla", 41, False), ("vanilla", 42, False), ("projected", 41, False)]
+    # seed-major: every arm's first seed, then the second
+    assert [c[:3] for c in calls] == [("vanilla", 41, False), ("projected", 41, False)]
     assert run_state(out / "vanilla_s41", 3) == "finished"
     assert run_state(out / "projected_s41", 3) == "unfinished"
+    assert run_state(out / "vanilla_s42", 3) == "missing"
     assert run_state(out / "projected_s42", 3) == "missing"
     assert json.loads((out / "sweep.json").read_text())["v_hack"] == plan.v_hack
 
     calls.clear()
     done = sweep(plan, base, progress=False)
-    assert done == {"vanilla_s41": "skipped", "vanilla_s42": "skipped", "projected_s41": "resumed",
+    assert done == {"vanilla_s41": "skipped", "vanilla_s42": "started", "projected_s41": "resumed",
                     "projected_s42": "started"}
-    assert [c[:3] for c in calls] == [("projected", 41, True), ("projected", 42, False)]
+    assert [c[:3] for c in calls] == [("projected", 41, True), ("vanilla", 42, False), ("projected", 42, False)]
     for name in done:
         cfg = json.loads((out / name / "config.json").read_text())
         assert cfg["v_hack"] == str(Path(plan.v_hack).resolve())
@@ -320,3 +322,16 @@ def test_runs_are_queued_seed_major_and_seeds_for_gives_an_arm_its_own_seeds(tmp
     names = [s.name for s in plan_runs(plan, preset("smoke"))]
     assert names == ["vanilla_s1", "projected_update_s1", "random_s1",
                      "vanilla_s2", "projected_update_s2", "random_s2", "vanilla_s3"]
+
+
+def test_children_share_the_cores_instead_of_each_taking_all(monkeypatch):
+    """12 runs at once on 64 cores get 5 threads each (unset, every child's torch took all 64 and a
+    V re-extraction went from ~30 s to ~400 s); a user's OMP_NUM_THREADS wins."""
+    from projected_grpo import sweep_pool
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep_pool.os, "cpu_count", lambda: 64)
+    assert sweep_pool.child_threads(12) == "5"
+    assert sweep_pool.child_threads(128) == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert sweep_pool.child_threads(12) == "3"

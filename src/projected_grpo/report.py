@@ -268,7 +268,9 @@ def _by_step(rows_per_run: list[list[dict]], key: str) -> tuple[list[int], list[
     return xs, means, sems
 
 
-def plot(root: Path, runs: list[Run]) -> list[Path]:
+def plot(root: Path, runs: list[Run], note: str = "") -> list[Path]:
+    """hack_rate.png, pass_rate.png, cosine.png and eval_curves.png; `note` (e.g. the card) goes
+    under every title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +278,9 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
 
     finished = [r for r in runs if r.status == "finished"]
     arms = sorted({r.arm for r in finished}, key=_arm_sort)
-    colors = {a: plt.get_cmap("tab10")(i) for i, a in enumerate(ARM_ORDER)}
+    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    colors = {a: cmap(i) for i, a in enumerate(arms)}                  # one colour per arm shown
+    sub = f"\n{note}" if note else ""
     last = max((r.done for r in finished), default=1)
     nudge = {a: 0.008 * last * (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}  # eval markers apart
     written = []
@@ -294,7 +298,7 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
             if xs:
                 ax.errorbar([x + nudge[arm] for x in xs], m, yerr=s, fmt="o", ms=6, mfc="white", capsize=3, color=c,
                             label=f"{arms_mod.label(arm)} held-out eval")
-        ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± sem over seeds (o = held-out eval)",
+        ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± sem over seeds (o = held-out eval){sub}",
                ylim=(-0.02, 1.02))
         written.append(_save(fig, ax, root / f"{key}.png", plt))
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -304,9 +308,44 @@ def plot(root: Path, runs: list[Run]) -> list[Path]:
             xs, m, _ = _by_step(mine, key)
             if xs:
                 ax.plot(xs, m, style, color=colors.get(arm), label=f"{arms_mod.label(arm)} {key}")
-    ax.set(xlabel="step", ylabel="‖relu(V g)‖ / ‖g‖", title="Gradient alignment with V (mean over seeds)")
+    ax.set(xlabel="step", ylabel="‖relu(V g)‖ / ‖g‖", title=f"Gradient alignment with V (mean over seeds){sub}")
     written.append(_save(fig, ax, root / "cosine.png", plt))
+    written.append(_eval_panels(root, finished, arms, colors, sub, plt))
     return written
+
+
+def _eval_panels(root: Path, finished: list[Run], arms: list[str], colors: dict, sub: str, plt) -> Path:
+    """eval_curves.png: one panel per arm, the held-out eval hack rate of each seed (thin) and their
+    mean (thick), with the mean eval format rate (dashed): a hack rate that falls with the format
+    rate is a policy that stopped writing code, not one that stopped hacking."""
+    cols = min(5, max(1, len(arms)))
+    rows = max(1, -(-len(arms) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.6 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, arm in zip(axes.flat, arms):
+        mine = [r for r in finished if r.arm == arm and r.evals]
+        for r in mine:
+            ax.plot([e["step"] for e in r.evals], [e.get("eval_hack_rate") for e in r.evals],
+                    color=colors[arm], alpha=0.35, linewidth=1)
+        for key, style in (("eval_hack_rate", "-"), ("eval_format_rate", "--")):
+            xs, m, _ = _by_step([r.evals for r in mine], key)
+            if xs:
+                ax.plot(xs, m, style, color="black" if style == "--" else colors[arm], linewidth=2,
+                        label="mean hack" if style == "-" else "mean format")
+        ax.set_title(f"{arms_mod.label(arm)} (n={len(mine)})", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(arms):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Held-out eval hack rate per seed (thin), mean (thick), mean format rate (dashed){sub}",
+                 fontsize=9)
+    fig.supxlabel("step", fontsize=8)
+    fig.tight_layout()
+    path = root / "eval_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _save(fig, ax, path: Path, plt) -> Path:
@@ -322,13 +361,14 @@ def _save(fig, ax, path: Path, plt) -> Path:
 
 
 # ---- entry point ----------------------------------------------------------------------------
-def write_report(root: str | Path, last_k: int = 5) -> Path:
-    """Write results.md, summary.json and the three plots into root; returns results.md's path."""
+def write_report(root: str | Path, last_k: int = 5, note: str = "") -> Path:
+    """Write results.md, summary.json and the plots into root (`note`, e.g. the card, under each
+    plot's title); returns results.md's path."""
     from projected_grpo.report_md import markdown
 
     root = Path(root)
     summary, runs = _summarise(root, last_k)
-    plot(root, runs)
+    plot(root, runs, note)
     runio.write_atomic(root / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     out = root / "results.md"
     runio.write_atomic(out, markdown(summary).encode())
@@ -336,9 +376,10 @@ def write_report(root: str | Path, last_k: int = 5) -> Path:
 
 
 def _cmd_report(args) -> int:
-    out = write_report(args.dir, args.last_k)
+    out = write_report(args.dir, args.last_k, args.note)
     print(out.read_text())
-    print(f"wrote {out}, {out.parent / 'summary.json'} and hack_rate.png, pass_rate.png, cosine.png "
+    print(f"wrote {out}, {out.parent / 'summary.json'} and hack_rate.png, pass_rate.png, cosine.png, "
+          f"eval_curves.png "
           f"in {out.parent}")
     return 0
 
@@ -347,4 +388,5 @@ def add_commands(sub) -> None:
     p = sub.add_parser("report", help="results.md + plots for a directory of runs")
     p.add_argument("dir", help="directory holding the run dirs (and sweep.json)")
     p.add_argument("--last-k", type=int, default=5, help="steps at the end of each run to average")
+    p.add_argument("--note", default="", help="a line under every plot's title, e.g. the GPU the runs used")
     p.set_defaults(func=_cmd_report)

@@ -176,7 +176,9 @@ def markdown(summary: dict) -> str:
     else:
         lines.append("None: every listed run finished.")
     lines += ["", "Plots: `hack_rate.png`, `pass_rate.png` (training mean ± sem band over seeds; eval "
-              "rates as markers with ± sem bars), `cosine.png` (cos_in solid, cos_out dashed).", ""]
+              "rates as markers with ± sem bars), `cosine.png` (cos_in solid, cos_out dashed), "
+              "`eval_curves.png` (per arm: each seed's held-out eval hack rate, their mean, and the mean "
+              "eval format rate dashed).", ""]
     return "\n".join(lines)
 
 

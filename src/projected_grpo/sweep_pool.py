@@ -125,7 +125,7 @@ def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempt
             while queue and (gpu := _free_gpu(running, gpus, per_gpu)) is not None:
                 spec = queue.pop(0)
                 with signals_held():
-                    running.append(_start(spec, gpu, logs))
+                    running.append(_start(spec, gpu, logs, child_threads(len(gpus) * per_gpu)))
                 print(f"[start]  {spec.name} on GPU {gpu} ({result[spec.name]}, attempt "
                       f"{running[-1].failures + 1} of {max_attempts}) {tally()}", flush=True)
             for child in [c for c in running if c.proc.poll() is not None]:
@@ -165,16 +165,27 @@ def _free_gpu(running: list[Child], gpus: list[str], per_gpu: int) -> str | None
     return gpu if load[gpu] < per_gpu else None
 
 
-def _start(spec, gpu: str, logs: Path) -> Child:
-    """Write the run's planned config and start its worker on `gpu`."""
+def child_threads(slots: int) -> str:
+    """CPU threads per child: this machine's cores shared by the runs that go at once. Unset, each
+    child's torch takes every core, and 12 runs on 64 cores spent ~400 s on one V re-extraction
+    that took ~30 s alone (the study's refresh arm, docs/results/qwen05_study). An OMP_NUM_THREADS
+    the user set wins."""
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, slots)))
+
+
+def _start(spec, gpu: str, logs: Path, threads: str = "") -> Child:
+    """Write the run's planned config and start its worker on `gpu` (with `threads` CPU threads)."""
     run_json, log, status = logs / f"{spec.name}.run.json", logs / f"{spec.name}.log", logs / f"{spec.name}.json"
     runio.write_atomic(run_json, json.dumps({"config": asdict(spec.cfg), "run_dir": str(spec.run_dir)},
                                             indent=1).encode())
     failures = read_status(status).get("failures", 0)
     with open(log, "a") as f:
         f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {failures + 1}, GPU {gpu}\n")
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, PYTHONUNBUFFERED="1",
+               **({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if threads else {}))
     with open(log, "ab") as f:
+        f.write(f"worker threads: OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(unset)')}\n".encode())
+        f.flush()
         proc = subprocess.Popen([sys.executable, "-m", "projected_grpo.sweep_worker", "run", str(run_json)],
                                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
