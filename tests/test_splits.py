@@ -161,7 +161,8 @@ def test_sweep_writes_one_split_file_every_run_reads(tmp_path, monkeypatch, pair
     for seed, split in seen:   # every run: the sweep's eval set, its own seed's walk over the same train set
         assert split.eval == shared["eval"] and sorted(split.train) == sorted(shared["train"])
         assert split.source == str((out / experiments.SPLIT).resolve())
-    assert seen[0][1].train != seen[1][1].train                 # seeds 1 and 2 walk in different orders
+    walk = {seed: split.train for seed, split in seen}
+    assert walk[1] != walk[2]                                   # seeds 1 and 2 walk in different orders
     for name in ("vanilla_s1", "projected_s2"):
         assert json.loads((out / name / runio.CONFIG).read_text())["split_file"] == str(
             (out / experiments.SPLIT).resolve())
