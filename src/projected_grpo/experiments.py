@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from projected_grpo import runio
-from projected_grpo.config import PRESETS, TrainConfig, add_config_flags, config_from_args, preset
+from projected_grpo.config import PRESETS, TrainConfig, add_config_flags, config_from_args, explicit_flags, preset
 from projected_grpo.errors import UserError
 from projected_grpo.report import window_mean, write_report
-from projected_grpo.sweep import V_HACK, SweepPlan, ensure_run, overrides_of, prepare_v_hack, sweep
+from projected_grpo.sweep import V_HACK, SweepPlan, ensure_run, prepare_v_hack, sweep
 from projected_grpo.sweep import SPLIT, run_state  # noqa: F401  (re-exported: older imports name them here)
 from projected_grpo.sweep import add_command as add_sweep_command
 
@@ -152,7 +152,7 @@ def _cmd_demo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     v_path = (out / V_HACK).resolve()
-    given = overrides_of(args)
+    given = explicit_flags(args)
     print(f"demo: smoke preset on {base.model} ({base.device}), {base.steps} steps, arms "
           f"{', '.join(DEMO_ARMS)}, seed {', '.join(map(str, DEMO_SEEDS))}"
           + (f"; overrides {given}" if given else ""))

@@ -30,11 +30,11 @@ import subprocess
 import sys
 import time
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from projected_grpo import runio
-from projected_grpo.config import (ARMS, PRESETS, TrainConfig, add_config_flags, config_from_args,
+from projected_grpo.config import (ARMS, PRESETS, TrainConfig, add_config_flags, config_from_args, explicit_flags,
                                    parse_bool, preset)
 from projected_grpo.errors import UserError
 
@@ -334,7 +334,7 @@ def _cmd_sweep(args) -> int:
     if args.gpus < 0 or args.runs_per_gpu < 1 or args.max_attempts < 1:
         raise UserError("--gpus must be >= 0, --runs-per-gpu and --max-attempts >= 1")
     plan = SweepPlan(preset=args.preset, arms=arms,
-                     seeds=parse_list(args.seeds, int, "seeds"), overrides=overrides_of(args),
+                     seeds=parse_list(args.seeds, int, "seeds"), overrides=explicit_flags(args),
                      v_hack=str(Path(base.v_hack).resolve() if base.v_hack else (out / V_HACK).resolve()),
                      out=str(out), variants=variants, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
                      max_attempts=args.max_attempts, seeds_for=seeds_for)
@@ -348,9 +348,6 @@ def _cmd_sweep(args) -> int:
     return 1 if bad else 0
 
 
-def overrides_of(args: argparse.Namespace) -> dict:
-    """Config fields given explicitly on the command line."""
-    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
 
 
 def add_command(sub) -> None:
