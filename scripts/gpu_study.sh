@@ -8,7 +8,11 @@
 #   bash scripts/gpu_study.sh launch ARGS...   `pgrpo sweep ARGS` detached (setsid), log /root/study.log
 #   bash scripts/gpu_study.sh collect [SAMPLES_GLOB]
 #                                              tar the study dir (no samples.jsonl except SAMPLES_GLOB's runs)
-#                                              into $OUT/study.tar.gz.NN (15 MiB pieces: cat them), plus logs
+#                                              into $OUT/study.tar.gz.NN (15 MiB pieces: cat them), plus logs.
+#                                              The sweep's V files come too: a resumed run must project with
+#                                              the V it started with, not a re-extraction.
+#   At most 8 files of 16 MiB come back per call (~64 MiB in all): collect prints the pieces; fetch the
+#   rest with `cp /tmp/study.tar.gz.NN $OUT/` in the next call.
 set -euo pipefail
 SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 STUDY=${STUDY:-/root/study}
@@ -37,7 +41,8 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
     keep=${2:-none}
     (cd "$STUDY" && find . -name samples.jsonl ! -path "./$keep/*" > /tmp/skip && \
      tar -czf /tmp/study.tar.gz -X /tmp/skip --exclude='logs/*.log' . ; \
-     split -b 15M -d /tmp/study.tar.gz "$OUT/study.tar.gz.")     # <= 8 files of 15 MiB come back
+     rm -f /tmp/study.tar.gz.?? && split -b 15M -d /tmp/study.tar.gz /tmp/study.tar.gz. && \
+     ls /tmp/study.tar.gz.?? | head -n 3 | xargs -I{} cp {} "$OUT/" && echo "pieces: $(ls /tmp/study.tar.gz.??)")
     tar -czf "$OUT/logs.tar.gz" -C "$STUDY" logs
     tail -n 60 /root/study.log > "$OUT/study_log_tail.txt" || true
     ls -la "$OUT"; tail -n 25 /root/study.log ;;
