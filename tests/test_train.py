@@ -253,3 +253,30 @@ def test_bad_input_stops_with_a_message_naming_it(v_hack, tmp_path, capsys):
     train_mod.train(smoke(v_hack=v_hack, steps=1), first, progress=False)
     with pytest.raises(UserError, match="already holds a run"):
         train_mod.train(smoke(v_hack=v_hack, steps=1), first, progress=False)
+
+
+def test_resume_refuses_a_v_file_that_changed_since_the_run_started(v_hack, tmp_path):
+    """A resumed run must project with the V it started with: a V file re-extracted or replaced in
+    between (a sweep dir restored without its V files re-extracts them) is refused, naming the run;
+    with the original file back the resume goes on."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    v_file = tmp_path / "v_hack.safetensors"
+    v_file.write_bytes(Path(v_hack).read_bytes())
+    cfg = smoke(arm="projected", v_hack=str(v_file), steps=2)
+    out = tmp_path / "run"
+    train_mod.Trainer(cfg, out, progress=False).run(until=1)
+    original = v_file.read_bytes()
+    with safe_open(str(v_file), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    k0 = sorted(tensors)[0]
+    tensors[k0][0] = -tensors[k0][0]                  # one direction's sign flipped: another V
+    save_file(tensors, str(v_file), metadata=meta)
+    with pytest.raises(UserError, match=r"run.*V differs from the one this run started with"):
+        train_mod.train(cfg, out, resume=True, progress=False)
+    assert len(metrics(out)) == 1                                # nothing was logged by the refusal
+    v_file.write_bytes(original)
+    train_mod.train(cfg, out, resume=True, progress=False)
+    assert [r["step"] for r in metrics(out)] == [1, 2]

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from projected_grpo import arms, dist, evaluate, oracle, runio, splits, trackers
-from projected_grpo.adapter import AdapterConfig, attach
+from projected_grpo.adapter import AdapterConfig, attach, tensor_hash
 from projected_grpo.config import TrainConfig
 from projected_grpo.directions import Refresh, lomo_modes
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
@@ -115,6 +115,7 @@ class Trainer:
         self.arm = arms.get(cfg.arm)
         self.refresh: Refresh | None = None
         self.v_measure, self.v_project = self._load_directions()
+        self.v_sha256 = {"measured": _v_hash(self.v_measure), "projected": _v_hash(self.v_project)}
         self.v_null = null_directions(self.v_measure, cfg.seed)  # measured only: cos_in_null
         self.rebound_direction = self._rebound_direction() if cfg.arm == "rebound" else None
         self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env,
@@ -202,6 +203,7 @@ class Trainer:
                          "python": random.getstate()}}
         if self.refresh is not None:  # the refresh arm's V in use: a resumed run goes on with it
             state["v_refresh"] = self.refresh.state()
+        state["v_sha256"] = self.v_sha256  # the V files it started with: a resume must load the same
         return state
 
     def _restore(self) -> None:
@@ -211,6 +213,13 @@ class Trainer:
         twice."""
         state = runio.load_checkpoint(self.out)
         if state is not None:
+            for which, sha in state.get("v_sha256", {}).items():   # absent in checkpoints before it
+                if sha != self.v_sha256[which]:
+                    raise UserError(
+                        f"{self.out}: the {which} V differs from the one this run started with (sha256 "
+                        f"{sha[:12]} then, {self.v_sha256[which][:12]} now): its V file was re-extracted or "
+                        "replaced since. Put the original V file back (--v-hack, or v_hack*.safetensors in "
+                        "the run or sweep dir) or start the run afresh")
             with torch.no_grad():
                 for k, p in self.adapter.params().items():
                     p.copy_(state["delta_s"][k])
@@ -424,6 +433,11 @@ class Trainer:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
             self.tracker.eval(row)
+
+
+def _v_hash(v: dict[str, torch.Tensor]) -> str:
+    """sha256 of a V (its modules in sorted order)."""
+    return tensor_hash(*(v[k] for k in sorted(v)))
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
