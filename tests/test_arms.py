@@ -240,5 +240,5 @@ def test_the_oracle_arm_is_declared_an_upper_bound_wherever_it_is_named():
     assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle"]
     lines = arm_lines({"vanilla": {}, "oracle": {}})
     assert any(line.startswith("- oracle (upper bound: uses labels): UPPER BOUND") for line in lines)
-    from projected_grpo.config import _doc
-    assert "UPPER BOUND" in _doc("arm")
+    from projected_grpo.config import field_help
+    assert "UPPER BOUND" in field_help("arm")
