@@ -46,7 +46,7 @@ def without(rows: list[dict], keys) -> list[dict]:
 def v_hack(tmp_path_factory, mixed_code_pairs) -> str:
     """The real V (m = 2) from all the test pairs (run_tests and stdout)."""
     path = tmp_path_factory.mktemp("v") / "v.safetensors"
-    assert main(["extract", "--out", str(path), "--m", "2", "--pairs", mixed_code_pairs]) == 0
+    assert main(["extract", "--out", str(path), "--vhack-m", "2", "--pairs", mixed_code_pairs]) == 0
     return str(path)
 
 
@@ -59,8 +59,8 @@ def test_lomo_v_is_extracted_without_the_runs_mode(v_hack, mixed_code_pairs, tmp
     assert json.loads(meta["modes"]) == ["stdout"] and meta["n_train"] == "3" and meta["m"] == "2"
     # the same V as an extraction from the stdout pairs alone, and not the real (all-mode) V
     alone = tmp_path / "stdout_only.safetensors"
-    assert main(["extract", "--out", str(alone), "--m", "2", "--pairs", mixed_code_pairs,
-                 "--modes", "stdout"]) == 0
+    assert main(["extract", "--out", str(alone), "--vhack-m", "2", "--pairs", mixed_code_pairs,
+                 "--vhack-modes", "stdout"]) == 0
     lomo, ref, real = load_file(path), load_file(alone), load_file(v_hack)
     assert all(torch.equal(lomo[k], ref[k]) for k in lomo)
     assert not any(torch.allclose(lomo[k], real[k]) for k in lomo)

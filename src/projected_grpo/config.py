@@ -1,7 +1,7 @@
 """Typed run configuration, presets, and the bridge from command-line flags (every field is a `--flag`,
 built by cli/flags.py from the fields: type, `--help` text and allowed values).
 
-A field is declared with `opt(default, help)`: the help is the field's one line of doc. A field whose
+A field is declared with `opt(default, doc)`: `doc` is its one line of doc and its flag's `--help`. A field whose
 values form a closed set says so once: a `Literal[...]` type, or `choices=` naming the table that
 holds them (the arms table, the loophole modes). `allowed_values` reads either; `check_value` refuses
 anything else, for flags, `validate` and `from_dict` alike.
@@ -239,6 +239,9 @@ def _is_json_of(kind: type, value: Any) -> bool:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+if any("help" not in f.metadata for f in _FIELDS.values()):  # a field declared without its doc
+    raise TypeError("declare every TrainConfig field as name: type = opt(default, doc); these are not: "
+                    + ", ".join(n for n, f in _FIELDS.items() if "help" not in f.metadata))
 CONFIG_FIELDS = tuple(_FIELDS)  # every field, in declaration order
 _HINTS = typing.get_type_hints(TrainConfig)  # field name -> type (the annotations are strings until resolved)
 

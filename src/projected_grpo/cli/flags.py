@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import typing
 from dataclasses import fields
-from typing import Callable, Literal
+from typing import Callable
 
 from projected_grpo.config import PRESETS, TrainConfig, allowed_values, check_value, field_help, parse_bool
 from projected_grpo.errors import UserError
@@ -27,15 +27,16 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             parser.add_argument(flag, type=closed_flag(f.name), choices=allowed, default=None,
                                 help=field_help(f.name))
         else:
-            assert typing.get_origin(kind) is not Literal
             parser.add_argument(flag, type=kind, default=None, help=field_help(f.name))
 
 
 def add_preset_flag(parser: argparse.ArgumentParser, default: str | None = "smoke", extra: str = "") -> None:
+    """--preset NAME: the config the field flags are laid over."""
     parser.add_argument("--preset", default=default, help=f"one of {', '.join(PRESETS)}{extra}")
 
 
 def bool_flag(text: str) -> bool:
+    """argparse `type` of a bool field: true/false, 1/0, yes/no, on/off."""
     try:
         return parse_bool(text)
     except ValueError as err:
