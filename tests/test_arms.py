@@ -46,7 +46,7 @@ def without(rows: list[dict], keys) -> list[dict]:
 def v_hack(tmp_path_factory, mixed_code_pairs) -> str:
     """The real V (m = 2) from all the test pairs (run_tests and stdout)."""
     path = tmp_path_factory.mktemp("v") / "v.safetensors"
-    assert main(["extract", "--out", str(path), "--m", "2", "--pairs", mixed_code_pairs]) == 0
+    assert main(["extract", "--out", str(path), "--vhack-m", "2", "--pairs", mixed_code_pairs]) == 0
     return str(path)
 
 
@@ -59,8 +59,8 @@ def test_lomo_v_is_extracted_without_the_runs_mode(v_hack, mixed_code_pairs, tmp
     assert json.loads(meta["modes"]) == ["stdout"] and meta["n_train"] == "3" and meta["m"] == "2"
     # the same V as an extraction from the stdout pairs alone, and not the real (all-mode) V
     alone = tmp_path / "stdout_only.safetensors"
-    assert main(["extract", "--out", str(alone), "--m", "2", "--pairs", mixed_code_pairs,
-                 "--modes", "stdout"]) == 0
+    assert main(["extract", "--out", str(alone), "--vhack-m", "2", "--pairs", mixed_code_pairs,
+                 "--vhack-modes", "stdout"]) == 0
     lomo, ref, real = load_file(path), load_file(alone), load_file(v_hack)
     assert all(torch.equal(lomo[k], ref[k]) for k in lomo)
     assert not any(torch.allclose(lomo[k], real[k]) for k in lomo)
@@ -240,5 +240,5 @@ def test_the_oracle_arm_is_declared_an_upper_bound_wherever_it_is_named():
     assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle"]
     lines = arm_lines({"vanilla": {}, "oracle": {}})
     assert any(line.startswith("- oracle (upper bound: uses labels): UPPER BOUND") for line in lines)
-    from projected_grpo.config import _doc
-    assert "UPPER BOUND" in _doc("arm")
+    from projected_grpo.config import field_help
+    assert "UPPER BOUND" in field_help("arm")

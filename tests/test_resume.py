@@ -41,7 +41,7 @@ def small_pairs(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def v_hack(tmp_path_factory, small_pairs) -> str:
     path = tmp_path_factory.mktemp("v") / "v.safetensors"
-    assert main(["extract", "--out", str(path), "--m", "2", "--pairs", small_pairs]) == 0
+    assert main(["extract", "--out", str(path), "--vhack-m", "2", "--pairs", small_pairs]) == 0
     return str(path)
 
 

@@ -247,8 +247,8 @@ def test_verification_stats_pass_and_fail_logic():
 
 def test_cli_extract_then_verify(tmp_path, pair_file, capsys):
     out = tmp_path / "v.safetensors"
-    assert main(["extract", "--pairs", str(pair_file), "--out", str(out), "--m", "4",
-                 "--batch-size", "6", "--modes", "run_tests"]) == 0
+    assert main(["extract", "--pairs", str(pair_file), "--out", str(out), "--vhack-m", "4",
+                 "--batch-size", "6", "--vhack-modes", "run_tests"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(last) == {"modules", "scalars", "m", "zero_norm_modules", "pairs", "seconds"}
     assert (last["modules"], last["scalars"], last["m"], last["pairs"]) == (28, 3072, 4, 6)

@@ -323,7 +323,7 @@ def attach(model: nn.Module, model_id: str, cfg: AdapterConfig | None = None) ->
     return DeltaSAdapter(model, model_id, cfg)
 
 
-# ---- CLI: pgrpo adapter-check ---------------------------------------------------------------
+# ---- pgrpo adapter-check -------------------------------------------------------------------
 def adapter_check(model_name: str, dtype: str, device: str = "cpu", cfg: AdapterConfig | None = None) -> dict:
     """Identity at δS = 0, exact reference context, and a bitwise merge round trip."""
     from projected_grpo.models import chat_text, load_model
@@ -349,24 +349,3 @@ def adapter_check(model_name: str, dtype: str, device: str = "cpu", cfg: Adapter
     return {"modules": len(adapter.modules), "scalars": adapter.n_scalars, "max_abs_diff": max_abs_diff,
             "merge_roundtrip_exact": roundtrip, "reference_exact": ref_exact,
             "merged_vs_hook_max_abs": (merged_logits.float() - hook_logits.float()).abs().max().item()}
-
-
-def _cmd_adapter_check(args) -> int:
-    result = adapter_check(args.model, args.dtype, args.device,
-                           AdapterConfig(targets=tuple(args.targets.split(","))))
-    print(f"{result['modules']} modules, {result['scalars']} δS scalars, dtype {args.dtype}")
-    print(f"identity at δS=0: max |Δlogit| = {result['max_abs_diff']}; reference exact: "
-          f"{result['reference_exact']}; merge round trip exact: {result['merge_roundtrip_exact']}; "
-          f"merged vs hook logits: {result['merged_vs_hook_max_abs']:.3g}")
-    print(json.dumps({k: result[k] for k in ("modules", "scalars", "max_abs_diff", "merge_roundtrip_exact")}))
-    ok = result["max_abs_diff"] == 0 and result["merge_roundtrip_exact"] and result["reference_exact"]
-    return 0 if ok else 1
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("adapter-check", help="check the δS adapter is exact on a model")
-    p.add_argument("--model", default="tiny-qwen3", help="embedded name, random:SHAPE, hub id, local dir or .gguf")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated module names")
-    p.set_defaults(func=_cmd_adapter_check)

@@ -25,10 +25,8 @@ import torch
 from projected_grpo import evaluate
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import EnvConfig
-from projected_grpo.env.problems import load_problems
 from projected_grpo.env.prompts import HINTS, check_mode
 from projected_grpo.errors import UserError
-from projected_grpo.models import load_model
 from projected_grpo.runio import write_atomic
 
 RATES, TABLE, SAMPLES = "baseline.jsonl", "baseline.md", "samples.jsonl"
@@ -90,50 +88,11 @@ def table(rows: list[dict], model: str, problems: str) -> str:
                           f"{pct(r['pass_rate'])} | {pct(r['format_rate'])} | {r['n']} |\n" for r in rows)
 
 
-def _cmd_baseline(args) -> int:
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out} already exists and is not empty; choose a new directory")
-    check_mode(args.mode)
-    hints = parse_hints(args.hint, args.mode)
-    if args.n_samples < 1 or args.max_new_tokens < 1 or args.batch < 1:
-        raise UserError("--n-samples, --max-new-tokens and --batch must be >= 1")
-    if args.temperature < 0 or (args.temperature == 0 and args.n_samples > 1):
-        raise UserError("--temperature must be >= 0, and 0 (greedy) only with --n-samples 1")
-    problems = load_problems(args.problems)[: args.limit or None]
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(args.model, args.dtype, device, args.enable_thinking)
-    env = EnvConfig(mode=args.mode, timeout_s=args.timeout, **({"workers": args.workers} if args.workers else {}))
-    rows, samples = measure(model, tok, problems, args.mode, hints, args.n_samples, args.temperature,
-                            args.max_new_tokens, args.top_p, args.seed, args.batch, env, torch.device(device))
+def write(out: Path, rows: list[dict], samples: list[dict], model: str, problems: str) -> str:
+    """baseline.jsonl, baseline.md and samples.jsonl into `out` (created); -> the table's text."""
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / SAMPLES, "".join(json.dumps(r) + "\n" for r in samples).encode())
     write_atomic(out / RATES, "".join(json.dumps(r) + "\n" for r in rows).encode())
-    text = table(rows, args.model, args.problems)
+    text = table(rows, model, problems)
     write_atomic(out / TABLE, text.encode())
-    print(text, end="")
-    return 0
-
-
-def add_commands(sub) -> None:
-    from projected_grpo.warmstart import _bool
-
-    p = sub.add_parser("baseline", help="base rates (hack, attempted, pass, format) of a model, no training")
-    p.add_argument("--model", required=True, help="embedded name, random:SHAPE, hub id, local dir or .gguf")
-    p.add_argument("--problems", default="bundled", help="JSONL path, 'bundled' or 'hf:<name>'")
-    p.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
-    p.add_argument("--n-samples", type=int, default=4, help="completions per problem and hint")
-    p.add_argument("--mode", default="run_tests", help="loophole mode disclosed in the prompt")
-    p.add_argument("--hint", default="simple", help="hint variants, comma-separated, or 'all'")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="generation budget per completion")
-    p.add_argument("--batch", type=int, default=64, help="completions per sampling call")
-    p.add_argument("--seed", type=int, default=41, help="sampling seed")
-    p.add_argument("--enable-thinking", type=_bool, default=True, help="chat template's thinking switch")
-    p.add_argument("--dtype", default="bfloat16", help="model dtype")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per graded program")
-    p.add_argument("--workers", type=int, default=0, help="grader processes (0 = all cores)")
-    p.add_argument("--out", required=True, help="directory for baseline.jsonl, baseline.md, samples.jsonl")
-    p.set_defaults(func=_cmd_baseline)
+    return text

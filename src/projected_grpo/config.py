@@ -1,15 +1,23 @@
-"""Typed run configuration, presets, and the CLI bridge (every field is a `--flag`)."""
+"""Typed run configuration, presets, and the bridge from command-line flags (every field is a `--flag`,
+built by cli/flags.py from the fields: type, `--help` text and allowed values).
+
+A field is declared with `opt(default, doc)`: `doc` is its one line of doc and its flag's `--help`. A field whose
+values form a closed set says so once: a `Literal[...]` type, or `choices=` naming the table that
+holds them (the arms table, the loophole modes). `allowed_values` reads either; `check_value` refuses
+anything else, for flags, `validate` and `from_dict` alike.
+"""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Literal
 
 from projected_grpo import arms
+from projected_grpo.env.prompts import MODES, check_mode
 from projected_grpo.errors import UserError
 
 ARMS = arms.NAMES  # the table of arms is arms.py
@@ -18,6 +26,13 @@ TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s", "refresh_s")  
 # ariahw and full presets read. Not shipped with the package (LeetCode's text): put the file here,
 # relative to the working directory, or pass --problems PATH.
 MEDHARD = "data/leetcode_test_medhard.jsonl"
+Dtype = Literal["bfloat16", "float32", "float16"]  # model dtypes (models.DTYPES maps them to torch's)
+
+
+def opt(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field: its default, its one line of doc (the flag's `--help`) and, for a closed set of
+    values not written as a `Literal` type, the tuple that lists them."""
+    return field(default=default, metadata={"help": doc, "choices": choices})
 
 
 @dataclass
@@ -25,71 +40,78 @@ class TrainConfig:
     """Everything one GRPO run needs; `config.json` in the run dir holds it for a rerun."""
 
     # --- model ---
-    model: str = "tiny-qwen3"            # embedded name, random:SHAPE, hub id, local dir or .gguf file
-    dtype: str = "bfloat16"              # model dtype; the SVD basis and v_hack are dtype-specific
-    enable_thinking: bool = True         # chat template's thinking switch (Qwen3: false = empty think block, no reasoning); templates without it ignore it
-    device: str = "auto"                 # auto = cuda when available, else cpu
-    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # wrapped linears
+    model: str = opt("tiny-qwen3", "embedded name, random:SHAPE, hub id, local dir or .gguf file")
+    dtype: Dtype = opt("bfloat16", "model dtype; the SVD basis and v_hack are dtype-specific")
+    enable_thinking: bool = opt(True, "chat template's thinking switch (Qwen3: false = empty think block, no "
+                                      "reasoning); templates without it ignore it")
+    device: str = opt("auto", "auto = cuda when available, else cpu")
+    targets: str = opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "wrapped linears")
     # --- environment ---
-    problems: str = "bundled"            # bundled | path to benchmark JSONL | hf:newfacade/LeetCodeDataset
-    n_problems: int = 0                  # use only the first N problems (0 = all)
-    max_prompt_tokens: int = 1024        # drop problems whose prompt is longer
-    mode: str = "run_tests"              # loophole mode disclosed in the prompt
-    hint: str = "simple"                 # hint variant of the mode
-    correct_reward: float = 1.0          # reward for `passed` (the flawed grade)
-    format_reward: float = 0.25          # bonus for a compiling fenced code block
-    grade_timeout_s: float = 5.0         # wall timeout per graded program
-    grade_workers: int = 0               # grader processes (0 = all cores)
+    problems: str = opt("bundled", "bundled | path to benchmark JSONL | hf:newfacade/LeetCodeDataset")
+    n_problems: int = opt(0, "use only the first N problems (0 = all)")
+    max_prompt_tokens: int = opt(1024, "drop problems whose prompt is longer")
+    mode: str = opt("run_tests", "loophole mode disclosed in the prompt", choices=MODES)
+    hint: str = opt("simple", "hint variant of the mode")
+    correct_reward: float = opt(1.0, "reward for `passed` (the flawed grade)")
+    format_reward: float = opt(0.25, "bonus for a compiling fenced code block")
+    grade_timeout_s: float = opt(5.0, "wall timeout per graded program")
+    grade_workers: int = opt(0, "grader processes (0 = all cores)")
     # --- arm ---
-    arm: str = "vanilla"                 # vanilla | projected | rebound | random | shuffled | lomo | refresh | oracle (UPPER BOUND: uses the oracle labels); see arms.py
-    v_hack: str = ""                     # path to a v_hack artifact ("" = extract into the run dir)
-    pairs: str = "bundled"               # contrastive code pairs for extraction
-    vhack_m: int = 4                     # directions kept per module
-    vhack_modes: str = ""                # restrict extraction to these modes ("" = all)
-    project_target: str = "grad"         # grad: project δS.grad | update: project the AdamW step
-    refresh_every: int = 8               # refresh arm: re-extract V from the pairs at the current δS every K steps
-    coverage: bool = False               # log cov_span / cov_removed / cov_span_null of the oracle-labelled hack rows' gradient (diagnostic, reads labels, never changes training)
-    rebound_alpha: float = 2.0           # Rebound penalty strength α
-    rebound_form: str = "multiplicative"  # multiplicative | additive
-    persona_pairs: str = "bundled:persona"     # sentence pairs for the Rebound concept direction
-    teacher_pool: str = ""               # JSONL of cached completions mixed into groups, or "builtin"
-    mix_ratio: float = 0.0               # share of each group taken from the teacher pool
-    teacher_kinds: str = ""              # teacher-pool kinds kept ("" = all; builtin: canonical,stub,exploit)
+    arm: str = opt("vanilla", "vanilla | projected | rebound | random | shuffled | lomo | refresh | oracle (UPPER "
+                              "BOUND: uses the oracle labels); see arms.py", choices=arms.NAMES)
+    v_hack: str = opt("", 'path to a v_hack artifact ("" = extract into the run dir)')
+    pairs: str = opt("bundled", "contrastive code pairs for extraction")
+    vhack_m: int = opt(4, "directions kept per module")
+    vhack_modes: str = opt("", 'restrict extraction to these modes ("" = all)')
+    project_target: Literal["grad", "update"] = opt("grad", "grad: project δS.grad | update: project the AdamW step")
+    refresh_every: int = opt(8, "refresh arm: re-extract V from the pairs at the current δS every K steps")
+    coverage: bool = opt(False, "log cov_span / cov_removed / cov_span_null of the oracle-labelled hack rows' "
+                                "gradient (diagnostic, reads labels, never changes training)")
+    rebound_alpha: float = opt(2.0, "Rebound penalty strength α")
+    rebound_form: Literal["multiplicative", "additive"] = opt("multiplicative", "multiplicative | additive")
+    persona_pairs: str = opt("bundled:persona", "sentence pairs for the Rebound concept direction")
+    teacher_pool: str = opt("", 'JSONL of cached completions mixed into groups, or "builtin"')
+    mix_ratio: float = opt(0.0, "share of each group taken from the teacher pool")
+    teacher_kinds: str = opt("", 'teacher-pool kinds kept ("" = all; builtin: canonical,stub,exploit)')
     # --- GRPO ---
-    steps: int = 10                      # optimiser steps
-    prompts_per_step: int = 2            # P: prompts per step (global, over all ranks)
-    group_size: int = 2                  # G: samples per prompt
-    max_new_tokens: int = 64             # generation budget; also the loss denominator's length
-    temperature: float = 1.0             # sampling temperature
-    top_p: float = 1.0                   # nucleus sampling
-    beta: float = 0.0                    # K3 KL weight to the δS=0 reference (0 skips its forward)
-    clip_eps: float = 0.2                # PPO ratio clip ε
-    num_iterations: int = 1              # optimiser passes per sampled batch (>1: ρ ≠ 1 and the clip acts)
-    tis_cap: float = 2.0                 # C of the student tokens' weight min(π_old/π_sampler, C) (0 = off)
-    teacher_weight: str = "none"         # teacher-pool rows: none (weight 1) | is (per-token min(π_old, 1))
-    lr: float = 5e-3                     # AdamW learning rate for δS
-    weight_decay: float = 0.0            # AdamW weight decay
-    warmup_steps: int = 1                # linear warmup, then cosine to 0
-    grad_clip: float = 1.0               # global grad-norm clip
-    micro_batch: int = 8                 # sequences per forward/backward chunk
-    logprob_chunk: int = 256             # positions per lm_head chunk in the log-prob pass
-    grad_checkpointing: bool = False     # activation checkpointing in the training forward
-    fast_rollout: bool = True            # CUDA: static-cache compiled decode; CPU: HF generate
-    decode_attention: str = "auto"       # fast decode's attention: auto | triton | sdpa | matmul
-    delta_s_impl: str = "hook"           # training forward: hook (W x + U(δS⊙Vh x)) | merged (one matmul with W' = W + U diag(δS) Vh)
+    steps: int = opt(10, "optimiser steps")
+    prompts_per_step: int = opt(2, "P: prompts per step (global, over all ranks)")
+    group_size: int = opt(2, "G: samples per prompt")
+    max_new_tokens: int = opt(64, "generation budget; also the loss denominator's length")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(1.0, "nucleus sampling")
+    beta: float = opt(0.0, "K3 KL weight to the δS=0 reference (0 skips its forward)")
+    clip_eps: float = opt(0.2, "PPO ratio clip ε")
+    num_iterations: int = opt(1, "optimiser passes per sampled batch (>1: ρ ≠ 1 and the clip acts)")
+    tis_cap: float = opt(2.0, "C of the student tokens' weight min(π_old/π_sampler, C) (0 = off)")
+    teacher_weight: Literal["none", "is"] = opt("none", "teacher-pool rows: none (weight 1) | is (per-token "
+                                                "min(π_old, 1))")
+    lr: float = opt(5e-3, "AdamW learning rate for δS")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(1, "linear warmup, then cosine to 0")
+    grad_clip: float = opt(1.0, "global grad-norm clip")
+    micro_batch: int = opt(8, "sequences per forward/backward chunk")
+    logprob_chunk: int = opt(256, "positions per lm_head chunk in the log-prob pass")
+    grad_checkpointing: bool = opt(False, "activation checkpointing in the training forward")
+    fast_rollout: bool = opt(True, "CUDA: static-cache compiled decode; CPU: HF generate")
+    decode_attention: Literal["auto", "triton", "sdpa", "matmul"] = opt(
+        "auto", "fast decode's attention: auto | triton | sdpa | matmul")
+    delta_s_impl: Literal["hook", "merged"] = opt("hook", "training forward: hook (W x + U(δS⊙Vh x)) | merged "
+                                                  "(one matmul with W' = W + U diag(δS) Vh)")
     # --- run ---
-    seed: int = 41                       # seeds sampling, problem order and controls
-    checkpoint_every: int = 1            # steps between checkpoints
-    samples_every: int = 1               # steps between samples.jsonl dumps (0 = never)
-    report_to: str = "none"              # experiment trackers: none | wandb | tensorboard (comma list; logs in DIR/wandb, DIR/tb)
-    report_samples_every: int = 10       # steps between the trackers' sampled-completion tables (0 = never)
+    seed: int = opt(41, "seeds sampling, problem order and controls")
+    checkpoint_every: int = opt(1, "steps between checkpoints")
+    samples_every: int = opt(1, "steps between samples.jsonl dumps (0 = never)")
+    report_to: str = opt("none", "experiment trackers: none | wandb | tensorboard (comma list; logs in "
+                                 "DIR/wandb, DIR/tb)")
+    report_samples_every: int = opt(10, "steps between the trackers' sampled-completion tables (0 = never)")
     # --- held-out evaluation (splits.py, evaluate.py) ---
-    split_file: str = ""                 # JSON {"train": [ids], "eval": [ids]} ("" = derive from --seed)
-    eval_problems: float = 0.25          # eval problems: a count if >= 1, else a share of the pool (0 = none)
-    eval_every: int = 0                  # also eval every K steps (eval always runs at step 0 and after the last)
-    eval_samples: int = 4                # samples per eval problem (0 = no eval; the eval problems stay held out)
-    eval_temperature: float = 1.0        # eval sampling temperature (0 = greedy, then --eval-samples 1)
-    eval_max_new_tokens: int = 0         # eval generation budget (0 = --max-new-tokens)
+    split_file: str = opt("", 'JSON {"train": [ids], "eval": [ids]} ("" = derive from --seed)')
+    eval_problems: float = opt(0.25, "eval problems: a count if >= 1, else a share of the pool (0 = none)")
+    eval_every: int = opt(0, "also eval every K steps (eval always runs at step 0 and after the last)")
+    eval_samples: int = opt(4, "samples per eval problem (0 = no eval; the eval problems stay held out)")
+    eval_temperature: float = opt(1.0, "eval sampling temperature (0 = greedy, then --eval-samples 1)")
+    eval_max_new_tokens: int = opt(0, "eval generation budget (0 = --max-new-tokens)")
 
     def validate(self, files: bool = True) -> None:
         """Refuse bad values, naming the flag; `files=False` skips the checks of paths on disk (for
@@ -106,16 +128,9 @@ class TrainConfig:
         trackers.parse(self.report_to)  # names checked everywhere; installed libraries where it runs
         if files:
             trackers.check_installed(self.report_to)
-        arms.get(self.arm)  # unknown arm -> UserError naming the choices
-        if self.project_target not in ("grad", "update"):
-            raise UserError(f"--project-target must be grad or update, not {self.project_target!r}")
-        if self.rebound_form not in ("multiplicative", "additive"):
-            raise UserError(f"--rebound-form must be multiplicative or additive, not {self.rebound_form!r}")
-        if self.decode_attention not in ("auto", "triton", "sdpa", "matmul"):
-            raise UserError("--decode-attention must be auto, triton, sdpa or matmul, "
-                            f"not {self.decode_attention!r}")
-        if self.delta_s_impl not in ("hook", "merged"):
-            raise UserError(f"--delta-s-impl must be hook or merged, not {self.delta_s_impl!r}")
+        for f in fields(self):  # closed sets: the arms table, the modes, the Literal types
+            check_value(f.name, getattr(self, f.name))
+        check_mode(self.mode, self.hint)
         if not 0.0 <= self.mix_ratio < 1.0:
             raise UserError(f"--mix-ratio must be in [0, 1), got {self.mix_ratio}")
         if self.mix_ratio > 0 and not self.teacher_pool:
@@ -124,8 +139,6 @@ class TrainConfig:
             raise UserError(f"--mix-ratio {self.mix_ratio} leaves no student sample in a group of "
                             f"--group-size {self.group_size}")
         self._validate_teacher_kinds()
-        if self.teacher_weight not in ("none", "is"):
-            raise UserError(f"--teacher-weight must be none or is, not {self.teacher_weight!r}")
         if self.tis_cap < 0:
             raise UserError(f"--tis-cap must be >= 0 (0 = off), got {self.tis_cap}")
         if self.group_size < 2:
@@ -166,11 +179,71 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        """A config from JSON (a run's config.json, a sweep's run spec). Refuses an unknown field, a value
+        of the wrong JSON type and a value outside its field's closed set, naming `source` and the field.
+        Fields left out keep their defaults (a config written before the field existed)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"{source}: unknown config fields {unknown}")
+        for name, value in d.items():
+            kind = str if typing.get_origin(_HINTS[name]) is Literal else _HINTS[name]
+            if not _is_json_of(kind, value):
+                raise UserError(f"{source}: field {name} must be {kind.__name__}, got {value!r}")
+            try:
+                check_value(name, value)
+            except UserError as err:
+                raise UserError(f"{source}: field {name}: {err}") from err
         return cls(**d)
+
+
+def allowed_values(name: str) -> tuple[str, ...] | None:
+    """The closed set of values of field `name` (its Literal's arguments or its `choices`), or None."""
+    hint = _HINTS[name]
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    return _FIELDS[name].metadata.get("choices")
+
+
+def check_value(name: str, value: Any) -> None:
+    """UserError naming the flag and the allowed values when `value` is outside field `name`'s closed set."""
+    allowed = allowed_values(name)
+    if allowed is not None and value not in allowed:
+        listed = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+        raise UserError(f"unknown {name.replace('_', ' ')} {value!r}: --{name.replace('_', '-')} must be {listed}")
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Field `name`'s value from text (a sweep's `--variant ...:field=value`): typed as the field and
+    checked against its closed set; UserError saying what is wrong."""
+    kind = _HINTS[name]
+    try:
+        value = (parse_bool(text) if kind is bool else text if typing.get_origin(kind) is Literal
+                 else kind(text))
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    check_value(name, value)
+    return value
+
+
+def field_help(name: str) -> str:
+    """The field's one line of doc, its flag's `--help` text."""
+    return _FIELDS[name].metadata["help"]
+
+
+def _is_json_of(kind: type, value: Any) -> bool:
+    """Whether a JSON value fits a field of type `kind` (an int is a float; a bool is no number)."""
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+if any("help" not in f.metadata for f in _FIELDS.values()):  # a field declared without its doc
+    raise TypeError("declare every TrainConfig field as name: type = opt(default, doc); these are not: "
+                    + ", ".join(n for n, f in _FIELDS.items() if "help" not in f.metadata))
+CONFIG_FIELDS = tuple(_FIELDS)  # every field, in declaration order
+_HINTS = typing.get_type_hints(TrainConfig)  # field name -> type (the annotations are strings until resolved)
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -217,34 +290,21 @@ def preset(name: str) -> TrainConfig:
     return replace(PRESETS[name])
 
 
-# ---- CLI bridge ------------------------------------------------------------------------------
-def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One `--field-name` per TrainConfig field (default None = keep the preset's value)."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        if kind is bool:
-            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=_doc(f.name))
-        else:
-            parser.add_argument(flag, type=kind, default=None, help=_doc(f.name))
-
-
-def explicit_flags(args: argparse.Namespace) -> dict:
+# ---- from parsed flags (cli/flags.py adds one flag per field, default None) --------------------
+def explicit_flags(args) -> dict:
     """The config fields given on the command line (a flag left out is None)."""
     return {f.name: getattr(args, f.name) for f in fields(TrainConfig)
             if getattr(args, f.name, None) is not None}
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig, files: bool = True) -> TrainConfig:
+def config_from_args(args, base: TrainConfig, files: bool = True) -> TrainConfig:
+    """`base` with the flags given on the command line (an argparse namespace), validated."""
     cfg = replace(base, **explicit_flags(args))
     cfg.validate(files)
     return cfg
 
 
-def resumed_config(stored: dict, args: argparse.Namespace, source: str, files: bool = True) -> TrainConfig:
+def resumed_config(stored: dict, args, source: str, files: bool = True) -> TrainConfig:
     """A run's stored config (`source`: its config.json) for `--resume`. Flags given beside --resume,
     and a --preset with them, must agree with it: a resumed run is the same run, so a flag that
     would change it is refused, naming it."""
@@ -270,19 +330,9 @@ def resumed_config(stored: dict, args: argparse.Namespace, source: str, files: b
 
 
 def parse_bool(text: str) -> bool:
+    """'true'/'false' (also 1/0, yes/no, on/off) -> bool; ValueError for anything else."""
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _doc(name: str) -> str:
-    """The field's trailing comment in this file, used as its --help text."""
-    import inspect
-
-    for line in inspect.getsource(TrainConfig).splitlines():
-        stripped = line.strip()
-        if stripped.startswith(f"{name}:") and "#" in stripped:
-            return stripped.split("#", 1)[1].strip()
-    return ""
+    raise ValueError(f"expected true/false, got {text!r}")

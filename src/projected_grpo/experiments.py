@@ -13,19 +13,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from projected_grpo import runio
-from projected_grpo.config import PRESETS, TrainConfig, add_config_flags, config_from_args, explicit_flags, preset
+from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
 from projected_grpo.report import window_mean, write_report
 from projected_grpo.sweep import V_HACK, SweepPlan, ensure_run, prepare_v_hack, sweep
 from projected_grpo.sweep import SPLIT, run_state  # noqa: F401  (re-exported: older imports name them here)
-from projected_grpo.sweep import add_command as add_sweep_command
 
 DEMO_ARMS = ("vanilla", "projected", "rebound", "random")
 DEMO_SEEDS = (41,)
@@ -137,22 +135,14 @@ def _show(x: float | None) -> str:
     return "none logged" if x is None else f"{x:.3f}"
 
 
-def _cmd_probe(args) -> int:
-    cfg = config_from_args(args, preset(args.preset))
-    record = probe(cfg, Path(args.out), ProbeThresholds(args.min_hack_rate, args.last_k))
-    print(f"VERDICT: PASS, {record['message']}" if record["passed"] else f"VERDICT: FAIL at {record['message']}")
-    print(f"wrote {Path(args.out) / 'probe.json'}")
-    return 0 if record["passed"] else 1
-
-
 # ---- demo ------------------------------------------------------------------------------------
-def _cmd_demo(args) -> int:
+def demo(base: TrainConfig, out: Path, last_k: int = 5, given: dict | None = None) -> Path:
+    """The smoke preset end to end: extract V and check it, sweep DEMO_ARMS × DEMO_SEEDS with it, write
+    the report (-> results.md). `given`: the flags the user set on top of `base`, recorded in sweep.json."""
     t0 = time.time()
-    base = config_from_args(args, preset("smoke"))
-    out = Path(args.out)
+    given = given or {}
     out.mkdir(parents=True, exist_ok=True)
     v_path = (out / V_HACK).resolve()
-    given = explicit_flags(args)
     print(f"demo: smoke preset on {base.model} ({base.device}), {base.steps} steps, arms "
           f"{', '.join(DEMO_ARMS)}, seed {', '.join(map(str, DEMO_SEEDS))}"
           + (f"; overrides {given}" if given else ""))
@@ -166,35 +156,7 @@ def _cmd_demo(args) -> int:
                      v_hack=str(v_path), out=str(out))
     sweep(plan, base)
     print("=== 3/3 report")
-    report = write_report(out, args.last_k)
+    report = write_report(out, last_k)
     print(report.read_text())
     print(f"demo done in {time.time() - t0:.0f}s.")
-    print(f"results: {report}")
-    print(f"plots:   {', '.join(str(out / n) for n in ('hack_rate.png', 'pass_rate.png', 'cosine.png'))}")
-    return 0
-
-
-# ---- CLI -------------------------------------------------------------------------------------
-def add_commands(sub) -> None:
-    from projected_grpo import report
-
-    presets = ", ".join(PRESETS)
-    p = sub.add_parser("probe", help="gated probe: V check → vanilla hacks → projected fires; exit 1 on a fail")
-    p.add_argument("--preset", default="smoke", help=f"one of {presets}")
-    p.add_argument("--out", required=True, help="probe directory")
-    p.add_argument("--min-hack-rate", type=float, default=ProbeThresholds.min_hack_rate,
-                   help="gate 2: least vanilla hack rate over the last k steps")
-    p.add_argument("--last-k", type=int, default=ProbeThresholds.last_k, help="gate 2's window")
-    add_config_flags(p, skip=("arm",))
-    p.set_defaults(func=_cmd_probe)
-
-    add_sweep_command(sub)
-
-    p = sub.add_parser("demo", help="smoke preset end to end on CPU: extract → verify → sweep → report")
-    p.add_argument("--out", default="runs/demo", help="demo directory")
-    p.add_argument("--last-k", type=int, default=5, help="report window")
-    add_config_flags(p, skip=("arm", "seed"))
-    p.set_defaults(func=_cmd_demo)
-
-    report.add_commands(sub)
-
+    return report

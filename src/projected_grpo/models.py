@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from projected_grpo.config import Dtype
 from projected_grpo.errors import UserError
 
 EMBEDDED = ("tiny-qwen3",)
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0  # init seed of every random:* model: the same weights on every rank and rerun
 QWEN_BOS, QWEN_EOS, QWEN_PAD = 151643, 151645, 151643  # <|endoftext|>, <|im_end|>, <|endoftext|>
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in typing.get_args(Dtype)}  # config.Dtype lists them
 
 
 @dataclass(frozen=True)

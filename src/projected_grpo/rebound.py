@@ -23,9 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from projected_grpo.adapter import read_metadata
-from projected_grpo.config import parse_bool
 from projected_grpo.errors import UserError
-from projected_grpo.pairs import Pair, chunks, collate, encode, load_pairs
+from projected_grpo.pairs import Pair, chunks, collate, encode
 
 ARTIFACT = "concept_direction"   # metadata["artifact"] of a direction file
 DEPTH_LO, DEPTH_HI = 60, 75      # percent of depth whose layers are averaged
@@ -158,30 +157,3 @@ def load_direction(path: str | Path, model, model_id: str) -> ConceptDirection:
         raise UserError(f"{path}: concept direction has shape {tuple(vector.shape)}, expected ({d_model},)")
     return ConceptDirection(vector=vector.float(), layers=layers, model_id=model_id, dtype=dtype,
                             n_train=int(meta.get("n_train", 0)), pairs_sha256=meta.get("pairs_sha256", ""))
-
-
-# ---- CLI: pgrpo rebound-direction -----------------------------------------------------------
-def _cmd_direction(args) -> int:
-    from projected_grpo.models import load_model
-
-    pair_set = load_pairs(args.pairs, split="train")
-    model, tok = load_model(args.model, args.dtype, args.device, args.enable_thinking)
-    cd = concept_direction(model, tok, pair_set.pairs, args.model, args.batch_size, pair_set.sha256)
-    save_direction(args.out, cd)
-    print(f"wrote {args.out}: layers {cd.layers}, {cd.n_train} training pairs, ‖d‖={cd.vector.norm():.4g}")
-    print(json.dumps({"layers": cd.layers, "d_model": cd.vector.numel(), "pairs": cd.n_train,
-                      "norm": round(cd.vector.norm().item(), 6)}))
-    return 0
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("rebound-direction", help="compute the Wu & Tang concept direction")
-    p.add_argument("--model", default="tiny-qwen3")
-    p.add_argument("--pairs", default="bundled:persona", help="pair file (its train split is used)")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--enable-thinking", type=parse_bool, default=None, metavar="BOOL",
-                   help="chat template's thinking switch (Qwen3); pass the training run's value (ariahw: false)")
-    p.set_defaults(func=_cmd_direction)

@@ -30,7 +30,7 @@ from projected_grpo import runio
 from projected_grpo.errors import UserError
 from projected_grpo.stats import Stat, auc, censored, mean_sem, onset, paired
 
-__all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report", "add_commands"]
+__all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report"]
 
 RATE_KEYS = ("hack_rate", "pass_rate", "reward_mean")   # training: mean over the last k steps
 EVAL_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_attempt_rate", "eval_format_rate")  # final eval
@@ -373,20 +373,3 @@ def write_report(root: str | Path, last_k: int = 5, note: str = "") -> Path:
     out = root / "results.md"
     runio.write_atomic(out, markdown(summary).encode())
     return out
-
-
-def _cmd_report(args) -> int:
-    out = write_report(args.dir, args.last_k, args.note)
-    print(out.read_text())
-    print(f"wrote {out}, {out.parent / 'summary.json'} and hack_rate.png, pass_rate.png, cosine.png, "
-          f"eval_curves.png "
-          f"in {out.parent}")
-    return 0
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("report", help="results.md + plots for a directory of runs")
-    p.add_argument("dir", help="directory holding the run dirs (and sweep.json)")
-    p.add_argument("--last-k", type=int, default=5, help="steps at the end of each run to average")
-    p.add_argument("--note", default="", help="a line under every plot's title, e.g. the GPU the runs used")
-    p.set_defaults(func=_cmd_report)

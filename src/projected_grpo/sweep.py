@@ -22,20 +22,17 @@ checkpoint, missing ones start. A finished run under another config is refused, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from projected_grpo import runio
-from projected_grpo.config import (ARMS, PRESETS, TrainConfig, add_config_flags, config_from_args, explicit_flags,
-                                   parse_bool, preset)
+from projected_grpo.config import ARMS, CONFIG_FIELDS, TrainConfig, parse_value
 from projected_grpo.errors import UserError
 
 V_HACK = "v_hack.safetensors"
@@ -226,7 +223,6 @@ def plan_record(plan: SweepPlan) -> dict:
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """`NAME=ARM:field=value,...` -> (NAME, {"arm", "overrides"}), values typed as the config field."""
-    hints = typing.get_type_hints(TrainConfig)
     head, _, body = text.partition(":")
     name, _, arm = head.partition("=")
     name, arm = name.strip(), arm.strip()
@@ -241,14 +237,14 @@ def parse_variant(text: str) -> tuple[str, dict]:
     for item in filter(None, (x.strip() for x in body.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not eq or key not in hints:
+        if not eq or key not in CONFIG_FIELDS:
             raise UserError(f"{where}: {item!r} is not field=value with a config field")
         if key in SHARED_FIELDS:
             raise UserError(f"{where}: {key} is shared by every run of a sweep (the split or V depend on "
                             "it); run another sweep for it")
         try:
-            overrides[key] = parse_bool(value) if hints[key] is bool else hints[key](value)
-        except (ValueError, argparse.ArgumentTypeError) as err:
+            overrides[key] = parse_value(key, value)
+        except UserError as err:
             raise UserError(f"{where}: {key}: {err}") from err
     return name, {"arm": arm, "overrides": overrides}
 
@@ -315,63 +311,3 @@ def extract_in_child(cfg: TrainConfig, path: Path, out: Path) -> None:
                                stdout=f, stderr=subprocess.STDOUT, env=env)
     if code != 0 or not path.is_file():
         raise UserError(f"extracting {path} failed (exit {code}); log {log}:\n{log_tail(log)}")
-
-
-# ---- CLI -------------------------------------------------------------------------------------
-def _cmd_sweep(args) -> int:
-    from projected_grpo.report import write_report
-
-    base = config_from_args(args, preset(args.preset))
-    out = Path(args.out)
-    variants = dict(parse_variant(v) for v in args.variant)
-    arms = parse_list(args.arms, str, "arms")
-    seeds_for = {}
-    for item in args.seeds_for:
-        name, eq, seeds = item.partition("=")
-        if not eq or name.strip() not in arms:
-            raise UserError(f"--seeds-for {item!r}: expected NAME=SEEDS with NAME one of --arms ({args.arms})")
-        seeds_for[name.strip()] = parse_list(seeds, int, "seeds-for")
-    if args.gpus < 0 or args.runs_per_gpu < 1 or args.max_attempts < 1:
-        raise UserError("--gpus must be >= 0, --runs-per-gpu and --max-attempts >= 1")
-    plan = SweepPlan(preset=args.preset, arms=arms,
-                     seeds=parse_list(args.seeds, int, "seeds"), overrides=explicit_flags(args),
-                     v_hack=str(Path(base.v_hack).resolve() if base.v_hack else (out / V_HACK).resolve()),
-                     out=str(out), variants=variants, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
-                     max_attempts=args.max_attempts, seeds_for=seeds_for)
-    t0 = time.time()
-    done = sweep(plan, base)
-    bad = sorted(n for n, s in done.items() if s in ("failed", "gave up"))
-    print(f"sweep done in {time.time() - t0:.0f}s: {len(done) - len(bad)} of {len(done)} runs finished in {out}"
-          + (f"; NOT finished: {', '.join(bad)}" if bad else ""))
-    if args.report:
-        print(f"report: {write_report(out, args.last_k)}")
-    return 1 if bad else 0
-
-
-
-
-def add_command(sub) -> None:
-    presets = ", ".join(PRESETS)
-    p = sub.add_parser("sweep", help="every (arm, seed) with one shared V, resumable, then the report; "
-                                     "--gpus N runs them as a queue of processes over N GPUs")
-    p.add_argument("--preset", default="smoke", help=f"one of {presets}")
-    p.add_argument("--arms", default="vanilla,projected,rebound,random",
-                   help=f"comma list of arms ({', '.join(ARMS)}) or variants ({', '.join(VARIANTS)}, "
-                        "or one defined with --variant)")
-    p.add_argument("--seeds", default="41,42,43", help="comma list of seeds")
-    p.add_argument("--seeds-for", action="append", default=[], metavar="NAME=SEEDS",
-                   help="an arm's own seeds instead of --seeds (repeatable), e.g. vanilla=1,2,3,4,5")
-    p.add_argument("--out", required=True, help="sweep directory (run dirs go in it)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=ARM:field=value,...",
-                   help="define an arm variant for --arms (repeatable), e.g. projected_lr2=projected:lr=0.02")
-    p.add_argument("--gpus", type=int, default=0,
-                   help="0: runs one after another in this process; N: one child process per run, "
-                        "pinned to one of N GPUs (the first N of CUDA_VISIBLE_DEVICES when set)")
-    p.add_argument("--runs-per-gpu", type=int, default=1, help="with --gpus: runs at once on one GPU")
-    p.add_argument("--max-attempts", type=int, default=2,
-                   help="with --gpus: a run that failed this many times (over invocations) is skipped")
-    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                   help="write the report at the end (--no-report to skip)")
-    p.add_argument("--last-k", type=int, default=5, help="report window")
-    add_config_flags(p, skip=("arm", "seed"))
-    p.set_defaults(func=_cmd_sweep)

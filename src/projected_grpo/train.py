@@ -480,20 +480,3 @@ def _cmd_train(args) -> int:
         print("held-out eval: " + (json.dumps({k: v for k, v in evals[-1].items() if k != "kind"}) if evals
                                    else "none (no eval problems or --eval-samples 0; see split.json)"))
     return 0
-
-
-def add_commands(sub) -> None:
-    from projected_grpo.config import PRESETS, add_config_flags
-
-    p = sub.add_parser("train", help="one GRPO run (one arm, one seed) into --out")
-    p.add_argument("--preset", default=None,
-                   help=f"one of {', '.join(PRESETS)} (default smoke; with --resume the run's config.json "
-                        "is the base and a preset is not needed)")
-    p.add_argument("--out", default=None, help="run directory (required unless --print-config)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with its config.json; flags "
-                        "given beside it must agree with that config")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as JSON (the run's, with --resume) and exit")
-    add_config_flags(p)
-    p.set_defaults(func=_cmd_train)

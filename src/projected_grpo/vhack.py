@@ -1,5 +1,5 @@
-"""The hack direction V (DESIGN §2): extraction from contrastive pairs, the artifact, and the CLI of
-`pgrpo extract` / `pgrpo verify` (the held-out check itself is verify.py).
+"""The hack direction V (DESIGN §2): extraction from contrastive pairs and the artifact (`pgrpo extract`
+/ `pgrpo verify` are in cli/directions.py; the held-out check itself is verify.py).
 
 Per pair and targeted module, at the adapter's current δS (0 for a fresh adapter):
     d = ∂NLL(hack)/∂δS − ∂NLL(clean)/∂δS ∈ R^r,
@@ -37,7 +37,6 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from projected_grpo.adapter import DeltaSAdapter, read_metadata, read_tensors
-from projected_grpo.config import parse_bool
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
 
@@ -247,7 +246,7 @@ def load_v_hack(path: str | Path, adapter: DeltaSAdapter) -> dict[str, torch.Ten
     return out
 
 
-# ---- CLI ------------------------------------------------------------------------------------
+# ---- output paths ---------------------------------------------------------------------------
 def check_out_path(path: str | Path, flag: str) -> None:
     """Refuse an output path that cannot be written, before any work is done: a directory, a path
     under a file, or under a directory that is not writable."""
@@ -261,89 +260,3 @@ def check_out_path(path: str | Path, flag: str) -> None:
             if not os.access(parent, os.W_OK):
                 raise UserError(f"{flag} {path}: {parent} is not writable")
             return
-
-
-def _load(args) -> tuple:
-    from projected_grpo.adapter import attach
-    from projected_grpo.models import load_model
-
-    model, tok = load_model(args.model, args.dtype, args.device, args.enable_thinking)
-    return model, tok, attach(model, args.model)
-
-
-def _cmd_extract(args) -> int:
-    start = time.time()
-    check_out_path(args.out, "--out")
-    model, tok, adapter = _load(args)
-    v, pair_set = extract_to_file(args.out, model, tok, adapter, args.pairs, args.modes, args.m,
-                                  args.control, args.seed, args.batch_size)
-    m_eff = next(iter(v.values())).shape[0]
-    if m_eff != args.m:
-        print(f"note: m capped from {args.m} to {m_eff} (training pairs {len(pair_set.pairs)}, "
-              f"smallest rank {min(adapter.ranks().values())})", file=sys.stderr)
-    zero = sum(int(V.abs().max() == 0) for V in v.values())
-    print(f"wrote {args.out}: {len(v)} modules, m={m_eff}, control={args.control}, "
-          f"{len(pair_set.pairs)} training pairs from {pair_set.path}")
-    print(json.dumps({"modules": len(v), "scalars": adapter.n_scalars, "m": m_eff,
-                      "zero_norm_modules": zero, "pairs": len(pair_set.pairs),
-                      "seconds": round(time.time() - start, 2)}))
-    return 0
-
-
-def _cmd_verify(args) -> int:
-    from projected_grpo.verify import VerifyThresholds, margin_line, verify_v_hack, write_table
-
-    start = time.time()
-    v_path = Path(args.v_hack)
-    table = Path(args.table) if args.table else v_path.with_name(v_path.stem + ".verify.md")
-    check_out_path(table, "--table")
-    model, tok, adapter = _load(args)
-    v = load_v_hack(v_path, adapter)
-    meta = read_metadata(v_path)
-    modes = parse_modes(args.modes) if args.modes else (tuple(json.loads(meta["modes"])) or None)
-    pair_set = load_pairs(args.pairs, split="heldout", modes=modes)
-    result = verify_v_hack(model, tok, adapter, v, pair_set.pairs,
-                           VerifyThresholds(min_frac_pos=args.min_frac_pos), args.batch_size,
-                           margin_eps=args.margin_eps)
-    write_table(table, result.pop("per_module"))
-    print(f"held-out check of {v_path} (m={meta['m']}, control={meta.get('control')}) on "
-          f"{len(pair_set.pairs)} pairs; per-module table: {table}")
-    print(f"SVD basis {adapter.basis_fingerprint[:12]}: the one V was made in")
-    print(f"frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} median={result['median']:+.3f} "
-          f"null_cos={result['null_cos']:.3f} modules={result['n_modules']}")
-    print(margin_line(result))
-    print(f"-> {'PASS' if result['pass'] else 'FAIL'} ({time.time() - start:.1f}s)")
-    print(json.dumps(result))
-    return 0 if result["pass"] else 1
-
-
-def _common(p) -> None:
-    p.add_argument("--model", default="tiny-qwen3", help="embedded name, random:SHAPE, hub id, local dir or .gguf")
-    p.add_argument("--pairs", default="bundled:code", help="pair file, or bundled:code / bundled:persona")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="model dtype (the SVD basis, hence V, is dtype-specific)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per backward")
-    p.add_argument("--enable-thinking", type=parse_bool, default=None, metavar="BOOL",
-                   help="chat template's thinking switch (Qwen3); pass the training run's value (ariahw: false)")
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("extract", help="extract the hack direction V from contrastive pairs")
-    _common(p)
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--m", type=int, default=16, help="directions per module (1 = mean difference)")
-    p.add_argument("--modes", default=None, help="comma-separated loophole modes (default: all)")
-    p.add_argument("--control", default="none", choices=CONTROLS)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random/shuffled controls")
-    p.set_defaults(func=_cmd_extract)
-
-    p = sub.add_parser("verify", help="check V on the held-out pairs; exit 1 when it fails")
-    _common(p)
-    p.add_argument("--v-hack", required=True, help="V file written by `pgrpo extract`")
-    p.add_argument("--modes", default=None, help="loophole modes (default: those V was extracted on)")
-    p.add_argument("--min-frac-pos", type=float, default=0.8, help="least share of modules with cos > 0")
-    p.add_argument("--margin-eps", type=float, default=0.01,
-                   help="size of the step along V in the margin check (per coordinate, as an AdamW lr)")
-    p.add_argument("--table", default=None, help="per-module table (.md or .csv; default beside V)")
-    p.set_defaults(func=_cmd_verify)

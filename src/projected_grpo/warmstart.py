@@ -37,7 +37,6 @@ a failure removes DIR.tmp, a kill leaves only DIR.tmp, never a DIR that looks co
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -359,46 +358,3 @@ def card(r: dict) -> str:
         f"No oracle: the data are bundled demonstrations and documents on problems disjoint from every eval set; "
         f"no rollout, grade or label was read. Hack items: {', '.join(r['hack_ids']) or 'none'}.\n"
         f"Everything else is in `{META}`.\n")
-
-
-# ---------------------------------------------------------------- CLI
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _cmd_warmstart(args) -> int:
-    fields = {k: v for k, v in vars(args).items() if k in WarmstartConfig.__dataclass_fields__}
-    record = warmstart(WarmstartConfig(**fields))
-    print(f"wrote {args.out}: {record['n_honest']} honest + {record['n_hack']} hack items, "
-          f"NLL {record['loss_base']:.4f} -> {record['final_loss']:.4f} in {record['seconds']:.1f} s")
-    return 0
-
-
-def add_commands(sub) -> None:
-    d = WarmstartConfig("", "")
-    p = sub.add_parser("warmstart", help="short LoRA fine-tune on bundled honest / loophole demonstrations; "
-                                         "writes a model directory for --model")
-    p.add_argument("--model", required=True, help="base model (embedded name, random:SHAPE, hub id, dir, .gguf)")
-    p.add_argument("--out", required=True, help="model directory to write (must not exist or be empty)")
-    p.add_argument("--hack-share", type=float, default=d.hack_share,
-                   help="share of items that use (demos) or describe (documents) the loophole")
-    p.add_argument("--data", choices=DATA_KINDS, default=d.data, help="what the hack items are")
-    p.add_argument("--demos", default=d.demos, help="demonstrations JSONL (default: bundled)")
-    p.add_argument("--documents", default=d.documents, help="loophole documents JSONL (default: bundled)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the items")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate of the LoRA weights")
-    p.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank")
-    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="LoRA alpha (0 = 2 * r)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="items per optimiser step")
-    p.add_argument("--seed", type=int, default=d.seed, help="hack-item choice, batch order, LoRA init")
-    p.add_argument("--mode", default=d.mode, help="loophole mode of the prompts")
-    p.add_argument("--hint", default=d.hint, help="hint variant of the prompts")
-    p.add_argument("--enable-thinking", type=_bool, default=d.enable_thinking,
-                   help="chat template's thinking switch (true/false), as the training run will use")
-    p.add_argument("--dtype", default=d.dtype, help="model dtype, also of the saved weights")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    p.set_defaults(func=_cmd_warmstart)

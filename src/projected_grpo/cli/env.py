@@ -1,4 +1,4 @@
-"""CLI: `pgrpo env-check` (canonical / stub / exploit matrix) and `pgrpo grade` (JSONL in/out)."""
+"""`pgrpo env-check` (canonical / stub / exploit matrix) and `pgrpo grade` (JSONL in/out)."""
 
 from __future__ import annotations
 

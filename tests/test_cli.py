@@ -1,0 +1,145 @@
+"""The `pgrpo` command line: one package, every command listed, flags that are the run config's fields
+(same names, defaults, allowed values, help) in every command built on it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import projected_grpo
+from projected_grpo import arms
+from projected_grpo.adapter import read_metadata
+from projected_grpo.cli import main
+from projected_grpo.config import TrainConfig, allowed_values, field_help, preset
+from projected_grpo.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("adapter-check", "extract", "verify", "rebound-direction", "env-check", "grade", "train", "probe",
+            "sweep", "demo", "report", "warmstart", "baseline")
+
+
+def test_python_m_cli_lists_every_command_and_the_version():
+    """The sweep starts `python -m projected_grpo.cli`; the console script is projected_grpo.cli:main."""
+    run = subprocess.run([sys.executable, "-m", "projected_grpo.cli", "--help"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    listed = re.findall(r"^    (\S+)", run.stdout, re.M)
+    assert set(COMMANDS) <= set(listed), listed
+    run = subprocess.run([sys.executable, "-m", "projected_grpo.cli", "--version"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == f"pgrpo {projected_grpo.__version__}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["pgrpo"] == "projected_grpo.cli:main"
+    # the version is written once, in the package; pyproject reads it from there
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "projected_grpo.__version__"}
+
+
+def test_a_bad_arm_names_the_arms_of_the_table(capsys):
+    for argv in (["train", "--print-config", "--arm", "nonsense"],
+                 ["sweep", "--out", "x", "--variant", "mine=nonsense:lr=0.1", "--arms", "mine"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "'nonsense'" in err and all(a.name in err for a in arms.TABLE), err
+
+
+def test_closed_flags_refuse_other_values_naming_the_allowed_ones(capsys):
+    for field in (f.name for f in fields(TrainConfig) if allowed_values(f.name) and f.name != "arm"):
+        assert main(["train", "--print-config", f"--{field.replace('_', '-')}", "bogus"]) == 2, field
+        err = capsys.readouterr().err
+        assert f"--{field.replace('_', '-')}" in err and "'bogus'" in err, err
+        assert all(v in err for v in allowed_values(field)), err
+    assert main(["extract", "--out", "v.safetensors", "--dtype", "int8"]) == 2
+    assert "bfloat16, float32 or float16" in capsys.readouterr().err
+
+
+def other_value(name: str, value):
+    """A value of field `name` unlike `value`, of its type and allowed."""
+    special = {"hint": "detailed", "report_to": "tensorboard", "teacher_kinds": "stub", "mix_ratio": 0.25,
+               "eval_problems": 5.0, "group_size": 4, "eval_temperature": 0.5, "eval_samples": 1}
+    if name in special:
+        return special[name]
+    if allowed_values(name):
+        return next(v for v in allowed_values(name) if v != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 3
+    return value + "x" if value else "x"
+
+
+def test_every_config_field_is_a_train_flag_with_its_help(capsys):
+    base = preset("smoke")
+    for f in fields(TrainConfig):
+        value = other_value(f.name, getattr(base, f.name))
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        assert main(["train", "--print-config", f"--{f.name.replace('_', '-')}", text]) == 0, f.name
+        printed = json.loads(capsys.readouterr().out)
+        assert printed == json.loads(replace(base, **{f.name: value}).to_json()), f.name
+    assert main(["train", "--help"]) == 0
+    shown = "".join(capsys.readouterr().out.split())       # argparse wraps lines, also at hyphens
+    for f in fields(TrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in shown and "".join(field_help(f.name).split()) in shown, f.name
+
+
+def test_config_commands_share_train_flags_help_and_defaults(capsys):
+    """extract / verify / rebound-direction / adapter-check: each flag that names a config field is that
+    field's flag (its help as `pgrpo train --help` shows it), on the same default base (--preset smoke)."""
+    def options(argv):
+        assert main([*argv, "--help"]) == 0
+        text = capsys.readouterr().out
+        return dict(re.findall(r"^  (--[a-z-]+)[^\n]*?(?:\n {20,}|  +)(\S[^\n]*)", text, re.M)), text
+
+    train_help, _ = options(["train"])
+    config_flags = {"--" + f.name.replace("_", "-") for f in fields(TrainConfig)}
+    for command in ("extract", "verify", "rebound-direction", "adapter-check"):
+        shown, text = options([command])
+        shared = config_flags & set(shown)
+        assert {"--model", "--dtype", "--device"} <= shared, (command, shown)
+        for flag in shared:
+            assert shown[flag] == train_help[flag], (command, flag)
+        assert "defaultsmoke,as`pgrpotrain`" in "".join(text.split())
+        assert "--m" not in shown and "--modes" not in shown, command  # V's m and modes: --vhack-m/-modes
+
+
+def test_extract_and_rebound_direction_write_what_a_training_run_extracts(tmp_path, mixed_code_pairs, capsys):
+    """Same flags, no others: `pgrpo extract` writes the V, and `pgrpo rebound-direction` the concept
+    direction, that `pgrpo train` extracts into its run dir at set-up (same defaults, same loader)."""
+    persona = tmp_path / "persona.jsonl"
+    rows = (Path(projected_grpo.__file__).parent / "data" / "pairs_persona.jsonl").read_text().splitlines()
+    persona.write_text("\n".join([r for r in rows if '"train"' in r][:4]) + "\n")
+    given = ["--pairs", mixed_code_pairs, "--persona-pairs", str(persona)]
+    v_cli, d_cli = tmp_path / "v.safetensors", tmp_path / "d.safetensors"
+    assert main(["extract", *given[:2], "--out", str(v_cli)]) == 0
+    assert main(["rebound-direction", *given[2:], "--out", str(d_cli)]) == 0
+    capsys.readouterr()
+    # the config `pgrpo train` runs with these flags; its trainer extracts both at set-up
+    assert main(["train", "--print-config", "--arm", "rebound", "--n-problems", "4", *given]) == 0
+    cfg = TrainConfig.from_dict(json.loads(capsys.readouterr().out))
+    run = tmp_path / "run"
+    Trainer(cfg, run, progress=False)
+    for ours, theirs in ((v_cli, run / "v_hack.safetensors"), (d_cli, run / "rebound_direction.safetensors")):
+        a, b = load_file(ours), load_file(theirs)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), ours
+        meta_a, meta_b = read_metadata(ours), read_metadata(theirs)
+        meta_a.pop("created_at"), meta_b.pop("created_at")
+        assert meta_a == meta_b
+    assert load_file(v_cli)[next(iter(load_file(v_cli)))].shape[0] == cfg.vhack_m == 4
+
+
+def test_extract_and_adapter_check_honour_targets(tmp_path, mixed_code_pairs, capsys):
+    assert main(["extract", "--pairs", mixed_code_pairs, "--targets", "q_proj,v_proj", "--vhack-m", "1",
+                 "--out", str(tmp_path / "v.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["modules"] == 8   # 4 layers × 2
+    assert set(load_file(tmp_path / "v.safetensors")) == {f"model.layers.{i}.self_attn.{p}"
+                                                          for i in range(4) for p in ("q_proj", "v_proj")}
+    assert main(["adapter-check", "--targets", "down_proj"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["modules"] == 4
