@@ -134,7 +134,7 @@ def load_pairs(spec: str, split: str | None = None, modes: tuple[str, ...] | Non
     if not pairs:
         raise UserError(f"pair file {path} has no pairs")
     if modes is not None and kind != "code":
-        raise UserError(f"{path}: --modes applies to code pairs only (these are {kind} pairs)")
+        raise UserError(f"{path}: --vhack-modes applies to code pairs only (these are {kind} pairs)")
     selected = [p for p in pairs if (split is None or p.split == split)
                 and (modes is None or p.mode in modes)]
     return PairSet(pairs=selected, path=path, sha256=hashlib.sha256(data).hexdigest(), kind=kind)
