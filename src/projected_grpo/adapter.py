@@ -22,6 +22,7 @@ from torch import nn
 
 from projected_grpo.errors import UserError
 from projected_grpo.merged_delta import GRAD_MODES, fold, merged_linear
+from projected_grpo.runio import write_atomic_with
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -114,9 +115,9 @@ def svd_basis(w: torch.Tensor, cache_dir: str, key: str) -> tuple[torch.Tensor, 
     u_cpu, vh_cpu = u.cpu(), vh.cpu()
     digest = tensor_hash(u_cpu, vh_cpu)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"u": u_cpu, "vh": vh_cpu}, tmp, metadata={"basis_sha256": digest})
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written basis
+    # atomic: a crash never leaves a half-written basis
+    write_atomic_with(path, lambda tmp: save_file({"u": u_cpu, "vh": vh_cpu}, tmp,
+                                                  metadata={"basis_sha256": digest}))
     return u, vh, digest
 
 
@@ -245,9 +246,8 @@ class DeltaSAdapter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: m.delta_s.detach().cpu().contiguous() for k, m in self.modules.items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, tmp, metadata=self.metadata())
-        os.replace(tmp, path)
+        meta = self.metadata()
+        write_atomic_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     def check_metadata(self, meta: dict[str, str] | None, path: str | Path, what: str) -> None:
         """Refuse an artifact (δS or v_hack) made for another model, dtype, module set or rank."""

@@ -18,23 +18,36 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import torch
 
 from projected_grpo.errors import UserError
 
 CONFIG, METRICS, SAMPLES, CHECKPOINT = "config.json", "metrics.jsonl", "samples.jsonl", "checkpoint.pt"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomic_with(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """The one atomic file writer: `write(tmp)` fills a temp file beside `path` (same directory, so
+    the rename cannot cross file systems), which is fsynced and renamed onto `path`. If `write`
+    raises, the temp file is removed and `path` keeps its old content (or stays absent). `write`
+    may be e.g. `lambda p: torch.save(obj, p)` or `lambda p: save_file(tensors, p, metadata=m)`."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write bytes (or text, as UTF-8) to `path` atomically (see write_atomic_with)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return write_atomic_with(path, lambda tmp: tmp.write_bytes(raw))
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
@@ -155,13 +168,13 @@ def prepare_dir(out: Path, config_json: str, resume: bool) -> None:
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
-    tmp = out / (CHECKPOINT + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / CHECKPOINT)
+    import torch  # here, not at the top: runio is imported by the torch-free env commands
+
+    write_atomic_with(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(out: Path) -> dict | None:
+    import torch
+
     path = out / CHECKPOINT
     return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
