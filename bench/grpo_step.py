@@ -155,7 +155,8 @@ def cheap_hash(w):
 
 # ---- (a) ours ---------------------------------------------------------------------------------
 def bench_ours(size: str, args, tok) -> dict:
-    from projected_grpo import adapter as adapter_mod, fast_rollout, rollout, train
+    from projected_grpo import adapter as adapter_mod, rollout, train
+    from projected_grpo.fast import fast_rollout
     from projected_grpo.config import TrainConfig
     from projected_grpo.env.grader import Grade
 
@@ -372,7 +373,7 @@ def bench_train_parts(size: str, args, tok) -> dict:
 def decode_profile(model, trainer, tok, args) -> dict:
     """Prefill-only vs full runs of the fast loop on the step's own batch → time per decode step,
     and its fraction of the HBM bound (weights + K/V of the mean context read once per step)."""
-    from projected_grpo import fast_rollout
+    from projected_grpo.fast import fast_rollout
     from projected_grpo.rollout import encode_prompts, eos_token_ids
 
     problems = trainer.step_problems(0)
@@ -409,7 +410,7 @@ def decode_profile(model, trainer, tok, args) -> dict:
 def gpu_check(tok, args) -> None:
     """Fast path vs HF generate, greedy, on this device; then decode timings of the fast loop's
     variants (eager / compiled layers, matmul / SDPA decode attention) at 0.5B, batch P*G, forced length."""
-    from projected_grpo import fast_rollout
+    from projected_grpo.fast import fast_rollout
     from projected_grpo.adapter import attach
     from projected_grpo.models import load_model
     from projected_grpo.rollout import encode_prompts, eos_token_ids, sample

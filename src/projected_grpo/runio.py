@@ -24,6 +24,7 @@ from pathlib import Path
 from projected_grpo.errors import UserError
 
 CONFIG, METRICS, SAMPLES, CHECKPOINT = "config.json", "metrics.jsonl", "samples.jsonl", "checkpoint.pt"
+DELTA_S = "delta_s.safetensors"  # the trained δS; the trainer writes it last, so it closes a run
 
 
 def write_atomic_with(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -81,6 +82,24 @@ def train_rows(rows: list[dict]) -> list[dict]:
 def eval_rows(rows: list[dict]) -> list[dict]:
     """The held-out evaluation rows of a metrics log (`kind` == "eval")."""
     return [r for r in rows if r.get("kind") == "eval"]
+
+
+def run_state(run_dir: Path, steps: int | None = None) -> str:
+    """The one rule for "run finished" (the sweep skips or resumes by it, the report counts by it):
+    missing    no config.json;
+    finished   the training rows reach `steps` (None: the config's) and the run is closed: δS is
+               written (DELTA_S, which the trainer writes last, after the last step's rows, eval row
+               and checkpoint). A copy of a run's logs without its artifacts (neither DELTA_S nor
+               CHECKPOINT, as published under docs/results) is judged by its rows alone (so is a
+               1-step run killed between its row and its first checkpoint: the one blind spot);
+    unfinished anything else (resuming it continues from its checkpoint)."""
+    config = read_config(run_dir)
+    if config is None:
+        return "missing"
+    steps = int(config.get("steps", 0)) if steps is None else steps
+    done = max((r.get("step", 0) for r in train_rows(read_jsonl(run_dir / METRICS))), default=0)
+    closed = (run_dir / DELTA_S).is_file() or not (run_dir / CHECKPOINT).is_file()
+    return "finished" if done >= steps and closed else "unfinished"
 
 
 def truncate_after(path: Path, step: int) -> None:

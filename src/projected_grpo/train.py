@@ -419,7 +419,7 @@ class Trainer:
                 runio.save_checkpoint(self.out, self._state(step + 1))
             dist.barrier()
         if self.rank == 0 and self.start_step + len(bar) == cfg.steps:
-            self.adapter.save(self.out / "delta_s.safetensors")  # marks the run finished
+            self.adapter.save(self.out / runio.DELTA_S)  # closes the run (runio.run_state)
         self.tracker.close()
         return self.out
 
