@@ -59,7 +59,7 @@ def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = 
     held-out check (per-module table beside V) and return its summary dict (no per-module rows)."""
     from projected_grpo import vhack
     from projected_grpo.pairs import load_pairs, parse_modes
-    from projected_grpo.train import load_policy
+    from projected_grpo.policy import load_policy
     from projected_grpo.verify import verify_v_hack, write_table
 
     path = Path(path)
