@@ -123,10 +123,10 @@ def scored_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     nor their fp32 log-softmax ever live all at once, and only scored positions get logits. Assumes
     logits = lm_head(last hidden state), as in Qwen/Llama (no soft-capping or scaling)."""
     body, head = model.get_decoder(), model.get_output_embeddings()
+    rows, pos = scored.nonzero(as_tuple=True)  # (N,), (N,); before the forward, so its sync waits for nothing
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=False).last_hidden_state                   # (B, L, d)
-    rows, pos = scored.nonzero(as_tuple=True)                          # (N,), (N,)
     h, targets = hidden[rows, pos], input_ids[rows, pos + 1]           # (N, d), (N,)
     pieces = []
     for s in range(0, len(rows), chunk):
