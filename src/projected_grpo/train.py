@@ -58,8 +58,9 @@ class Trainer:
 
     Its parts can be handed in (each None: built from `cfg` as a run builds it):
       policy      Policy(model, tok, adapter) on policy_device(cfg) (load_policy);
-      grade       grader.grade_many's signature, grades training, teacher-pool and eval rows;
-      sampler     rollout.sample's signature, samples training and eval rows;
+      grade       grader.grade_many's signature: grades training rows and, when handed in, the
+                  teacher pool and eval rows (None: grade_many in each);
+      sampler     rollout.sample's signature: samples training rows and, when handed in, eval rows;
       directions  (V measured, V projected), {module key: (m, r)} on the policy's device
                   (directions.arm_directions; not for the refresh arm, whose V is re-extracted)."""
 
@@ -70,8 +71,8 @@ class Trainer:
         if directions is not None and arms.get(cfg.arm).v_source == "refresh":
             raise ValueError("the refresh arm re-extracts its V: it cannot be handed fixed directions")
         self.cfg, self.out, self.progress = cfg, Path(out), progress
-        self.grade = grade or grade_many
-        self.sample = sampler or sample
+        self.grade, self.sample = grade or grade_many, sampler or sample          # training rows
+        self.handed = {"grade": grade, "sampler": sampler}                        # teacher pool, eval
         self.rank, self.world = dist.rank(), dist.world_size()
         if self.world > cfg.prompts_per_step:  # every rank must hold at least one prompt group
             raise UserError(f"--prompts-per-step {cfg.prompts_per_step} is less than the {self.world} ranks")
@@ -127,7 +128,7 @@ class Trainer:
         self.rebound_direction = (rebound.run_direction(self.model, self.tok, cfg, self.out)
                                   if cfg.arm == "rebound" else None)
         self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env,
-                                         parse_kinds(cfg.teacher_kinds), self.grade)
+                                         parse_kinds(cfg.teacher_kinds), self.handed["grade"])
                         if cfg.n_teacher > 0 else None)
         if self.teacher is not None and self.rank == 0:  # what the pool held, for the report
             runio.write_atomic(self.out / TEACHER_SUMMARY, json.dumps(
@@ -348,7 +349,7 @@ class Trainer:
         if not self.eval_problems or not evaluate.due(step, self.cfg):
             return
         row, samples = evaluate.evaluate(self.model, self.tok, self.adapter, self.eval_problems, self.cfg,
-                                         self.env, step, self.device, self.grade, self.sample)
+                                         self.env, step, self.device, **self.handed)
         if self.rank == 0:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
