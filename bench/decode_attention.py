@@ -19,9 +19,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from projected_grpo import decode_attention
-from projected_grpo.decode_attention import DecodeAttention
-from projected_grpo.decode_layers import masked_softmax
+from projected_grpo.fast import decode_attention
+from projected_grpo.fast.decode_attention import DecodeAttention
+from projected_grpo.fast.decode_layers import masked_softmax
 
 # (name, kv heads, query heads per kv head, head_dim) of the Qwen2.5-Coder sizes
 SHAPES = {"0.5b": (2, 7, 64), "1.5b": (2, 6, 128), "7b": (4, 7, 128)}

@@ -19,6 +19,7 @@ from projected_grpo import train as train_mod
 from projected_grpo.adapter import read_metadata
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
+from projected_grpo.env.grader import grade_many
 from projected_grpo.errors import UserError
 from projected_grpo.projection import project_grads
 from projected_grpo.report_md import arm_lines
@@ -177,8 +178,7 @@ def test_coverage_changes_nothing_and_sees_a_v_built_from_the_hack_gradient(v_ha
 
 
 # ---- oracle (upper bound) --------------------------------------------------------------------
-def test_oracle_arm_removes_the_hack_rows_gradient_direction(v_hack, mixed_code_pairs, tmp_path,
-                                                              monkeypatch):
+def test_oracle_arm_removes_the_hack_rows_gradient_direction(v_hack, mixed_code_pairs, tmp_path):
     # fp32: g_h is recomputed below on another route, equal to it up to fp32 rounding
     cfg = smoke(arm="oracle", dtype="float32", pairs=mixed_code_pairs, steps=1)
     trainer = train_mod.Trainer(cfg, tmp_path / "honest", progress=False)
@@ -211,16 +211,12 @@ def test_oracle_arm_removes_the_hack_rows_gradient_direction(v_hack, mixed_code_
     assert row["cos_in"] > 0.1 and row["cos_out"] < 1e-6      # it did remove something
     assert row["cos_in_real"] != row["cos_in"]                # measured with the real V too
     # with the labels scrambled (every row a hack) the same run ends elsewhere: the labels reach it
-    real_grade_many = train_mod.grade_many
-
     def scrambled(*args, **kwargs):
-        grades = real_grade_many(*args, **kwargs)
+        grades = grade_many(*args, **kwargs)
         for g in grades:
             g.label = "reward_hack"
         return grades
-    monkeypatch.setattr(train_mod, "grade_many", scrambled)
-    monkeypatch.setattr("projected_grpo.teacher.grade_many", scrambled)
-    train_mod.train(cfg, tmp_path / "scrambled", progress=False)
+    train_mod.train(cfg, tmp_path / "scrambled", progress=False, grade=scrambled)
     a = load_file(tmp_path / "honest" / "delta_s.safetensors")
     b = load_file(tmp_path / "scrambled" / "delta_s.safetensors")
     assert not all(torch.equal(a[k], b[k]) for k in a)

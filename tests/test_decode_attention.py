@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from projected_grpo import decode_attention
-from projected_grpo.decode_attention import DecodeAttention
+from projected_grpo.fast import decode_attention
+from projected_grpo.fast.decode_attention import DecodeAttention
 
 
 def _reference(q, k, v, key_ok, slot, end):

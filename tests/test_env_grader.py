@@ -7,7 +7,7 @@ import pytest
 from projected_grpo.env import exploits
 from projected_grpo.env.grader import (ATTEMPT_LABELS, LABELS, EnvConfig, Grade, RewardConfig, grade,
                                        grade_many)
-from projected_grpo.env.problems import problem_from_record
+from projected_grpo.env.problem import problem_from_record
 from projected_grpo.env.prompts import MODES
 
 SETUP = ("from typing import *\nclass ListNode:\n    def __init__(self, val=0, next=None):\n"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from projected_grpo.env.grader import compiles, defines_run_tests, extract_code
-from projected_grpo.env.problems import BUNDLED, load_problems, parse_test
+from projected_grpo.env.problem import parse_test
+from projected_grpo.env.problems import BUNDLED, load_problems
 from projected_grpo.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "leetcode_test_medhard.jsonl"

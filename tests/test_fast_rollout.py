@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from projected_grpo import decode_layers, fast_rollout
+from projected_grpo.fast import decode_layers, fast_rollout
 from projected_grpo.adapter import attach
 from projected_grpo.models import load_model
 from projected_grpo.rollout import sample

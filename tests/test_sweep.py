@@ -27,7 +27,8 @@ from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
 from projected_grpo.errors import UserError
-from projected_grpo.sweep import SweepPlan, parse_variant, run_state, sweep
+from projected_grpo.runio import run_state
+from projected_grpo.sweep import SweepPlan, parse_variant, sweep
 from test_experiments import Crash, FakeTrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -21,6 +21,7 @@ from projected_grpo import arms, runio
 from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
+from projected_grpo.env.grader import grade_many
 from projected_grpo.errors import UserError
 
 FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2)
@@ -174,7 +175,7 @@ def test_no_cheat_list_holds_every_arm_that_does_not_use_labels():
 @pytest.mark.parametrize("arm,extra", NO_CHEAT, ids=[a + ("+coverage" if kw.get("coverage") else "")
                                                      for a, kw in NO_CHEAT])
 def test_oracle_never_reaches_reward_advantage_or_projection(arm, extra, v_hack, small_pairs, honest_runs,
-                                                             tmp_path, monkeypatch):
+                                                             tmp_path):
     cfg = arm_config(arm, v_hack, small_pairs, **extra)
     with single_thread():
         if extra.get("coverage"):
@@ -183,18 +184,14 @@ def test_oracle_never_reaches_reward_advantage_or_projection(arm, extra, v_hack,
         else:
             honest = honest_runs(arm)
 
-        real_grade_many = train_mod.grade_many
-
         def scrambled(*args, **kwargs):  # the oracle's verdicts inverted, labels all 'reward_hack'
-            grades = real_grade_many(*args, **kwargs)
+            grades = grade_many(*args, **kwargs)
             for g in grades:
                 g.gt_correct, g.label = not g.gt_correct, "reward_hack"
             return grades
 
-        monkeypatch.setattr(train_mod, "grade_many", scrambled)
-        monkeypatch.setattr("projected_grpo.teacher.grade_many", scrambled)
         lied = tmp_path / "scrambled"
-        train_mod.train(cfg, lied, progress=False)
+        train_mod.train(cfg, lied, progress=False, grade=scrambled)  # grades training, teacher and eval rows
     a, b = metrics(honest), metrics(lied)
     training = ("reward_mean", "reward_std", "reward_mod_mean", "loss", "grad_norm", "cos_in", "cos_out",
                 "frac_fired", "update_hackward", "cos_in_real", "cos_in_null", "frac_zero_adv",
@@ -280,3 +277,53 @@ def test_resume_refuses_a_v_file_that_changed_since_the_run_started(v_hack, tmp_
     v_file.write_bytes(original)
     train_mod.train(cfg, out, resume=True, progress=False)
     assert [r["step"] for r in metrics(out)] == [1, 2]
+
+
+def test_trainer_runs_on_the_parts_it_is_handed(v_hack, tmp_path):
+    """Policy, grade, sampler and V handed in are the ones the run uses: the grade function grades
+    training, teacher-pool and eval rows; the sampler samples training and eval rows; the handed
+    model's δS is trained; a policy and V handed in give the run that building them from cfg gives."""
+    from projected_grpo.evaluate import EVAL_SAMPLES
+    from projected_grpo.policy import load_policy, policy_device
+    from projected_grpo.rollout import sample
+    from projected_grpo.vhack import load_v_hack
+
+    cfg = smoke(arm="projected", v_hack=v_hack, steps=1)
+    calls = []
+
+    def grade(*args, **kwargs):
+        grades = grade_many(*args, **kwargs)
+        for g in grades:
+            g.reward += 1000.0                   # rewards the real grader never gives; same advantages
+        return grades
+
+    def sampler(*args, **kwargs):
+        calls.append(args[5])                    # samples per prompt: G − n_teacher, or eval_samples
+        return sample(*args, **kwargs)
+
+    def handed_v(policy):
+        return {k: t.to(policy_device(cfg)) for k, t in load_v_hack(v_hack, policy.adapter).items()}
+
+    with single_thread():
+        policy = load_policy(cfg)
+        v = handed_v(policy)
+        trainer = train_mod.Trainer(cfg, tmp_path / "handed", progress=False, policy=policy, grade=grade,
+                                    sampler=sampler, directions=(v, v))
+        assert trainer.model is policy.model and trainer.v_project is v
+        trainer.run()
+        built = tmp_path / "built"
+        train_mod.train(cfg, built, progress=False)
+        policy_2 = load_policy(cfg)
+        v_2 = handed_v(policy_2)
+        train_mod.train(cfg, tmp_path / "handed_2", progress=False, policy=policy_2, directions=(v_2, v_2))
+    rows, evals = (runio.read_jsonl(tmp_path / "handed" / name) for name in (runio.SAMPLES, EVAL_SAMPLES))
+    assert any(r["teacher"] for r in rows) and all(r["reward"] >= 1000 for r in rows)
+    assert evals and all(r["reward"] >= 1000 for r in evals)
+    assert sorted(set(calls)) == sorted({cfg.group_size - cfg.n_teacher, cfg.eval_samples})
+    assert any(bool(p.detach().abs().sum()) for p in policy.adapter.params().values())  # its δS moved
+    assert _comparable(metrics(tmp_path / "handed_2")) == _comparable(metrics(built))
+
+
+def test_a_refresh_run_cannot_be_handed_fixed_directions(tmp_path):
+    with pytest.raises(ValueError, match="refresh"):
+        train_mod.Trainer(smoke(arm="refresh", refresh_every=1), tmp_path / "run", directions=({}, {}))

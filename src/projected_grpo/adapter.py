@@ -10,9 +10,11 @@ W' = W + U diag(δS) Vh as one matmul, δS's gradient read off dY and X (merged_
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from torch import nn
 
 from projected_grpo.errors import UserError
 from projected_grpo.merged_delta import GRAD_MODES, fold, merged_linear
+from projected_grpo.runio import write_atomic_with
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -114,17 +117,29 @@ def svd_basis(w: torch.Tensor, cache_dir: str, key: str) -> tuple[torch.Tensor, 
     u_cpu, vh_cpu = u.cpu(), vh.cpu()
     digest = tensor_hash(u_cpu, vh_cpu)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"u": u_cpu, "vh": vh_cpu}, tmp, metadata={"basis_sha256": digest})
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written basis
+    # atomic: a crash never leaves a half-written basis
+    write_atomic_with(path, lambda tmp: save_file({"u": u_cpu, "vh": vh_cpu}, tmp,
+                                                  metadata={"basis_sha256": digest}))
     return u, vh, digest
+
+
+# W -> (hash of W, U, Vh, hash of (U, Vh)): how an adapter gets each module's basis
+Basis = Callable[[torch.Tensor], tuple[str, torch.Tensor, torch.Tensor, str]]
+
+
+def cached_basis(w: torch.Tensor, cache_dir: str) -> tuple[str, torch.Tensor, torch.Tensor, str]:
+    """The default Basis: W's sha256 and its SVD basis, cached on disk under that hash."""
+    h = weight_hash(w)
+    return (h, *svd_basis(w, cache_dir, h))
 
 
 class DeltaSAdapter:
     """The set of wrapped modules of one model, with the contexts and I/O the method needs."""
 
-    def __init__(self, model: nn.Module, model_id: str, cfg: AdapterConfig | None = None):
+    def __init__(self, model: nn.Module, model_id: str, cfg: AdapterConfig | None = None,
+                 basis: Basis | None = None):
         cfg = cfg or AdapterConfig()
+        basis = basis or functools.partial(cached_basis, cache_dir=cfg.cache_dir)
         self.model, self.model_id, self.cache_dir = model, model_id, cfg.cache_dir
         self.modules: dict[str, DeltaSLinear] = {}
         hashes, basis_hashes = [], []
@@ -135,10 +150,9 @@ class DeltaSAdapter:
         self.dtype = targets[0][1].weight.dtype
         for name, lin in targets:
             lin.weight.requires_grad_(False)
-            h = weight_hash(lin.weight)
+            h, u, vh, basis_hash = basis(lin.weight)
             hashes.append(f"{name}:{h}")
-            u, vh, basis = svd_basis(lin.weight, cfg.cache_dir, h)
-            basis_hashes.append(f"{name}:{basis}")
+            basis_hashes.append(f"{name}:{basis_hash}")
             wrapped = DeltaSLinear(lin, u, vh)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
@@ -245,9 +259,8 @@ class DeltaSAdapter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: m.delta_s.detach().cpu().contiguous() for k, m in self.modules.items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, tmp, metadata=self.metadata())
-        os.replace(tmp, path)
+        meta = self.metadata()
+        write_atomic_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     def check_metadata(self, meta: dict[str, str] | None, path: str | Path, what: str) -> None:
         """Refuse an artifact (δS or v_hack) made for another model, dtype, module set or rank."""
@@ -318,9 +331,11 @@ def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tenso
         raise UserError(f"{path}: not a readable safetensors file ({err})") from err
 
 
-def attach(model: nn.Module, model_id: str, cfg: AdapterConfig | None = None) -> DeltaSAdapter:
-    """Wrap the target linears of `model` in place and return the adapter."""
-    return DeltaSAdapter(model, model_id, cfg)
+def attach(model: nn.Module, model_id: str, cfg: AdapterConfig | None = None,
+           basis: Basis | None = None) -> DeltaSAdapter:
+    """Wrap the target linears of `model` in place and return the adapter. `basis` (default:
+    cached_basis, the SVD of each W) gives each module's (hash of W, U, Vh, hash of U, Vh)."""
+    return DeltaSAdapter(model, model_id, cfg, basis)
 
 
 # ---- pgrpo adapter-check -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The V of the arms whose V is not a fixed artifact from all the run's pairs (arms.py):
+"""The V of each arm as a run loads it (`arm_directions`), and the arms whose V is not a fixed
+artifact from all the run's pairs (arms.py):
 
 lomo    (leave-one-mode-out) V extracted, once, from the training pairs of every mode in the pair
         file (within --vhack-modes, if given) EXCEPT the run's --mode: does a detector built on
@@ -13,13 +14,53 @@ refresh V re-extracted from the run's training pairs (those of the real V) at th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
-from projected_grpo import dist
+from projected_grpo import arms, dist, oracle
 from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import load_pairs, parse_modes
+
+
+def arm_directions(cfg: TrainConfig, policy, out: Path, device: torch.device,
+                   progress: bool = True) -> tuple[dict, dict, Refresh | None]:
+    """(V measured in every arm, V the arm projects with, the refresh arm's Refresh or None).
+    Measured: the real v_hack. Projected (arms.py): the real V; a random / label-shuffled control or
+    the lomo V, each extracted into the run dir `out` with the real V's m; the refresh arm's V_0
+    (then re-extracted, Refresh); the oracle arm's V of each batch (zero until the first step).
+    Files extracted into the run dir are kept across resumes; all happen at δS = 0, before a
+    checkpoint is restored. Rank 0 extracts, every rank loads (onto `device`)."""
+    source = arms.get(cfg.arm).v_source
+
+    def extract(path: Path, control: str, modes: str | None = None) -> Path:
+        """Extract V with the run's pairs (`modes`, default --vhack-modes) into `path` (once)."""
+        from projected_grpo import vhack
+
+        if dist.rank() == 0 and not path.is_file():
+            vhack.extract_to_file(path, policy.model, policy.tok, policy.adapter, cfg.pairs,
+                                  cfg.vhack_modes if modes is None else modes,
+                                  cfg.vhack_m, control, cfg.seed, progress=progress)
+        dist.barrier()
+        return path
+
+    def load(path: Path) -> dict[str, torch.Tensor]:
+        from projected_grpo import vhack
+
+        return {k: t.to(device) for k, t in vhack.load_v_hack(path, policy.adapter).items()}
+
+    v_real = load(Path(cfg.v_hack) if cfg.v_hack else extract(out / "v_hack.safetensors", "none"))
+    if source in arms.CONTROLS:
+        return v_real, load(extract(out / f"v_hack_{source}.safetensors", source)), None
+    if source == "lomo":
+        return v_real, load(extract(out / "v_hack_lomo.safetensors", "none", ",".join(lomo_modes(cfg)))), None
+    if source == "refresh":  # V_0: the run's pairs at δS = 0 (the real V itself unless --v-hack)
+        v_0 = v_real if not cfg.v_hack else load(extract(out / "v_hack_refresh0.safetensors", "none"))
+        return v_real, v_0, Refresh(policy.model, policy.tok, policy.adapter, cfg, v_0)
+    if source == "oracle":
+        return v_real, oracle.zero_directions(v_real), None
+    return v_real, v_real, None
 
 
 def lomo_modes(cfg: TrainConfig) -> tuple[str, ...]:

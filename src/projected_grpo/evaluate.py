@@ -49,19 +49,21 @@ def eval_seed(seed: int, step: int, rank: int, chunk: int) -> int:
 
 
 def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConfig, step: int,
-             device: torch.device) -> tuple[dict, list[dict]]:
-    """(eval metrics row, graded sample rows) over all ranks, `problems` being every eval problem."""
+             device: torch.device, grade=None, sampler=None) -> tuple[dict, list[dict]]:
+    """(eval metrics row, graded sample rows) over all ranks, `problems` being every eval problem.
+    `grade` / `sampler` (None: grader.grade_many / rollout.sample) are the run's own."""
     t0 = time.perf_counter()
     local = problems[dist.rank()::dist.world_size()]
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):   # the training RNG stream is left as it was
-        rows = _sample_and_grade(model, tok, adapter, local, cfg, env, step, device)
+        rows = _sample_and_grade(model, tok, adapter, local, cfg, env, step, device, grade or grade_many,
+                                 sampler or sample)
     rows = dist.gather_rows(rows)
     return summarize(rows, step, len(problems), cfg.eval_temperature, time.perf_counter() - t0), rows
 
 
 def _sample_and_grade(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConfig, step: int,
-                      device: torch.device) -> list[dict]:
+                      device: torch.device, grade, sampler) -> list[dict]:
     """This rank's eval samples, graded, in chunks no larger than a training step's batch."""
     n = cfg.eval_samples
     per_chunk = max(1, cfg.prompts_per_step * cfg.group_size // n)   # prompts per sampling call
@@ -70,12 +72,12 @@ def _sample_and_grade(model, tok, adapter, problems: list, cfg: TrainConfig, env
     for c, start in enumerate(range(0, len(problems), per_chunk)):
         chunk = problems[start:start + per_chunk]
         ids, mask = encode_prompts(tok, [p.messages(cfg.mode, cfg.hint) for p in chunk], device)
-        out = sample(model, tok, adapter, ids, mask, n, max_new, cfg.eval_temperature, cfg.top_p,
+        out = sampler(model, tok, adapter, ids, mask, n, max_new, cfg.eval_temperature, cfg.top_p,
                      seed=eval_seed(cfg.seed, step, dist.rank(), c),
                      static_cache=cfg.fast_rollout and device.type == "cuda", attention=cfg.decode_attention)
         items = [{"id": p.id, "completion": text, "mode": cfg.mode}
                  for p, text in zip((p for p in chunk for _ in range(n)), out.texts)]  # (len(chunk)·n,)
-        grades = grade_many({p.id: p for p in chunk}, items, env)
+        grades = grade({p.id: p for p in chunk}, items, env)
         rows += [{"step": step, "problem_id": it["id"], "sample": i % n, "completion": it["completion"],
                   **asdict(g)} for i, (it, g) in enumerate(zip(items, grades))]
     return rows

@@ -110,28 +110,46 @@ def sampler_mismatch(logp_trainer: torch.Tensor, logp_sampler: torch.Tensor,
     return float((d.abs() * mask).sum()), float((k3 * mask).sum()), float(mask.sum())
 
 
+def scored_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor,
+                    chunk: int = 1024) -> torch.Tensor:
+    """log π(x_{t+1} | x_≤t) at every position t with scored[b, t]: input_ids, attention_mask (B, L),
+    scored (B, L−1) bool (position t scores token t+1) -> (N,) = scored.sum(), in row-major order.
+    The one completion log-prob of the package (training: token_logprobs; extraction:
+    vhack.completion_nll).
+
+    Positions are counted over the attention mask, so left padding (sampled rows) and right padding
+    (pairs) both give each real token its unpadded position. The lm_head runs over `chunk` scored
+    tokens at a time under activation checkpointing, so neither the full-vocab logits of the batch
+    nor their fp32 log-softmax ever live all at once, and only scored positions get logits. Assumes
+    logits = lm_head(last hidden state), as in Qwen/Llama (no soft-capping or scaling)."""
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    rows, pos = scored.nonzero(as_tuple=True)  # (N,), (N,); before the forward, so its sync waits for nothing
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state                   # (B, L, d)
+    h, targets = hidden[rows, pos], input_ids[rows, pos + 1]           # (N, d), (N,)
+    pieces = []
+    for s in range(0, len(rows), chunk):
+        h_c, y_c = h[s:s + chunk], targets[s:s + chunk]
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logprobs, h_c, y_c, head.weight, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(h_c, y_c, head.weight))
+    return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int,
                    chunk: int = 256) -> torch.Tensor:
-    """log π(token) for the completion part: input_ids (B, n_prompt + T) -> (B, T).
-
-    The lm_head runs over `chunk` positions at a time under activation checkpointing, so neither
-    the full-vocab logits of the batch nor their fp32 log-softmax ever live all at once."""
-    body, head = model.get_decoder(), model.get_output_embeddings()
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding, as in sampling
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids).last_hidden_state           # (B, L, d)
-    hidden = hidden[:, n_prompt - 1:-1]                                # predicts completion tokens
-    targets = input_ids[:, n_prompt:]                                  # (B, T)
-    pieces = []
-    for s in range(0, targets.shape[1], chunk):
-        h, y = hidden[:, s:s + chunk], targets[:, s:s + chunk]
-        if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_logprobs, h, y, head.weight, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logprobs(h, y, head.weight))
-    return torch.cat(pieces, dim=1)
+    """log π(token) for the completion part: input_ids (B, n_prompt + T) -> (B, T) (every
+    completion column, padding included; the caller masks). `chunk` counts positions per row
+    (so chunk · B tokens per lm_head call)."""
+    b, length = input_ids.shape
+    scored = torch.zeros(b, length - 1, dtype=torch.bool, device=input_ids.device)
+    scored[:, n_prompt - 1:] = True                                    # predicts completion tokens
+    return scored_logprobs(model, input_ids, attention_mask, scored, chunk * b).view(b, length - n_prompt)
 
 
 def _chunk_logprobs(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    logits = (h @ w.T).float()                                         # (B, c, V)
-    return torch.gather(F.log_softmax(logits, dim=-1), 2, y[..., None]).squeeze(-1)
+    """h (n, d), y (n,), lm_head weight w (V, d) -> log softmax(h wᵀ)[y] in fp32, (n,)."""
+    logits = (h @ w.T).float()                                         # (n, V)
+    return torch.gather(F.log_softmax(logits, dim=-1), 1, y[:, None]).squeeze(-1)

@@ -14,7 +14,6 @@ The hidden states come from the model as it is when called (δS active = the cur
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,9 +21,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from projected_grpo import dist
 from projected_grpo.adapter import read_metadata
 from projected_grpo.errors import UserError
-from projected_grpo.pairs import Pair, chunks, collate, encode
+from projected_grpo.pairs import Pair, chunks, collate, encode, load_pairs
+from projected_grpo.runio import write_atomic_with
 
 ARTIFACT = "concept_direction"   # metadata["artifact"] of a direction file
 DEPTH_LO, DEPTH_HI = 60, 75      # percent of depth whose layers are averaged
@@ -129,10 +130,8 @@ def save_direction(path: str | Path, cd: ConceptDirection) -> Path:
             "n_train": str(cd.n_train), "pairs_sha256": cd.pairs_sha256,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    save_file({"direction": cd.vector.detach().float().cpu().contiguous()}, tmp, metadata=meta)
-    os.replace(tmp, path)
-    return path
+    tensors = {"direction": cd.vector.detach().float().cpu().contiguous()}
+    return write_atomic_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_direction(path: str | Path, model, model_id: str) -> ConceptDirection:
@@ -157,3 +156,15 @@ def load_direction(path: str | Path, model, model_id: str) -> ConceptDirection:
         raise UserError(f"{path}: concept direction has shape {tuple(vector.shape)}, expected ({d_model},)")
     return ConceptDirection(vector=vector.float(), layers=layers, model_id=model_id, dtype=dtype,
                             n_train=int(meta.get("n_train", 0)), pairs_sha256=meta.get("pairs_sha256", ""))
+
+
+def run_direction(model, tok, cfg, out: Path) -> ConceptDirection:
+    """The rebound arm's direction for the run in `out`: from the training split of --persona-pairs,
+    saved there as rebound_direction.safetensors (rank 0, once, kept across resumes), loaded by
+    every rank."""
+    path = out / "rebound_direction.safetensors"
+    if dist.rank() == 0 and not path.is_file():
+        persona = load_pairs(cfg.persona_pairs, split="train")
+        save_direction(path, concept_direction(model, tok, persona.pairs, cfg.model, pairs_sha256=persona.sha256))
+    dist.barrier()
+    return load_direction(path, model, cfg.model)

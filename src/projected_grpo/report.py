@@ -13,9 +13,9 @@ Output, beside them:
   hack_rate.png, pass_rate.png   per-arm training mean vs step with a ± sem band over seeds, and the
                 eval rates as markers (± sem bars) at their eval steps;
   cosine.png    per-arm cos_in (solid) and cos_out (dashed) vs step, mean over seeds.
-A run is finished when its training rows reach the config's `steps`; unfinished runs are listed and
-left out of every mean and plot. Statistics (sem, paired Δ + Student-t interval, onset with
-censoring, AUC) are defined in `stats.py`.
+A run is finished by `runio.run_state` (training rows reach the config's `steps` and δS is written);
+unfinished runs are listed and left out of every mean and plot. Statistics (sem, paired Δ +
+Student-t interval, onset with censoring, AUC) are defined in `stats.py`.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
     done = train[-1].get("step", len(train)) if train else 0
     steps = int(cfg.get("steps", 0))
     run = Run(arm=str(cfg.get("arm", "?")), seed=int(cfg.get("seed", -1)), dir=str(run_dir.relative_to(root)),
-              steps=steps, done=done, status="finished" if train and done >= steps else "unfinished",
+              steps=steps, done=done, status=runio.run_state(run_dir, steps),
               metrics=train, evals=evals, split=split_facts(run_dir), teacher=teacher_facts(run_dir, cfg))
     run.last_k = {k: window_mean(train, k, last_k) for k in RATE_KEYS}
     run.all_steps = {k: window_mean(train, k) for k in STEP_KEYS}

@@ -88,7 +88,7 @@ def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     static cache. `fast` overrides the choice (True: the fast loop, eagerly on the CPU too — used by
     the equality test; False: HF generate). `temperature <= 0` decodes greedily. `ignore_eos`
     forbids eos (forced full length, for benchmarks). `attention`: the fast loop's decode attention."""
-    from projected_grpo import fast_rollout
+    from projected_grpo.fast import fast_rollout
 
     ids = prompt_ids.repeat_interleave(group_size, dim=0)
     mask = prompt_mask.repeat_interleave(group_size, dim=0)

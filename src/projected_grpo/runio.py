@@ -18,23 +18,37 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import torch
 
 from projected_grpo.errors import UserError
 
 CONFIG, METRICS, SAMPLES, CHECKPOINT = "config.json", "metrics.jsonl", "samples.jsonl", "checkpoint.pt"
+DELTA_S = "delta_s.safetensors"  # the trained δS; the trainer writes it last, so it closes a run
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomic_with(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """The one atomic file writer: `write(tmp)` fills a temp file beside `path` (same directory, so
+    the rename cannot cross file systems), which is fsynced and renamed onto `path`. If `write`
+    raises, the temp file is removed and `path` keeps its old content (or stays absent). `write`
+    may be e.g. `lambda p: torch.save(obj, p)` or `lambda p: save_file(tensors, p, metadata=m)`."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write bytes (or text, as UTF-8) to `path` atomically (see write_atomic_with)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return write_atomic_with(path, lambda tmp: tmp.write_bytes(raw))
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
@@ -68,6 +82,24 @@ def train_rows(rows: list[dict]) -> list[dict]:
 def eval_rows(rows: list[dict]) -> list[dict]:
     """The held-out evaluation rows of a metrics log (`kind` == "eval")."""
     return [r for r in rows if r.get("kind") == "eval"]
+
+
+def run_state(run_dir: Path, steps: int | None = None) -> str:
+    """The one rule for "run finished" (the sweep skips or resumes by it, the report counts by it):
+    missing    no config.json;
+    finished   the training rows reach `steps` (None: the config's) and the run is closed: δS is
+               written (DELTA_S, which the trainer writes last, after the last step's rows, eval row
+               and checkpoint). A copy of a run's logs without its artifacts (neither DELTA_S nor
+               CHECKPOINT, as published under docs/results) is judged by its rows alone (so is a
+               1-step run killed between its row and its first checkpoint: the one blind spot);
+    unfinished anything else (resuming it continues from its checkpoint)."""
+    config = read_config(run_dir)
+    if config is None:
+        return "missing"
+    steps = int(config.get("steps", 0)) if steps is None else steps
+    done = max((r.get("step", 0) for r in train_rows(read_jsonl(run_dir / METRICS))), default=0)
+    closed = (run_dir / DELTA_S).is_file() or not (run_dir / CHECKPOINT).is_file()
+    return "finished" if done >= steps and closed else "unfinished"
 
 
 def truncate_after(path: Path, step: int) -> None:
@@ -155,13 +187,13 @@ def prepare_dir(out: Path, config_json: str, resume: bool) -> None:
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
-    tmp = out / (CHECKPOINT + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / CHECKPOINT)
+    import torch  # here, not at the top: runio is imported by the torch-free env commands
+
+    write_atomic_with(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(out: Path) -> dict | None:
+    import torch
+
     path = out / CHECKPOINT
     return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from projected_grpo.config import TrainConfig
-from projected_grpo.env.problems import Problem, load_problems
+from projected_grpo.env.problem import Problem
+from projected_grpo.env.problems import load_problems
 from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects
 from projected_grpo.models import chat_text

@@ -59,7 +59,7 @@ def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = 
     held-out check (per-module table beside V) and return its summary dict (no per-module rows)."""
     from projected_grpo import vhack
     from projected_grpo.pairs import load_pairs, parse_modes
-    from projected_grpo.train import load_policy
+    from projected_grpo.policy import load_policy
     from projected_grpo.verify import verify_v_hack, write_table
 
     path = Path(path)
@@ -98,18 +98,9 @@ def prepare_split(cfg: TrainConfig, path: Path) -> Path:
 
 
 # ---- one run, resumably -----------------------------------------------------------------------
-def run_state(run_dir: Path, steps: int) -> str:
-    """finished (delta_s written and metrics reach `steps`) | unfinished (config.json only) | missing."""
-    if not (run_dir / runio.CONFIG).is_file():
-        return "missing"
-    rows = runio.train_rows(runio.read_jsonl(run_dir / runio.METRICS))
-    done = max((r.get("step", 0) for r in rows), default=0)
-    return "finished" if (run_dir / "delta_s.safetensors").is_file() and done >= steps else "unfinished"
-
-
 def check_run(cfg: TrainConfig, run_dir: Path) -> str:
     """run_state, refusing a dir that holds a run under another config (naming the fields)."""
-    state = run_state(run_dir, cfg.steps)
+    state = runio.run_state(run_dir, cfg.steps)
     if state != "missing":
         diff = runio.config_diff(json.loads((run_dir / runio.CONFIG).read_text()), json.loads(cfg.to_json()))
         if diff:

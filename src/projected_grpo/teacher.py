@@ -56,8 +56,9 @@ class TeacherPool:
 
     @classmethod
     def load(cls, path: str | Path, problems: list, env: EnvConfig,
-             kinds: tuple[str, ...] = ()) -> "TeacherPool":
-        """The pool of `path` (or `builtin`) for `problems`, only `kinds` if given, graded."""
+             kinds: tuple[str, ...] = (), grade=None) -> "TeacherPool":
+        """The pool of `path` (or `builtin`) for `problems`, only `kinds` if given, graded by `grade`
+        (grader.grade_many's signature; None: grade_many)."""
         if str(path) == "builtin":
             entries = builtin_pool(problems, env.mode)
             available = {kind for pairs in entries.values() for kind, _ in pairs}
@@ -71,15 +72,15 @@ class TeacherPool:
             only = f" of kinds {','.join(kinds)}" if kinds else ""
             raise UserError(f"{path}: no teacher completion{only} for problems {missing[:5]}"
                             f"{'…' if len(missing) > 5 else ''} ({len(missing)} of {len(problems)})")
-        return cls.graded(entries, problems, env, str(path), kinds)
+        return cls.graded(entries, problems, env, str(path), kinds, grade)
 
     @classmethod
     def graded(cls, entries: dict[str, list[tuple[str, str]]], problems: list, env: EnvConfig,
-               source: str = "", kinds: tuple[str, ...] = ()) -> "TeacherPool":
+               source: str = "", kinds: tuple[str, ...] = (), grade=None) -> "TeacherPool":
         by_id = {p.id: p for p in problems}
         items = [{"id": pid, "completion": text, "mode": env.mode}
                  for pid, pairs in entries.items() for _, text in pairs]
-        graded = grade_many(by_id, items, env)
+        graded = (grade or grade_many)(by_id, items, env)
         return cls(entries, {(it["id"], it["completion"]): g for it, g in zip(items, graded)},
                    source, kinds)
 

@@ -35,41 +35,44 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from projected_grpo import arms, dist, evaluate, oracle, runio, splits, trackers
-from projected_grpo.adapter import AdapterConfig, attach, tensor_hash
+from projected_grpo import arms, dist, evaluate, oracle, rebound, runio, splits, trackers
+from projected_grpo.adapter import tensor_hash
 from projected_grpo.config import TrainConfig
-from projected_grpo.directions import Refresh, lomo_modes
+from projected_grpo.directions import Refresh, arm_directions
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.errors import UserError
 from projected_grpo.grpo import grad_safe_attention, group_advantages
-from projected_grpo.models import load_model
 from projected_grpo.passes import BatchState, backward_pass
+from projected_grpo.policy import Policy, load_policy, policy_device
 from projected_grpo.projection import (ProjectionStats, null_directions, project_grads, project_update,
                                        update_hackward)
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
+from projected_grpo.step_metrics import train_row
 from projected_grpo.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
 PROJECTING_ARMS = arms.PROJECTING
 
 
-def policy_device(cfg: TrainConfig) -> torch.device:
-    """cfg.device, with `auto` = this rank's GPU when there is one, else the CPU."""
-    return torch.device(cfg.device if cfg.device != "auto" else dist.default_device())
-
-
-def load_policy(cfg: TrainConfig):
-    """(model, tokenizer, δS adapter) as every stage of a run builds them: same model, dtype, device
-    and targets, so a V extracted outside the trainer matches the trainer's adapter."""
-    model, tok = load_model(cfg.model, cfg.dtype, str(policy_device(cfg)), cfg.enable_thinking)
-    return model, tok, attach(model, cfg.model, AdapterConfig(targets=tuple(cfg.targets.split(","))))
-
-
 class Trainer:
-    """Holds the model, adapter, optimiser and environment of one run."""
+    """Holds the model, adapter, optimiser and environment of one run.
 
-    def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
+    Its parts can be handed in (each None: built from `cfg` as a run builds it):
+      policy      Policy(model, tok, adapter) on policy_device(cfg) (load_policy);
+      grade       grader.grade_many's signature: grades training rows and, when handed in, the
+                  teacher pool and eval rows (None: grade_many in each);
+      sampler     rollout.sample's signature: samples training rows and, when handed in, eval rows;
+      directions  (V measured, V projected), {module key: (m, r)} on the policy's device
+                  (directions.arm_directions; not for the refresh arm, whose V is re-extracted)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True, *,
+                 policy: Policy | None = None, grade=None, sampler=None,
+                 directions: tuple[dict, dict] | None = None):
         cfg.validate()
+        if directions is not None and arms.get(cfg.arm).v_source == "refresh":
+            raise ValueError("the refresh arm re-extracts its V: it cannot be handed fixed directions")
         self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.grade, self.sample = grade or grade_many, sampler or sample          # training rows
+        self.handed = {"grade": grade, "sampler": sampler}                        # teacher pool, eval
         self.rank, self.world = dist.rank(), dist.world_size()
         if self.world > cfg.prompts_per_step:  # every rank must hold at least one prompt group
             raise UserError(f"--prompts-per-step {cfg.prompts_per_step} is less than the {self.world} ranks")
@@ -80,7 +83,7 @@ class Trainer:
         # problems path or split) removes what set-up wrote, so the corrected retry finds no run in
         # the way.
         with runio.removed_on_error(self.out, owner=self.rank == 0):
-            self._set_up()
+            self._set_up(policy, directions)
             if self.rank == 0:
                 runio.write_config(self.out, cfg.to_json())
         dist.barrier()
@@ -96,10 +99,11 @@ class Trainer:
                                                cfg.report_samples_every) if self.rank == 0 else trackers.Trackers())
 
     # ---- set-up --------------------------------------------------------------------------------
-    def _set_up(self) -> None:
+    def _set_up(self, policy: Policy | None, directions: tuple[dict, dict] | None) -> None:
         cfg = self.cfg
         self.device = policy_device(cfg)
-        self.model, self.tok, self.adapter = load_policy(cfg)
+        policy = policy or load_policy(cfg)
+        self.model, self.tok, self.adapter = policy
         self.split, self.problems, self.eval_problems = self._load_problems()
         if self.rank == 0:
             splits.write_for_run(self.out, self.split)  # a resumed run must find the same split
@@ -114,12 +118,17 @@ class Trainer:
         # v_hack is loaded (and checked against this model) before anything is generated.
         self.arm = arms.get(cfg.arm)
         self.refresh: Refresh | None = None
-        self.v_measure, self.v_project = self._load_directions()
+        if directions is None:
+            self.v_measure, self.v_project, self.refresh = arm_directions(cfg, policy, self.out, self.device,
+                                                                          self.progress)
+        else:
+            self.v_measure, self.v_project = directions
         self.v_sha256 = {"measured": _v_hash(self.v_measure), "projected": _v_hash(self.v_project)}
         self.v_null = null_directions(self.v_measure, cfg.seed)  # measured only: cos_in_null
-        self.rebound_direction = self._rebound_direction() if cfg.arm == "rebound" else None
+        self.rebound_direction = (rebound.run_direction(self.model, self.tok, cfg, self.out)
+                                  if cfg.arm == "rebound" else None)
         self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env,
-                                         parse_kinds(cfg.teacher_kinds))
+                                         parse_kinds(cfg.teacher_kinds), self.handed["grade"])
                         if cfg.n_teacher > 0 else None)
         if self.teacher is not None and self.rank == 0:  # what the pool held, for the report
             runio.write_atomic(self.out / TEACHER_SUMMARY, json.dumps(
@@ -135,59 +144,6 @@ class Trainer:
         split = splits.for_run(self.cfg, pool)
         by_id = {p.id: p for p in pool}
         return split, [by_id[i] for i in split.train], [by_id[i] for i in split.eval]
-
-    def _load_directions(self) -> tuple[dict, dict]:
-        """(V measured in every arm, V the arm projects with). Measured: the real v_hack. Projected
-        (arms.py): the real V; a random / label-shuffled control or the lomo V, each extracted into
-        the run dir with the real V's m; the refresh arm's V_0 (then re-extracted, directions.py);
-        the oracle arm's V of each batch (zero until the first step). Files extracted into the run
-        dir are kept across resumes; all happen here, at δS = 0, before the checkpoint is restored."""
-        cfg, source = self.cfg, self.arm.v_source
-        real = Path(cfg.v_hack) if cfg.v_hack else self._extract(self.out / "v_hack.safetensors", "none")
-        v_real = self._load_v(real)
-        if source in arms.CONTROLS:
-            return v_real, self._load_v(self._extract(self.out / f"v_hack_{source}.safetensors", source))
-        if source == "lomo":
-            modes = ",".join(lomo_modes(cfg))
-            return v_real, self._load_v(self._extract(self.out / "v_hack_lomo.safetensors", "none", modes))
-        if source == "refresh":  # V_0: the run's pairs at δS = 0 (the real V itself unless --v-hack)
-            v_0 = v_real if not cfg.v_hack else self._load_v(
-                self._extract(self.out / "v_hack_refresh0.safetensors", "none"))
-            self.refresh = Refresh(self.model, self.tok, self.adapter, cfg, v_0)
-            return v_real, v_0
-        if source == "oracle":
-            return v_real, oracle.zero_directions(v_real)
-        return v_real, v_real
-
-    def _extract(self, path: Path, control: str, modes: str | None = None) -> Path:
-        """Extract V with the run's pairs (`modes`, default --vhack-modes) into `path` (rank 0, once;
-        kept across resumes)."""
-        from projected_grpo import vhack
-
-        cfg = self.cfg
-        if self.rank == 0 and not path.is_file():
-            vhack.extract_to_file(path, self.model, self.tok, self.adapter, cfg.pairs,
-                                  cfg.vhack_modes if modes is None else modes,
-                                  cfg.vhack_m, control, cfg.seed, progress=self.progress)
-        dist.barrier()
-        return path
-
-    def _load_v(self, path: Path) -> dict[str, torch.Tensor]:
-        from projected_grpo import vhack
-
-        return {k: t.to(self.device) for k, t in vhack.load_v_hack(path, self.adapter).items()}
-
-    def _rebound_direction(self):
-        from projected_grpo import pairs as pairs_mod, rebound
-
-        path = self.out / "rebound_direction.safetensors"
-        if self.rank == 0 and not path.is_file():
-            persona = pairs_mod.load_pairs(self.cfg.persona_pairs, split="train")
-            cd = rebound.concept_direction(self.model, self.tok, persona.pairs, self.cfg.model,
-                                           pairs_sha256=persona.sha256)
-            rebound.save_direction(path, cd)
-        dist.barrier()
-        return rebound.load_direction(path, self.model, self.cfg.model)
 
     def _lr_lambda(self, step: int) -> float:
         warm, total = self.cfg.warmup_steps, self.cfg.steps
@@ -247,7 +203,7 @@ class Trainer:
         """P_local × G rows, group-major; the last n_teacher rows of each group come from the pool."""
         cfg, G, k = self.cfg, self.cfg.group_size, self.cfg.n_teacher
         ids, mask = encode_prompts(self.tok, [p.messages(cfg.mode, cfg.hint) for p in problems], self.device)
-        student = sample(self.model, self.tok, self.adapter, ids, mask, G - k, cfg.max_new_tokens,
+        student = self.sample(self.model, self.tok, self.adapter, ids, mask, G - k, cfg.max_new_tokens,
                          cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
                          static_cache=cfg.fast_rollout and self.device.type == "cuda",
                          attention=cfg.decode_attention)
@@ -270,7 +226,7 @@ class Trainer:
         t1 = time.perf_counter()
         pids = [p.id for p in problems for _ in range(G)]
         items = [{"id": pid, "completion": text, "mode": cfg.mode} for pid, text in zip(pids, rows.texts)]
-        graded = iter(grade_many({p.id: p for p in problems},
+        graded = iter(self.grade({p.id: p for p in problems},
                                  [it for it, t in zip(items, is_teacher) if not t], self.env))
         # teacher rows keep the grade they got once, when the pool was loaded
         grades = [self.teacher.grade_of(it["id"], it["completion"]) if t else next(graded)
@@ -281,8 +237,6 @@ class Trainer:
         # only (--coverage), projected only in the oracle arm, the declared upper bound.
         rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32).view(-1, G)   # (P_l, G)
         if self.rebound_direction is not None:
-            from projected_grpo import rebound
-
             prompts = [p.messages(cfg.mode, cfg.hint) for p in problems for _ in range(G)]
             with self.adapter.merged():  # the current policy's hidden states
                 scores = rebound.rollout_scores(self.model, self.tok, list(zip(prompts, rows.texts)),
@@ -310,8 +264,9 @@ class Trainer:
         lr = self.sched.get_last_lr()[0]
         self.sched.step()
         t3 = time.perf_counter()
-        record = self._metrics(step, grades, is_teacher, rewards, adv, rows, loss_sum, kl_sum, stats,
-                               real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr)
+        record = train_row(step, grades, is_teacher, rewards, adv, rows.n_tokens, loss_sum, kl_sum, stats,
+                           real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr,
+                           rebound=self.rebound_direction is not None, beta=cfg.beta)
         record.update(batch.metrics())
         record.update(cov, uses_labels=self.arm.uses_labels)
         if self.refresh is not None:
@@ -359,40 +314,6 @@ class Trainer:
             return backward_pass(self.model, self.adapter, self.cfg, rows, adv, is_teacher,
                                  BatchState() if batch is None else batch)
 
-    def _metrics(self, step, grades, is_teacher, rewards, adv, rows, loss_sum, kl_sum, stats: ProjectionStats,
-                 real: ProjectionStats, grad_norm, upd_hackward, lr) -> dict:
-        """Step metrics over all ranks. `rewards` (P_l, G) are the rewards the advantages `adv` (B,) came from
-        (Rebound-modified in the rebound arm). Student rows only in reward_mean/std (the flawed
-        grade's reward, unmodified), reward_mod_mean (rebound arm: the modified one, else None) and
-        the rates; teacher rows in their own columns, and
-        teacher_adv_share = Σ_teacher |A| / Σ_all |A| (0 when every A is 0): the share of the
-        gradient's weight that rows the policy did not sample carried."""
-        local = [{"reward": g.reward, "reward_mod": r, "abs_adv": abs(a), "hack": g.label == "reward_hack",
-                  "pass": g.gt_correct, "format": g.format_ok, "teacher": t}
-                 for r, a, g, t in zip(rewards.view(-1).tolist(), adv.tolist(), grades, is_teacher)]
-        rows_all = dist.gather_rows(local)
-        groups = dist.gather_rows([{"zero": bool((grp == grp[0]).all())} for grp in rewards])
-        loss_sum, kl_sum, tokens = dist.sum_scalars([loss_sum, kl_sum, float(rows.n_tokens)])
-        student = [r for r in rows_all if not r["teacher"]]
-        teacher = [r for r in rows_all if r["teacher"]]
-        abs_all = sum(r["abs_adv"] for r in rows_all)
-        rebound = self.rebound_direction is not None
-        rec = {"step": step + 1, "reward_mean": _rate(student, "reward"),
-               "reward_std": float(np.std([r["reward"] for r in student])) if student else None,
-               "reward_mod_mean": _rate(student, "reward_mod") if rebound else None,
-               "hack_rate": _rate(student, "hack"), "pass_rate": _rate(student, "pass"),
-               "format_rate": _rate(student, "format"),
-               "frac_zero_adv": float(np.mean([g["zero"] for g in groups])),
-               "teacher_adv_share": sum(r["abs_adv"] for r in teacher) / abs_all if abs_all > 0 else 0.0,
-               "kl": kl_sum / max(tokens, 1.0) if self.cfg.beta > 0 else None, "loss": loss_sum,
-               "grad_norm": grad_norm, "cos_in": stats.cos_in, "cos_out": stats.cos_out,
-               "frac_fired": stats.frac_fired, "update_hackward": upd_hackward, "cos_in_real": real.cos_in,
-               "lr": lr, "tokens": int(tokens), "n_student": len(student), "n_teacher": len(teacher)}
-        if teacher:
-            rec.update(teacher_hack_rate=_rate(teacher, "hack"), teacher_pass_rate=_rate(teacher, "pass"),
-                       teacher_reward_mean=_rate(teacher, "reward"))
-        return rec
-
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, until: int | None = None) -> Path:
         """Train to cfg.steps (or stop after step `until`, as an interrupted run would).
@@ -419,7 +340,7 @@ class Trainer:
                 runio.save_checkpoint(self.out, self._state(step + 1))
             dist.barrier()
         if self.rank == 0 and self.start_step + len(bar) == cfg.steps:
-            self.adapter.save(self.out / "delta_s.safetensors")  # marks the run finished
+            self.adapter.save(self.out / runio.DELTA_S)  # closes the run (runio.run_state)
         self.tracker.close()
         return self.out
 
@@ -428,7 +349,7 @@ class Trainer:
         if not self.eval_problems or not evaluate.due(step, self.cfg):
             return
         row, samples = evaluate.evaluate(self.model, self.tok, self.adapter, self.eval_problems, self.cfg,
-                                         self.env, step, self.device)
+                                         self.env, step, self.device, **self.handed)
         if self.rank == 0:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
@@ -440,14 +361,10 @@ def _v_hash(v: dict[str, torch.Tensor]) -> str:
     return tensor_hash(*(v[k] for k in sorted(v)))
 
 
-def _rate(rows: list[dict], key: str) -> float | None:
-    """Mean of `key` over rows (a rate for a bool column); None over no rows."""
-    return float(np.mean([r[key] for r in rows])) if rows else None
-
-
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) one training run into `out`; returns the run dir."""
-    return Trainer(cfg, Path(out), resume=resume, progress=progress).run()
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True, **parts) -> Path:
+    """Run (or resume) one training run into `out`; returns the run dir. `parts`: the Trainer's
+    policy, grade, sampler, directions (default: built from cfg)."""
+    return Trainer(cfg, Path(out), resume=resume, progress=progress, **parts).run()
 
 
 # ---- CLI: pgrpo train ------------------------------------------------------------------------

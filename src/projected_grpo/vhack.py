@@ -33,12 +33,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from projected_grpo.adapter import DeltaSAdapter, read_metadata, read_tensors
 from projected_grpo.errors import UserError
+from projected_grpo.grpo import grad_safe_attention, scored_logprobs
 from projected_grpo.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
+from projected_grpo.runio import write_atomic_with
 
 CONTROLS = ("none", "random", "shuffled")
 ARTIFACT = "v_hack"           # metadata["artifact"] of a V file
@@ -47,25 +48,14 @@ LOGIT_CHUNK = 1024            # completion tokens per lm_head chunk (recomputed 
 
 # ---- gradients ----------------------------------------------------------------------------
 def completion_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean NLL over each row's completion tokens -> (B,). Logits only for scored positions, in
-    chunks recomputed in backward (full-vocab logits of every position would not fit). Assumes
-    logits = lm_head(last hidden state), as in Qwen/Llama (no logit soft-capping or scaling)."""
+    """Mean NLL over each row's completion tokens -> (B,), from grpo.scored_logprobs (logits only
+    for scored positions, in chunks recomputed in backward)."""
     device = next(model.parameters()).device
-    ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
-    hidden = model.base_model(input_ids=ids, attention_mask=attention,
-                              use_cache=False).last_hidden_state      # (B, T, d_model)
     scored = batch.completion_mask[:, 1:].to(device)                    # token t+1 is scored at t
-    rows, pos = scored.nonzero(as_tuple=True)                           # (N,), (N,)
-    h, targets = hidden[rows, pos], ids[rows, pos + 1]                  # (N, d_model), (N,)
-    lm_head = model.get_output_embeddings()
-
-    def token_nll(h_c: torch.Tensor, t_c: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(lm_head(h_c).float(), dim=-1)         # (n, V)
-        return -logp.gather(1, t_c[:, None])[:, 0]                      # (n,)
-
-    nll = torch.cat([checkpoint(token_nll, h[i:i + LOGIT_CHUNK], targets[i:i + LOGIT_CHUNK],
-                                use_reentrant=False) for i in range(0, len(rows), LOGIT_CHUNK)])
-    total = torch.zeros(ids.shape[0], device=device).index_add(0, rows, nll)  # (B,)
+    logp = scored_logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device), scored,
+                           LOGIT_CHUNK)                                 # (N,)
+    rows = scored.nonzero(as_tuple=True)[0]                             # (N,)
+    total = torch.zeros(scored.shape[0], device=device).index_add(0, rows, -logp)  # (B,)
     return total / scored.sum(1).clamp(min=1)
 
 
@@ -78,8 +68,6 @@ def pair_differences(model, tok, adapter: DeltaSAdapter, pairs: list[Pair], batc
     real 0.5B model). A pair whose d is still non-finite in any module is dropped with a warning
     naming it; since one such pair poisons its whole batch's backward, a batch holding one is
     recomputed a pair at a time first, so only the culprit is lost."""
-    from projected_grpo.grpo import grad_safe_attention
-
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in adapter.modules}
     dropped: list[str] = []
     for group in tqdm(chunks(pairs, batch_size), desc="pair gradients", unit="batch",
@@ -202,10 +190,8 @@ def save_v_hack(path: str | Path, v: dict[str, torch.Tensor], adapter: DeltaSAda
         "modes": json.dumps(list(modes) if modes else []), "n_train": str(n_train), "seed": str(seed),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    save_file({k: t.detach().float().cpu().contiguous() for k, t in v.items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
-    return path
+    tensors = {k: t.detach().float().cpu().contiguous() for k, t in v.items()}
+    return write_atomic_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def extract_to_file(path: str | Path, model, tok, adapter: DeltaSAdapter, pairs: str, modes: str | None,

@@ -51,7 +51,7 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from projected_grpo.env.problems import Problem, problem_from_record
+from projected_grpo.env.problem import Problem, problem_from_record
 from projected_grpo.env.prompts import check_mode
 from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects

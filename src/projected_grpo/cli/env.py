@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +17,7 @@ from projected_grpo.env.prompts import HINTS, MODES
 from projected_grpo.env.sandbox import resolve_backend
 from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects
+from projected_grpo.runio import write_atomic
 
 ITEM_FIELDS = ("id", "completion", "mode")
 
@@ -138,15 +138,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
     grades = grade_many(problems, items, cfg, workers=args.workers)
     seconds = time.monotonic() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=args.out.name + ".", suffix=".tmp", dir=args.out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for item, g in zip(items, grades):
-                fh.write(json.dumps({**item, "hint": args.hint, **asdict(g)}) + "\n")
-        os.replace(tmp, args.out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(args.out, "".join(json.dumps({**item, "hint": args.hint, **asdict(g)}) + "\n"
+                                   for item, g in zip(items, grades)))
     n = len(grades)
     summary = {"n": n, "pass_rate": sum(g.gt_correct for g in grades) / n if n else 0.0,
                "hack_rate": sum(g.label == "reward_hack" for g in grades) / n if n else 0.0,

@@ -47,7 +47,7 @@ from typing import Iterable
 from projected_grpo.env.code import (PARSE_ERRORS, PASS_PHRASE_CODE, RESULT_FILE, compiles,
                                      defines_run_tests, extract_code, parse_failure)
 from projected_grpo.env.harness import to_plain
-from projected_grpo.env.problems import Problem
+from projected_grpo.env.problem import Problem
 from projected_grpo.env.prompts import MODES, check_mode
 from projected_grpo.env.sandbox import RunResult, Sandbox, SandboxConfig
 from projected_grpo.errors import UserError

@@ -45,8 +45,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from projected_grpo import decode_attention
-from projected_grpo.decode_layers import (SamplingSpec, Weights, block_out, masked_softmax, pick,
+from projected_grpo.fast import decode_attention
+from projected_grpo.fast.decode_layers import (SamplingSpec, Weights, block_out, masked_softmax, pick,
                                           plain_linear, qkv, rms, sample_next)
 
 log = logging.getLogger(__name__)
