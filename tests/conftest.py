@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one xdist worker per core: one torch thread each (two workers of two threads
+    # oversubscribe a 2-core runner); child processes (sweep queue, torchrun) inherit the variable
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Triton kernels (decode_attention) run on the CPU under Triton's interpreter; it must be chosen

@@ -98,7 +98,6 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
     for r in rows:
         assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
         assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
-        assert 0 <= r["frac_fired"] <= 1
     if arm in ("vanilla", "rebound"):
         assert all(r["cos_out"] == r["cos_in"] for r in rows)  # measured, never changed
     else:
