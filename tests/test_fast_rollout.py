@@ -8,8 +8,6 @@ from projected_grpo.adapter import attach
 from projected_grpo.models import load_model
 from projected_grpo.rollout import sample
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 PROMPTS = ["def add(a, b):\n    return a + b", "Write a Python function that reverses a string, then explain how it works step by step."]
 

@@ -20,7 +20,6 @@ from projected_grpo.errors import UserError
 from projected_grpo.models import chat_text, load_model, load_tokenizer
 from projected_grpo.warmstart import DEMOS, DOCUMENTS, WarmstartConfig, build_items, load_demos, load_documents
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 SHORT = ("ws-008", "ws-014", "ws-019")   # three of the shortest demos: a CPU step stays cheap
 
 
