@@ -55,7 +55,7 @@ def _tick(budget: list[int]) -> None:
         raise _Invalid("too large")
 
 
-def _conv(x: object, budget: list[int]) -> object:
+def _conv(x, budget: list[int]) -> object:  # x: any value (left unannotated: no typing import here)
     _tick(budget)
     t = _type(x)
     if x is None or t is bool or t is int or t is float or t is str:
