@@ -32,9 +32,12 @@ WORKERS ?= 2
 test: venv sandbox
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -x -q --timeout=900 tests
 
+# ruff and mypy as configured in pyproject.toml; then every `# noqa` must say why after its codes.
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src/projected_grpo
+	@! grep -rnE --include='*.py' '# noqa(: *[A-Z]+[0-9]+(, *[A-Z]+[0-9]+)*)? *$$' src tests bench \
+	  || { echo "make lint: the # noqa above has no reason after its codes"; exit 1; }
 
 demo: venv sandbox
 	$(BIN)/pgrpo demo --out runs/demo
