@@ -260,7 +260,7 @@ def _clear_quantized_flags(model: PreTrainedModel) -> None:
             with contextlib.suppress(AttributeError):  # a read-only property derived from hf_quantizer
                 setattr(model, attr, False)
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # (not an attribute transformers declares)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 

@@ -204,7 +204,7 @@ class DecodeAttention:
             if nw.shape != (2, B, n_kv, D) or nw.stride(-1) != 1:
                 raise ValueError(f"decode_attention: new_kv must be (2, {B}, {n_kv}, [1,] {D}) and "
                                  f"contiguous in head_dim, got {tuple(nw.shape)}")
-            s_new = nw.stride()[:3]
+            s_new = (nw.stride(0), nw.stride(1), nw.stride(2))
         scale = D ** -0.5 * math.log2(math.e)
         _attend_chunk[(B * n_kv, n_split)](
             q, k, v, ok, slot, first, nw, self.out, self.acc, self.m, self.l,
