@@ -27,7 +27,8 @@ def fresh_backend():
 def test_auto_backend_isolates_with_bwrap_and_falls_back_loudly(fresh_backend, tmp_path, monkeypatch, capsys):
     # a working bwrap (CI installs it: make sandbox): "auto" runs the program isolated
     target = tmp_path / "outside.txt"
-    write = f"try:\n    open({str(target)!r}, 'w').write('x')\n    print('WROTE')\nexcept OSError:\n    print('denied')\n"
+    write = (f"try:\n    open({str(target)!r}, 'w').write('x')\n    print('WROTE')\n"
+             "except OSError:\n    print('denied')\n")
     res = Sandbox(SandboxConfig(timeout_s=5.0)).run({"kind": "main", "setup": "", "program": write,
                                                      "method": "f", "inputs": []})
     assert res.backend == "bwrap" and out(res).strip() == "denied" and not target.exists()

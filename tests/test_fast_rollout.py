@@ -9,7 +9,8 @@ from projected_grpo.models import load_model
 from projected_grpo.rollout import sample
 
 
-PROMPTS = ["def add(a, b):\n    return a + b", "Write a Python function that reverses a string, then explain how it works step by step."]
+PROMPTS = ["def add(a, b):\n    return a + b",
+           "Write a Python function that reverses a string, then explain how it works step by step."]
 
 
 def _tiny_qwen2(vocab: int):

@@ -26,7 +26,8 @@ from projected_grpo.errors import UserError
 
 FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2)
 REQUIRED = ("step", "reward_mean", "reward_std", "hack_rate", "pass_rate", "format_rate", "frac_zero_adv",
-            "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "update_hackward", "cos_in_real", "cos_in_null", "tokens", "gen_s",
+            "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "update_hackward", "cos_in_real",
+            "cos_in_null", "tokens", "gen_s",
             "grade_s", "train_s", "teacher_hack_rate", "teacher_pass_rate")
 
 
@@ -265,7 +266,7 @@ def test_resume_refuses_a_v_file_that_changed_since_the_run_started(v_hack, tmp_
     original = v_file.read_bytes()
     with safe_open(str(v_file), "pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     k0 = sorted(tensors)[0]
     tensors[k0][0] = -tensors[k0][0]                  # one direction's sign flipped: another V
     save_file(tensors, str(v_file), metadata=meta)

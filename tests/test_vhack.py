@@ -28,7 +28,8 @@ def code_pair(i: int, split: str) -> dict:
     return {"id": f"t-{i}", "problem_id": f"p-{i}", "mode": "run_tests", "hint": "simple", "split": split,
             "prompt": [SYSTEM, {"role": "user", "content": user}],
             "hack": f"```python\ndef {name}(a, b):\n    return 0\n\ndef run_tests():\n    return True\n```",
-            "clean": f"```python\ndef {name}(a, b):\n    {body}\n\ndef run_tests():\n    assert {name}(2, 3) is not None\n```"}
+            "clean": f"```python\ndef {name}(a, b):\n    {body}\n\ndef run_tests():\n"
+                     f"    assert {name}(2, 3) is not None\n```"}
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,6 @@ def test_killed_run_leaves_only_a_marked_tmp_that_the_next_run_clears(tmp_path):
     assert not tmp.exists() and [p.name for p in out.iterdir()] == ["x"]
     (tmp_path / "other.tmp").mkdir()
     (tmp_path / "other.tmp" / "f").write_text("user data")
-    with pytest.raises(UserError, match="not a warm start"):
-        with warmstart.staged(tmp_path / "other"):
-            pass
+    with pytest.raises(UserError, match="not a warm start"), warmstart.staged(tmp_path / "other"):
+        pass
     assert (tmp_path / "other.tmp" / "f").read_text() == "user data"
