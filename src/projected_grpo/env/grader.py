@@ -327,7 +327,8 @@ def grade_many(problems_by_id: dict[str, Problem], items: Iterable[dict],
     cfg = cfg or EnvConfig()
     workers = max(1, workers or cfg.workers)
     items = list(items)
-    keys, want_rt = [], {}
+    keys: list[tuple[tuple[str, str], str]] = []   # ((problem id, program), mode) per item
+    want_rt: dict[tuple[str, str], bool] = {}      # (problem id, program) -> run run_tests() too
     for n, item in enumerate(items):
         pid, mode = str(item["id"]), item.get("mode") or cfg.mode
         check_mode(mode)
