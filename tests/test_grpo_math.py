@@ -46,6 +46,8 @@ def test_loss_matches_hand_computation():
     assert math.isclose(kl.item(), kl_hand, rel_tol=1e-6)
     loss.backward()
     assert logp.grad[1, 2] == 0  # masked token gets no gradient
+    with pytest.raises(ValueError, match="beta > 0 needs logp_ref"):   # a KL term without its reference
+        grpo_token_loss(logp, old, adv, mask, denom, eps, beta)
 
 
 def test_loss_at_ratio_one_is_policy_gradient():
