@@ -303,18 +303,17 @@ def test_trainer_runs_on_the_parts_it_is_handed(v_hack, tmp_path):
     def handed_v(policy):
         return {k: t.to(policy_device(cfg)) for k, t in load_v_hack(v_hack, policy.adapter).items()}
 
-    with single_thread():
-        policy = load_policy(cfg)
-        v = handed_v(policy)
-        trainer = train_mod.Trainer(cfg, tmp_path / "handed", progress=False, policy=policy, grade=grade,
-                                    sampler=sampler, directions=(v, v))
-        assert trainer.model is policy.model and trainer.v_project is v
-        trainer.run()
-        built = tmp_path / "built"
-        train_mod.train(cfg, built, progress=False)
-        policy_2 = load_policy(cfg)
-        v_2 = handed_v(policy_2)
-        train_mod.train(cfg, tmp_path / "handed_2", progress=False, policy=policy_2, directions=(v_2, v_2))
+    policy = load_policy(cfg)
+    v = handed_v(policy)
+    trainer = train_mod.Trainer(cfg, tmp_path / "handed", progress=False, policy=policy, grade=grade,
+                                sampler=sampler, directions=(v, v))
+    assert trainer.model is policy.model and trainer.v_project is v
+    trainer.run()
+    built = tmp_path / "built"
+    train_mod.train(cfg, built, progress=False)
+    policy_2 = load_policy(cfg)
+    v_2 = handed_v(policy_2)
+    train_mod.train(cfg, tmp_path / "handed_2", progress=False, policy=policy_2, directions=(v_2, v_2))
     rows, evals = (runio.read_jsonl(tmp_path / "handed" / name) for name in (runio.SAMPLES, EVAL_SAMPLES))
     assert any(r["teacher"] for r in rows) and all(r["reward"] >= 1000 for r in rows)
     assert evals and all(r["reward"] >= 1000 for r in evals)
