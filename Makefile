@@ -1,10 +1,11 @@
 # Two commands a user needs: `make demo` and `make test`. Both set up .venv themselves.
+# `make lint` (ruff + mypy) runs in CI before the tests.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test venv sandbox clean
+.PHONY: demo test lint venv sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,8 +25,19 @@ sandbox:
 	      || echo "WARNING: could not install bubblewrap; grader will use the rlimit fallback"; \
 	  else echo "WARNING: bubblewrap missing and not root; grader will use the rlimit fallback"; fi; }
 
+# Two xdist workers (one per core of the CI runner, one torch thread each: tests/conftest.py); a
+# file's tests share one worker (--dist loadfile) so its module fixtures are built once; -x stops
+# both workers at the first failure. No test collected is pytest's exit 5: make fails on it too.
+WORKERS ?= 2
 test: venv sandbox
-	$(BIN)/python -m pytest -x -q --timeout=900 tests
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -x -q --timeout=900 tests
+
+# ruff and mypy as configured in pyproject.toml; then every `# noqa` must say why after its codes.
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src/projected_grpo
+	@! grep -rnE --include='*.py' '# noqa(: *[A-Z]+[0-9]+(, *[A-Z]+[0-9]+)*)? *$$' src tests bench \
+	  || { echo "make lint: the # noqa above has no reason after its codes"; exit 1; }
 
 demo: venv sandbox
 	$(BIN)/pgrpo demo --out runs/demo

@@ -152,10 +152,12 @@ def memory_table(rows: list[dict], card: str) -> str:
 
 def parts_table(rows: list[dict], card: str) -> str:
     lines = [f"training fwd+bwd alone (s, median), card: {card}",
-             "| size | tokens | ckpt | δS hook | δS merged | LoRA r=32 | hook/LoRA | merged/LoRA | peak above start GB (hook / merged / LoRA) |",
+             "| size | tokens | ckpt | δS hook | δS merged | LoRA r=32 | hook/LoRA | merged/LoRA "
+             "| peak above start GB (hook / merged / LoRA) |",
              "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['size']} | {r['tokens']} | {r['grad_ckpt']} | {r['hook']['s']:.3f} | {r['merged']['s']:.3f} "
+        lines.append(f"| {r['size']} | {r['tokens']} | {r['grad_ckpt']} | {r['hook']['s']:.3f} | "
+                     f"{r['merged']['s']:.3f} "
                      f"| {r['lora32']['s']:.3f} ({r['lora_impl']}) | {r['hook_over_lora']:.2f} | "
                      f"{r['merged_over_lora']:.2f} | {r['hook']['peak_above_gb']:.2f} / "
                      f"{r['merged']['peak_above_gb']:.2f} / {r['lora32']['peak_above_gb']:.2f} |")

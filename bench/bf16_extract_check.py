@@ -1,7 +1,10 @@
 """bf16 extraction on the real model: pairs dropped as on main (cuDNN SDPA allowed) vs with the fix.
 
 Run on a GPU machine with the model saved at /root/qwen05: python bench/bf16_extract_check.py"""
-import contextlib, io, sys, time
+import contextlib
+import io
+import time
+
 import torch
 from projected_grpo.models import load_model
 from projected_grpo.adapter import attach
@@ -12,7 +15,8 @@ ad = attach(model, "/root/qwen05")
 train = P.load_pairs("bundled", split="train").pairs
 held = P.load_pairs("bundled", split="heldout").pairs
 print("cudnn sdp enabled by default:", torch.backends.cuda.cudnn_sdp_enabled(), flush=True)
-for label, guard in (("main (cuDNN SDPA allowed)", contextlib.nullcontext), ("fixed (grad_safe_attention)", grpo.grad_safe_attention)):
+for label, guard in (("main (cuDNN SDPA allowed)", contextlib.nullcontext),
+                     ("fixed (grad_safe_attention)", grpo.grad_safe_attention)):
     real = grpo.grad_safe_attention
     grpo.grad_safe_attention = guard
     for name, ps in (("train", train), ("heldout", held)):

@@ -1,11 +1,17 @@
 """bf16 NaN pair gradients on Qwen2.5-Coder-0.5B: which op, which attention backend, which layout.
 
 Run on a GPU machine: python bench/bf16_nan_probe.py MODEL_DIR cuda   (results: docs/results/qwen05_probe/bf16_h100/)"""
-import contextlib, json, sys, time, traceback
+import contextlib
+import json
+import sys
+import time
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from projected_grpo.models import load_model
 from projected_grpo.adapter import attach
+from projected_grpo.grpo import token_logprobs
+from projected_grpo.rollout import encode_prompts, teacher_rollouts
 from projected_grpo import vhack, pairs as P
 
 path, dev = sys.argv[1], sys.argv[2]
@@ -27,7 +33,7 @@ def report(tag, fn):
         nan_mods = [k for k, v in d.items() if not torch.isfinite(v).all()]
         print(json.dumps({"tag": tag, "finite": fin, "n_bad_modules": len(nan_mods), "first_bad": nan_mods[:4],
                           "s": round(time.time() - t, 2)}), flush=True)
-    except Exception as e:  # noqa
+    except Exception as e:  # noqa: BLE001 - a probe reports any failure and goes on
         print(json.dumps({"tag": tag, "error": f"{type(e).__name__}: {str(e)[:300]}"}), flush=True)
 
 backends = {"default": None, "math": [SDPBackend.MATH], "efficient": [SDPBackend.EFFICIENT_ATTENTION],
@@ -70,12 +76,10 @@ try:
     for p in bad:
         report(f"eager pair {p.id}", lambda p=p: vhack._batch_differences(model, tok, ad, [p]))
     model.set_attn_implementation("sdpa")
-except Exception as e:  # noqa
+except Exception as e:  # noqa: BLE001 - a probe reports any failure and goes on
     print("eager switch failed", e, flush=True)
 
 # the training path: left-padded prompts, right-padded completions, token_logprobs, backward into δS
-from projected_grpo.rollout import encode_prompts, teacher_rollouts
-from projected_grpo.grpo import token_logprobs
 def train_path():
     ids, mask = encode_prompts(tok, [bad[0].prompt, ctrl.prompt, bad[1].prompt], dev)
     rows = teacher_rollouts(tok, ids, mask, [bad[0].hack, ctrl.hack, bad[1].clean])
@@ -96,6 +100,6 @@ torch.autograd.set_detect_anomaly(True, check_nan=True)
 try:
     vhack._batch_differences(model, tok, ad, [bad[0]])
     print("anomaly: no error", flush=True)
-except Exception as e:  # noqa
+except Exception as e:  # noqa: BLE001 - a probe reports any failure and goes on
     print("ANOMALY:", str(e)[:1500], flush=True)
 torch.autograd.set_detect_anomaly(False)

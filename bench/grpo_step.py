@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own modules, also when loaded by path
-import _grpo_common as common  # noqa: E402
-import _trl_side  # noqa: E402
+import _grpo_common as common
+import _trl_side
 
 # ---- (a) ours ---------------------------------------------------------------------------------
 def bench_ours(size: str, args, tok) -> dict:

@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# One torch thread in every test process: the tiny models' matmuls run ~20x faster on one thread
+# than on two of a loaded 2-core runner, and `make test` runs one xdist worker per core. Child
+# processes (the sweep queue, torchrun, a killed-and-resumed run) inherit OMP_NUM_THREADS, so a
+# run's numbers do not depend on whether it ran here or in a child.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Triton kernels (decode_attention) run on the CPU under Triton's interpreter; it must be chosen
@@ -52,11 +59,13 @@ def mixed_code_pairs(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny matmuls: one thread is ~20x faster than two on a loaded 2-core runner. A module opts in
-    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Files that take minutes, the longest first. `make test` gives each file to one of two xdist workers
+# (--dist loadfile); handing out the long ones first lets the workers finish together instead of one
+# starting tests/test_train.py when the other is nearly done. Order only: every file still runs.
+LONG_FIRST = ("test_train.py", "test_sweep.py", "test_arms.py", "test_resume.py", "test_vhack.py",
+              "test_distributed.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order

@@ -71,9 +71,8 @@ def test_merge_restores_weights_even_on_error():
         for m in adapter.modules.values():
             m.delta_s.fill_(1.0)
     before = {k: m.base.weight.clone() for k, m in adapter.modules.items()}
-    with pytest.raises(RuntimeError, match="boom"):
-        with adapter.merged(offload=True):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), adapter.merged(offload=True):
+        raise RuntimeError("boom")
     assert all(torch.equal(before[k], m.base.weight) for k, m in adapter.modules.items())
 
 

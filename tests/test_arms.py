@@ -25,7 +25,6 @@ from projected_grpo.projection import project_grads
 from projected_grpo.report_md import arm_lines
 from projected_grpo.vhack import random_v, save_v_hack
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = dict(n_problems=4, max_new_tokens=16, grade_workers=2, vhack_m=2, eval_samples=0)
 COV_KEYS = ("cov_span", "cov_removed", "cov_span_null", "cov_rows")

@@ -45,7 +45,8 @@ def test_baseline_rates_are_the_graders_verdicts_on_its_samples(tmp_path, monkey
     monkeypatch.setattr(evaluate, "sample", scripted)
     out = tmp_path / "base"
     rc = cli.main(["baseline", "--model", "tiny-qwen3", "--problems", "bundled", "--limit", "3", "--n-samples", "4",
-                   "--hint", "simple,aware", "--dtype", "float32", "--device", "cpu", "--batch", "8", "--out", str(out)])
+                   "--hint", "simple,aware", "--dtype", "float32", "--device", "cpu", "--batch", "8",
+                   "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]

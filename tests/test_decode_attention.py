@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from projected_grpo.fast import decode_attention
+from projected_grpo.fast import decode_attention, fast_rollout
 from projected_grpo.fast.decode_attention import DecodeAttention
+from projected_grpo.models import load_model
 
 
 def _reference(q, k, v, key_ok, slot, end):
@@ -16,8 +17,29 @@ def _reference(q, k, v, key_ok, slot, end):
                                           attn_mask=bias)
 
 
-def test_kernel_runs_interpreted():
-    assert decode_attention.available() and decode_attention.INTERPRETED
+def test_the_decode_loop_runs_the_kernel_and_each_launch_gives_reference_attention(monkeypatch):
+    """attention="triton" launches this kernel (under the interpreter here) for every layer of every
+    decode step, with no silent fall-back to SDPA, and each launch returns the reference attention
+    of the cache it was handed (its own write of the step's K/V included)."""
+    model, tok = load_model("tiny-qwen3", "float32")
+    enc = tok(["def add(a, b):", "Reverse a string in Python, then explain why it works."],
+              return_tensors="pt", padding=True, padding_side="left")
+    errors = []
+    launch = DecodeAttention.__call__
+
+    def checked(self, q, k, v, key_ok, slot, end, n_split, first=None, new_kv=None):
+        out = launch(self, q, k, v, key_ok, slot, end, n_split, first, new_kv).clone()
+        errors.append((out - _reference(q, k, v, key_ok, int(slot), end)).abs().max().item())
+        return out
+
+    monkeypatch.setattr(DecodeAttention, "__call__", checked)
+    steps = 6
+    with torch.no_grad():
+        ids = fast_rollout.generate(model, enc.input_ids, enc.attention_mask, steps, [], tok.pad_token_id,
+                                    temperature=0.0, ignore_eos=True, cache=False, attention="triton")
+    assert ids.shape == (2, steps)
+    assert len(errors) == (steps - 1) * model.config.num_hidden_layers   # the first token is the prefill's
+    assert max(errors) < 1e-4, errors
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

@@ -16,8 +16,43 @@ SHARED = REPO.parent / "shared"
 BACKENDS = ["bwrap", "fallback"]
 
 
-def test_bwrap_is_available_here():
-    assert resolve_backend("auto") == "bwrap", "install bubblewrap (make sandbox)"
+@pytest.fixture
+def fresh_backend():
+    """resolve_backend caches its answer per process: forget it before and after the test."""
+    resolve_backend.cache_clear()
+    yield resolve_backend
+    resolve_backend.cache_clear()
+
+
+def test_auto_backend_isolates_with_bwrap_and_falls_back_loudly(fresh_backend, tmp_path, monkeypatch, capsys):
+    # a working bwrap (CI installs it: make sandbox): "auto" runs the program isolated
+    target = tmp_path / "outside.txt"
+    write = (f"try:\n    open({str(target)!r}, 'w').write('x')\n    print('WROTE')\n"
+             "except OSError:\n    print('denied')\n")
+    res = Sandbox(SandboxConfig(timeout_s=5.0)).run({"kind": "main", "setup": "", "program": write,
+                                                     "method": "f", "inputs": []})
+    assert res.backend == "bwrap" and out(res).strip() == "denied" and not target.exists()
+    # a bwrap that fails its probe: "auto" falls back and says why; "bwrap" refuses
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    fresh_backend.cache_clear()
+    assert fresh_backend("auto") == "fallback"
+    assert "WARNING: bubblewrap (bwrap) is unavailable or failed its probe: probe failed" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="bwrap backend requested but unusable: probe failed"):
+        fresh_backend("bwrap")
+    # no bwrap on PATH at all: the same, naming that
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    fresh_backend.cache_clear()
+    assert fresh_backend("auto") == "fallback"
+    assert "bwrap not found on PATH" in capsys.readouterr().err
+    # the fallback really is unisolated: the same program's write lands (the warning is not idle talk)
+    monkeypatch.undo()
+    res = Sandbox(SandboxConfig(timeout_s=5.0, backend="fallback")).run(
+        {"kind": "main", "setup": "", "program": write, "method": "f", "inputs": []})
+    assert res.backend == "fallback" and out(res).strip() == "WROTE" and target.read_text() == "x"
 
 
 def run(program: str, backend: str = "bwrap", collect=(), **limits):

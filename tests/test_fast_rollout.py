@@ -8,10 +8,9 @@ from projected_grpo.adapter import attach
 from projected_grpo.models import load_model
 from projected_grpo.rollout import sample
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-PROMPTS = ["def add(a, b):\n    return a + b", "Write a Python function that reverses a string, then explain how it works step by step."]
+PROMPTS = ["def add(a, b):\n    return a + b",
+           "Write a Python function that reverses a string, then explain how it works step by step."]
 
 
 def _tiny_qwen2(vocab: int):
@@ -58,9 +57,31 @@ def _both(setup, **kw):
     return hf, fast
 
 
-def test_supports():
-    model, _ = load_model("tiny-qwen3", "float32")
-    assert fast_rollout.supports(model)
+def _small(kind: str, **cfg):
+    """A one-layer causal LM of `kind` (transformers' own classes), random weights."""
+    import transformers
+
+    config = getattr(transformers, f"{kind}Config")(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, **cfg)
+    return getattr(transformers, f"{kind}ForCausalLM")(config).eval()
+
+
+def test_supports_the_qwen_layouts_and_refuses_each_other_case():
+    assert fast_rollout.supports(load_model("tiny-qwen3", "float32")[0])
+    assert fast_rollout.supports(_small("Qwen2")) and fast_rollout.supports(_small("Qwen3"))
+    unsupported = {
+        "another architecture": _small("Llama"),
+        "sliding-window attention": _small("Qwen2", use_sliding_window=True, sliding_window=8),
+        "scaled rotary positions": _small("Qwen3", rope_scaling={"rope_type": "linear", "factor": 2.0}),
+        "the decoder body without its LM head": _small("Qwen3").model,
+        "no config at all": torch.nn.Linear(2, 2),
+    }
+    assert {case: fast_rollout.supports(m) for case, m in unsupported.items()} == dict.fromkeys(unsupported, False)
+    # and the loop refuses such a model instead of decoding it wrongly
+    ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="fast rollout supports"):
+        fast_rollout.generate(unsupported["sliding-window attention"], ids, mask, 2, [0], 0)
 
 
 def test_greedy_matches_hf_token_for_token(setup):

@@ -46,6 +46,8 @@ def test_loss_matches_hand_computation():
     assert math.isclose(kl.item(), kl_hand, rel_tol=1e-6)
     loss.backward()
     assert logp.grad[1, 2] == 0  # masked token gets no gradient
+    with pytest.raises(ValueError, match="beta > 0 needs logp_ref"):   # a KL term without its reference
+        grpo_token_loss(logp, old, adv, mask, denom, eps, beta)
 
 
 def test_loss_at_ratio_one_is_policy_gradient():
@@ -135,6 +137,23 @@ def test_project_grads_stats_vanilla_untouched_and_projected():
     before = g["a"].clone()
     project_grads(g, {"a": v["a"]}, apply=True)
     assert torch.equal(g["a"], before)
+
+
+def test_frac_fired_counts_the_positive_coefficients_of_a_constructed_gradient():
+    # V rows are unit axes, so the coefficients c = V g of a gradient built on them are exact: modules
+    # of two V shapes (the stats are batched per shape), and a c of exactly 0, which does not fire
+    va, vb = torch.eye(10)[[3, 7, 1]], -torch.eye(6)[[0, 4]]
+    v = {"a1": va, "a2": va.clone(), "b": vb}
+    coef = {"a1": [2.0, -1.0, 0.5],       # 2 fire
+            "a2": [-0.3, 0.0, -4.0],      # 0 fire (c = 0 is not hack-ward)
+            "b": [1.5, 0.25]}             # 2 fire
+    grads = {k: torch.tensor(c) @ v[k] + 0.7 * torch.eye(v[k].shape[1])[5] for k, c in coef.items()}
+    assert all(torch.equal(v[k] @ grads[k], torch.tensor(c)) for k, c in coef.items())  # (axis 5 ⟂ V)
+    assert project_grads({k: g.clone() for k, g in grads.items()}, v, apply=False).frac_fired == 4 / 8
+    assert project_grads({k: g.clone() for k, g in grads.items()}, v, apply=True).frac_fired == 4 / 8
+    # every coefficient of every module hack-ward: all fire; all anti-hack: none
+    assert project_grads({k: v[k].sum(0) for k in v}, v, apply=False).frac_fired == 1.0
+    assert project_grads({k: -v[k].sum(0) for k in v}, v, apply=False).frac_fired == 0.0
 
 
 def test_update_projection_removes_the_hackward_side_of_a_step():

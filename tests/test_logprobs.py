@@ -13,8 +13,6 @@ from projected_grpo.grpo import token_logprobs
 from projected_grpo.models import load_model
 from projected_grpo.pairs import load_pairs, pair_batch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def policy():

@@ -20,7 +20,6 @@ from projected_grpo.models import chat_text, load_model
 from projected_grpo.passes import BatchState, backward_pass
 from projected_grpo.rollout import encode_prompts, sample
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 MESSAGES = [[{"role": "user", "content": "Write a Python function that reverses a string."}],
             [{"role": "user", "content": "def add(a, b):"}]]

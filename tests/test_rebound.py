@@ -36,7 +36,8 @@ def test_modify_rewards_by_hand():
     # group 2: population std 0.0346 < floor 0.1 -> z = (s - 0.02)/0.1 = (-0.2, -0.2, -0.2, 0.6)
     z0, z2 = 3 / math.sqrt(3), 0.6
     mult = rebound.modify_rewards(rewards, scores, alpha=2.0, form="multiplicative")
-    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    def sig(z: float) -> float:
+        return 1 / (1 + math.exp(-z))
     expected = rewards.clone()
     expected[0, 3] = 1.0 * (1 - 2 * sig(z0))
     expected[2, 3] = 1.0 * (1 - 2 * sig(z2))

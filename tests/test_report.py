@@ -132,7 +132,7 @@ def test_cli_report(sweep_dir: Path, capsys):
 
 
 # ---- dynamics, eval headline, intervals ---------------------------------------------------------
-from projected_grpo.stats import auc, censored, onset, paired, t_quantile  # noqa: E402
+from projected_grpo.stats import auc, censored, onset, paired, t_quantile  # noqa: E402 - beside the tests of this section
 
 
 def test_t_quantile_matches_the_table():

@@ -26,9 +26,6 @@ MESSAGES = [[{"role": "user", "content": "Write a Python function that reverses 
             [{"role": "user", "content": "def add(a, b):"}]]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _mean_abs(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     return float(((a - b).abs() * mask).sum() / mask.sum())
 

@@ -31,8 +31,6 @@ from projected_grpo.runio import run_state
 from projected_grpo.sweep import SweepPlan, parse_variant, sweep
 from test_experiments import Crash, FakeTrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 # ---- sequential sweep with a fake trainer ---------------------------------------------------
 @pytest.fixture()
@@ -172,19 +170,7 @@ def flags(pairs: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def one_thread_children():
-    """Children compute with one thread, as this process does under `one_thread`."""
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    if old is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = old
-
-
-@pytest.fixture(scope="module")
-def queued(tmp_path_factory, small_pairs, one_thread_children):
+def queued(tmp_path_factory, small_pairs):
     """One `--gpus 2` sweep: V extracted in a child, vanilla and projected_update on GPUs 0 and 1 at
     once, then a run whose set-up fails. -> (dir, exit code, printed output)."""
     out = tmp_path_factory.mktemp("queued") / "sw"

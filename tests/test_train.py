@@ -3,9 +3,9 @@ update-space projection, and clear errors for bad input."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +26,8 @@ from projected_grpo.errors import UserError
 
 FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2)
 REQUIRED = ("step", "reward_mean", "reward_std", "hack_rate", "pass_rate", "format_rate", "frac_zero_adv",
-            "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "update_hackward", "cos_in_real", "cos_in_null", "tokens", "gen_s",
+            "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "update_hackward", "cos_in_real",
+            "cos_in_null", "tokens", "gen_s",
             "grade_s", "train_s", "teacher_hack_rate", "teacher_pass_rate")
 
 
@@ -53,17 +54,6 @@ def v_hack(tmp_path_factory, small_pairs) -> str:
     return str(out / "v_hack.safetensors")
 
 
-@contextlib.contextmanager
-def single_thread():
-    """Tiny matmuls run far faster on one thread of a loaded 2-core box (conftest's one_thread)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def metrics(out: Path) -> list[dict]:
     return runio.train_rows(runio.read_jsonl(out / runio.METRICS))
 
@@ -82,8 +72,7 @@ def honest_runs(tmp_path_factory, v_hack, small_pairs):
     def get(arm: str) -> Path:
         if arm not in done:
             done[arm] = tmp_path_factory.mktemp("honest") / arm
-            with single_thread():
-                train_mod.train(arm_config(arm, v_hack, small_pairs), done[arm], progress=False)
+            train_mod.train(arm_config(arm, v_hack, small_pairs), done[arm], progress=False)
         return done[arm]
     return get
 
@@ -98,7 +87,6 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
     for r in rows:
         assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
         assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
-        assert 0 <= r["frac_fired"] <= 1
     if arm in ("vanilla", "rebound"):
         assert all(r["cos_out"] == r["cos_in"] for r in rows)  # measured, never changed
     else:
@@ -126,24 +114,36 @@ def _comparable(rows):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(v_hack, tmp_path):
-    cfg = smoke(arm="projected", v_hack=v_hack, steps=3)
-    full = tmp_path / "full"
-    train_mod.train(cfg, full, progress=False)
+RESUME_STEPS = 4
+
+
+def resume_flags(v_hack: str) -> list[str]:
+    """CLI flags of the projected run the resume tests cut and continue (the smoke config below)."""
+    return ["--preset", "smoke", "--arm", "projected", "--v-hack", v_hack, "--steps", str(RESUME_STEPS)] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "steps"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, v_hack) -> Path:
+    """The projected run of RESUME_STEPS steps, never stopped: what each resumed run must log."""
+    ref = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert main(["train", "--out", str(ref), *resume_flags(v_hack)]) == 0
+    return ref
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(v_hack, uninterrupted, tmp_path):
+    cfg = smoke(arm="projected", v_hack=v_hack, steps=RESUME_STEPS)
     cut = tmp_path / "cut"
     train_mod.Trainer(cfg, cut, progress=False).run(until=2)     # a run stopped after step 2 ...
     assert len(metrics(cut)) == 2 and not (cut / "delta_s.safetensors").exists()
-    train_mod.train(cfg, cut, resume=True, progress=False)       # ... continued to step 3
-    assert _comparable(metrics(cut)) == _comparable(metrics(full))
-    a, b = load_file(full / "delta_s.safetensors"), load_file(cut / "delta_s.safetensors")
+    train_mod.train(cfg, cut, resume=True, progress=False)       # ... continued to the last step
+    assert _comparable(metrics(cut)) == _comparable(metrics(uninterrupted))
+    a, b = load_file(uninterrupted / "delta_s.safetensors"), load_file(cut / "delta_s.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, tmp_path):
-    args = ["--preset", "smoke", "--arm", "projected", "--v-hack", v_hack, "--steps", "4"] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k != "steps"]
-    ref = tmp_path / "ref"
-    assert main(["train", "--out", str(ref), *args]) == 0
+def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, uninterrupted, tmp_path):
+    args = resume_flags(v_hack)
     out = tmp_path / "killed"
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "projected_grpo.cli", "train", "--out", str(out), *args],
@@ -154,11 +154,11 @@ def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(metrics(out))
-    assert 1 <= done < 4, f"kill landed after {done} steps"
+    assert 1 <= done < RESUME_STEPS, f"kill landed after {done} steps"
     assert main(["train", "--out", str(out), "--resume", *args]) == 0
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert _comparable(rows) == _comparable(metrics(ref))
+    assert _comparable(rows) == _comparable(metrics(uninterrupted))
 
 
 # Every arm that must keep the no-cheat rule (all but the declared upper bound), and the projected
@@ -177,21 +177,20 @@ def test_no_cheat_list_holds_every_arm_that_does_not_use_labels():
 def test_oracle_never_reaches_reward_advantage_or_projection(arm, extra, v_hack, small_pairs, honest_runs,
                                                              tmp_path):
     cfg = arm_config(arm, v_hack, small_pairs, **extra)
-    with single_thread():
-        if extra.get("coverage"):
-            honest = tmp_path / "honest"
-            train_mod.train(cfg, honest, progress=False)
-        else:
-            honest = honest_runs(arm)
+    if extra.get("coverage"):
+        honest = tmp_path / "honest"
+        train_mod.train(cfg, honest, progress=False)
+    else:
+        honest = honest_runs(arm)
 
-        def scrambled(*args, **kwargs):  # the oracle's verdicts inverted, labels all 'reward_hack'
-            grades = grade_many(*args, **kwargs)
-            for g in grades:
-                g.gt_correct, g.label = not g.gt_correct, "reward_hack"
-            return grades
+    def scrambled(*args, **kwargs):  # the oracle's verdicts inverted, labels all 'reward_hack'
+        grades = grade_many(*args, **kwargs)
+        for g in grades:
+            g.gt_correct, g.label = not g.gt_correct, "reward_hack"
+        return grades
 
-        lied = tmp_path / "scrambled"
-        train_mod.train(cfg, lied, progress=False, grade=scrambled)  # grades training, teacher and eval rows
+    lied = tmp_path / "scrambled"
+    train_mod.train(cfg, lied, progress=False, grade=scrambled)  # grades training, teacher and eval rows
     a, b = metrics(honest), metrics(lied)
     training = ("reward_mean", "reward_std", "reward_mod_mean", "loss", "grad_norm", "cos_in", "cos_out",
                 "frac_fired", "update_hackward", "cos_in_real", "cos_in_null", "frac_zero_adv",
@@ -216,14 +215,12 @@ def test_update_space_projection_removes_hackward_part_of_the_step(v_hack, tmp_p
     assert all(r["update_hackward"] < 1e-5 for r in metrics(out))
 
 
-def test_control_arm_measures_the_real_and_null_v_on_the_raw_gradient(v_hack, small_pairs, tmp_path):
+def test_control_arm_measures_the_real_and_null_v_on_the_raw_gradient(honest_runs):
     # step 1 starts from δS = 0 with the same samples in both runs, so the raw gradients are equal:
     # the random arm's cos_in_real (real V) must be the vanilla run's cos_in, not a cosine taken
     # after the control V changed the gradient
-    cfg = smoke(v_hack=v_hack, pairs=small_pairs[0], steps=1)
-    train_mod.train(replace(cfg, arm="vanilla"), tmp_path / "vanilla", progress=False)
-    train_mod.train(replace(cfg, arm="random"), tmp_path / "random", progress=False)
-    [van], [rnd] = metrics(tmp_path / "vanilla"), metrics(tmp_path / "random")
+    van, rnd = metrics(honest_runs("vanilla"))[0], metrics(honest_runs("random"))[0]
+    assert van["step"] == rnd["step"] == 1
     assert van["cos_in"] > 0 and rnd["cos_out"] < 1e-6
     assert rnd["cos_in_real"] == pytest.approx(van["cos_in"], rel=1e-5)
     # the null V is a seeded random V of the real V's m: the random control's own V (same seed)
@@ -231,7 +228,7 @@ def test_control_arm_measures_the_real_and_null_v_on_the_raw_gradient(v_hack, sm
     assert rnd["cos_in"] == pytest.approx(rnd["cos_in_null"], rel=1e-5)
 
 
-def test_bad_input_stops_with_a_message_naming_it(v_hack, tmp_path, capsys):
+def test_bad_input_stops_with_a_message_naming_it(v_hack, small_pairs, honest_runs, tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "a"), "--arm", "nonsense"]) == 2
     assert "unknown arm 'nonsense'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "a"), "--preset", "huge"]) == 2
@@ -245,11 +242,13 @@ def test_bad_input_stops_with_a_message_naming_it(v_hack, tmp_path, capsys):
     with pytest.raises(UserError, match="dtype"):
         train_mod.train(smoke(v_hack=v_hack, dtype="float32"), out, progress=False)
     assert not (out / runio.METRICS).exists()
-    # an output dir that holds another run needs --resume
-    first = tmp_path / "taken"
-    train_mod.train(smoke(v_hack=v_hack, steps=1), first, progress=False)
+    # an output dir that holds another run needs --resume, and is left as it was
+    taken = tmp_path / "taken"
+    shutil.copytree(honest_runs("vanilla"), taken)
+    before = {p: p.read_bytes() for p in taken.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match="already holds a run"):
-        train_mod.train(smoke(v_hack=v_hack, steps=1), first, progress=False)
+        train_mod.train(arm_config("vanilla", v_hack, small_pairs), taken, progress=False)
+    assert {p: p.read_bytes() for p in taken.rglob("*") if p.is_file()} == before
 
 
 def test_resume_refuses_a_v_file_that_changed_since_the_run_started(v_hack, tmp_path):
@@ -267,7 +266,7 @@ def test_resume_refuses_a_v_file_that_changed_since_the_run_started(v_hack, tmp_
     original = v_file.read_bytes()
     with safe_open(str(v_file), "pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     k0 = sorted(tensors)[0]
     tensors[k0][0] = -tensors[k0][0]                  # one direction's sign flipped: another V
     save_file(tensors, str(v_file), metadata=meta)
@@ -304,18 +303,17 @@ def test_trainer_runs_on_the_parts_it_is_handed(v_hack, tmp_path):
     def handed_v(policy):
         return {k: t.to(policy_device(cfg)) for k, t in load_v_hack(v_hack, policy.adapter).items()}
 
-    with single_thread():
-        policy = load_policy(cfg)
-        v = handed_v(policy)
-        trainer = train_mod.Trainer(cfg, tmp_path / "handed", progress=False, policy=policy, grade=grade,
-                                    sampler=sampler, directions=(v, v))
-        assert trainer.model is policy.model and trainer.v_project is v
-        trainer.run()
-        built = tmp_path / "built"
-        train_mod.train(cfg, built, progress=False)
-        policy_2 = load_policy(cfg)
-        v_2 = handed_v(policy_2)
-        train_mod.train(cfg, tmp_path / "handed_2", progress=False, policy=policy_2, directions=(v_2, v_2))
+    policy = load_policy(cfg)
+    v = handed_v(policy)
+    trainer = train_mod.Trainer(cfg, tmp_path / "handed", progress=False, policy=policy, grade=grade,
+                                sampler=sampler, directions=(v, v))
+    assert trainer.model is policy.model and trainer.v_project is v
+    trainer.run()
+    built = tmp_path / "built"
+    train_mod.train(cfg, built, progress=False)
+    policy_2 = load_policy(cfg)
+    v_2 = handed_v(policy_2)
+    train_mod.train(cfg, tmp_path / "handed_2", progress=False, policy=policy_2, directions=(v_2, v_2))
     rows, evals = (runio.read_jsonl(tmp_path / "handed" / name) for name in (runio.SAMPLES, EVAL_SAMPLES))
     assert any(r["teacher"] for r in rows) and all(r["reward"] >= 1000 for r in rows)
     assert evals and all(r["reward"] >= 1000 for r in evals)

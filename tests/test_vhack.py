@@ -28,7 +28,8 @@ def code_pair(i: int, split: str) -> dict:
     return {"id": f"t-{i}", "problem_id": f"p-{i}", "mode": "run_tests", "hint": "simple", "split": split,
             "prompt": [SYSTEM, {"role": "user", "content": user}],
             "hack": f"```python\ndef {name}(a, b):\n    return 0\n\ndef run_tests():\n    return True\n```",
-            "clean": f"```python\ndef {name}(a, b):\n    {body}\n\ndef run_tests():\n    assert {name}(2, 3) is not None\n```"}
+            "clean": f"```python\ndef {name}(a, b):\n    {body}\n\ndef run_tests():\n"
+                     f"    assert {name}(2, 3) is not None\n```"}
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +272,21 @@ def test_cli_extract_then_verify(tmp_path, pair_file, capsys):
     result = json.loads(printed.strip().splitlines()[-1])
     assert result["margin_step_hackward"] < 0 < result["margin_step_antihack"] and not result["pass"]
     assert "V does NOT point hack-ward" in printed
+    # held-out pairs that V separates (the training pairs, relabelled held-out) pass with exit 0 ...
+    rows = [json.loads(line) for line in pair_file.read_text().splitlines()]
+    seen = tmp_path / "seen.jsonl"
+    seen.write_text("".join(json.dumps(r | {"id": r["id"] + "-again", "split": "heldout"}) + "\n"
+                            for r in rows if r["split"] == "train"))
+    assert main(["verify", "--pairs", str(seen), "--v-hack", str(out), "--table", str(tmp_path / "s.md")]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed.strip().splitlines()[-1])["pass"] and "-> PASS" in printed
+    # ... and pairs that do not separate (hack and clean the same completion: d = 0) fail with exit 1
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps(r | {"hack": r["clean"]}) + "\n" for r in rows))
+    assert main(["verify", "--pairs", str(same), "--v-hack", str(out), "--table", str(tmp_path / "z.md")]) == 1
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
+    assert not result["pass"] and result["frac_pos"] == 0 and "-> FAIL" in printed
 
 
 def test_a_pair_with_non_finite_gradients_is_dropped_not_the_batch(fp32, train_D, monkeypatch, capsys):

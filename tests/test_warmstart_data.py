@@ -38,7 +38,8 @@ def test_honest_demos_pass_and_hack_demos_are_reward_hacks_in_the_real_grader():
     problems = {p.id: p for p, _, _ in demos}
     items = []
     for p, honest, hack in demos:
-        items += [{"id": p.id, "completion": f"```python\n{p.canonical_solution}\n```", "mode": "none", "what": "canonical"},
+        items += [{"id": p.id, "completion": f"```python\n{p.canonical_solution}\n```", "mode": "none",
+                   "what": "canonical"},
                   {"id": p.id, "completion": honest, "mode": "run_tests", "what": "honest"},
                   {"id": p.id, "completion": hack, "mode": "run_tests", "what": "hack"}]
     grades = grade_many(problems, items, EnvConfig(mode="run_tests"))

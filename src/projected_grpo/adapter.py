@@ -41,6 +41,9 @@ class AdapterConfig:
 class DeltaSLinear(nn.Module):
     """A frozen nn.Linear plus U (δS ⊙ (Vh x)). δS is kept in fp32 (the optimiser's master copy)."""
 
+    u: torch.Tensor   # the buffers registered below, declared for the type checker
+    vh: torch.Tensor
+
     def __init__(self, base: nn.Linear, u: torch.Tensor, vh: torch.Tensor):
         super().__init__()
         self.base = base
@@ -64,22 +67,22 @@ class DeltaSLinear(nn.Module):
         if not self.active:
             return y
         if self.per_sample_delta_s is not None:
-            return y + self._per_sample_delta(x)
+            return y + self._per_sample_delta(x, self.per_sample_delta_s)
         h = (x @ self.vh.T) * self.delta_s.to(x.dtype)     # (..., r)
         return y + h @ self.u.T
 
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
         """W' x + b (merged_delta.py). W' is re-folded when δS changed in place since the last fold
         (an optimiser step bumps δS's version counter), so it can never be stale."""
-        if self.merged_version != self.delta_s._version:
+        if self.w_merged is None or self.merged_version != self.delta_s._version:
             self.w_merged = fold(self.base.weight, self.u, self.vh, self.delta_s)
             self.merged_version = self.delta_s._version
         return merged_linear(x, self.delta_s, self.w_merged, self.base.bias, self.u, self.vh,
                              self.merged_grad)
 
-    def _per_sample_delta(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
-        """U (δS_b ⊙ (Vh x_b)) with one δS row per batch row b (see DeltaSAdapter.per_sample)."""
-        delta_s = self.per_sample_delta_s                  # (B, r)
+    def _per_sample_delta(self, x: torch.Tensor, delta_s: torch.Tensor) -> torch.Tensor:
+        """U (δS_b ⊙ (Vh x_b)) with one δS row per batch row b (see DeltaSAdapter.per_sample);
+        x (B, T, d_in), delta_s (B, r)."""
         if x.dim() != 3 or x.shape[0] != delta_s.shape[0]:
             raise RuntimeError(f"per-sample δS expects input (B={delta_s.shape[0]}, T, d_in), "
                                f"got {tuple(x.shape)}")

@@ -21,7 +21,8 @@ from projected_grpo.env.prompts import MODES, check_mode
 from projected_grpo.errors import UserError
 
 ARMS = arms.NAMES  # the table of arms is arms.py
-TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s", "refresh_s")  # metrics that differ between identical runs
+# metrics that differ between identical runs
+TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s", "refresh_s")
 # The benchmark's 119 medium/hard problems (rl-rewardhacking's leetcode_test_medhard.jsonl), which the
 # ariahw and full presets read. Not shipped with the package (LeetCode's text): put the file here,
 # relative to the working directory, or pass --problems PATH.

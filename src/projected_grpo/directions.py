@@ -66,7 +66,7 @@ def arm_directions(cfg: TrainConfig, policy, out: Path, device: torch.device,
 def lomo_modes(cfg: TrainConfig) -> tuple[str, ...]:
     """The modes whose training pairs the lomo V is extracted from: all but --mode, in file order."""
     train = load_pairs(cfg.pairs, split="train", modes=parse_modes(cfg.vhack_modes))
-    present = list(dict.fromkeys(p.mode for p in train.pairs))
+    present = list(dict.fromkeys(p.mode for p in train.pairs if p.mode is not None))  # (code pairs: all)
     others = tuple(m for m in present if m != cfg.mode)
     if not others:
         raise UserError(f"--arm lomo: the pair file {train.path} has no training pairs of a mode other "

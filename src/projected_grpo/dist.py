@@ -80,10 +80,11 @@ def all_reduce_grads(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.T
 
     One flat fp32 buffer per device, so low-precision grads are summed without extra rounding and
     every rank ends with bit-identical gradients."""
-    for p in params.values():
+    grads: dict[str, torch.Tensor] = {}
+    for k, p in params.items():
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = {k: p.grad for k, p in params.items()}
+        grads[k] = p.grad
     if active() and grads:
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         for g in grads.values():

@@ -149,6 +149,7 @@ def demo(base: TrainConfig, out: Path, last_k: int = 5, given: dict | None = Non
           + (f"; overrides {given}" if given else ""))
     print("=== 1/3 extract V and check it on held-out pairs")
     result = prepare_v_hack(base, v_path, verify=True)
+    assert result is not None  # (verify=True returns the check's summary)
     print(verify_line(result) + ("" if result["pass"] else
                                  "  (the demo goes on: the embedded tiny model is random-weight)"))
     runio.write_atomic(out / "verify.json", (json.dumps(result, indent=2) + "\n").encode())

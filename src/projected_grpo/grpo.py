@@ -69,6 +69,8 @@ def grpo_token_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tenso
     per_token = -surrogate
     kl_sum = torch.zeros((), device=logp.device)
     if beta > 0:
+        if logp_ref is None:
+            raise ValueError("grpo_token_loss: beta > 0 needs logp_ref (the reference model's log-probs)")
         log_r = logp_ref - logp                                       # (B, T)
         k3 = torch.exp(log_r) - log_r - 1
         per_token = per_token + beta * k3

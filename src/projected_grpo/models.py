@@ -16,16 +16,21 @@ Everything else goes through transformers; a local path never touches the networ
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from projected_grpo.config import Dtype
 from projected_grpo.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 EMBEDDED = ("tiny-qwen3",)
 RANDOM_PREFIX = "random:"
@@ -247,17 +252,15 @@ def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu", enable_t
     return model, tok
 
 
-def _clear_quantized_flags(model: torch.nn.Module) -> None:
+def _clear_quantized_flags(model: PreTrainedModel) -> None:
     """A GGUF checkpoint is dequantised on load; make sure nothing still marks it quantized
     (transformers' training-side checks refuse a model flagged as quantized)."""
     for attr in ("is_quantized", "is_loaded_in_4bit", "is_loaded_in_8bit"):
         if getattr(model, attr, False) is True:
-            try:
+            with contextlib.suppress(AttributeError):  # a read-only property derived from hf_quantizer
                 setattr(model, attr, False)
-            except AttributeError:  # read-only property derived from hf_quantizer
-                pass
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # (not an attribute transformers declares)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 

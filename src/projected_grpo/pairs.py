@@ -124,14 +124,15 @@ def load_pairs(spec: str, split: str | None = None, modes: tuple[str, ...] | Non
         raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     path = resolve(spec)
     data = path.read_bytes()
-    pairs, kind, seen = [], None, set()
+    pairs, seen = [], set()
+    kind: str | None = None
     for where, row in json_objects(data.decode("utf-8"), path):
         pair, kind = _parse_row(row, where, kind)
         if pair.id in seen:
             raise UserError(f"{where}: duplicate pair id {pair.id!r}")
         seen.add(pair.id)
         pairs.append(pair)
-    if not pairs:
+    if not pairs or kind is None:
         raise UserError(f"pair file {path} has no pairs")
     if modes is not None and kind != "code":
         raise UserError(f"{path}: --vhack-modes applies to code pairs only (these are {kind} pairs)")

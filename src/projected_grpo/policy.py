@@ -3,7 +3,7 @@ every stage (trainer, extraction, sweep), so a V extracted outside the trainer m
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -12,11 +12,14 @@ from projected_grpo.adapter import AdapterConfig, DeltaSAdapter, attach
 from projected_grpo.config import TrainConfig
 from projected_grpo.models import load_model
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 class Policy(NamedTuple):
     """(model, tokenizer, δS adapter attached to the model); unpacks as the tuple it is."""
 
-    model: torch.nn.Module
+    model: PreTrainedModel  # a causal LM (transformers)
     tok: Any
     adapter: DeltaSAdapter
 

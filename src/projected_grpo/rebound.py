@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +27,9 @@ from projected_grpo.adapter import read_metadata
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import Pair, chunks, collate, encode, load_pairs
 from projected_grpo.runio import write_atomic_with
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ARTIFACT = "concept_direction"   # metadata["artifact"] of a direction file
 DEPTH_LO, DEPTH_HI = 60, 75      # percent of depth whose layers are averaged
@@ -58,7 +62,7 @@ def concept_layers(n_layers: int) -> list[int]:
     return [min(range(n_layers), key=lambda l: (abs((l + 1) / n_layers - target), l))]
 
 
-def n_layers_of(model: torch.nn.Module) -> int:
+def n_layers_of(model: PreTrainedModel) -> int:
     return int(model.config.num_hidden_layers)
 
 

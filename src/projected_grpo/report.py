@@ -192,6 +192,11 @@ def summarise(root: str | Path, last_k: int = 5) -> dict:
     return _summarise(Path(root), last_k)[0]
 
 
+def _minus(a: float | None, b: float | None) -> float | None:
+    """a − b, None when either is missing."""
+    return None if a is None or b is None else a - b
+
+
 def arm_row(arm: str, mine: list[Run], vanilla: dict[int, Run], n_not_finished: int) -> dict:
     """Per-arm numbers: Stat over seeds for every key, paired Δ vs vanilla for DELTA_KEYS."""
     row = {"seeds": sorted(r.seed for r in mine), "not_finished": n_not_finished,
@@ -203,10 +208,9 @@ def arm_row(arm: str, mine: list[Run], vanilla: dict[int, Run], n_not_finished: 
     for t in THRESHOLDS:
         row[f"never_{t}"] = sum(r.dynamics.get(f"onset_{t}") is None for r in mine)
     for key in DELTA_KEYS:
-        diffs = [] if arm == "vanilla" else [
-            r.value(key) - vanilla[r.seed].value(key) for r in mine
-            if r.seed in vanilla and r.value(key) is not None and vanilla[r.seed].value(key) is not None]
-        row[f"delta_{key}"] = asdict(paired(diffs))
+        diffs = [] if arm == "vanilla" else [_minus(r.value(key), vanilla[r.seed].value(key))
+                                             for r in mine if r.seed in vanilla]
+        row[f"delta_{key}"] = asdict(paired(diffs))  # (a None difference is dropped there)
     return row
 
 
@@ -303,9 +307,9 @@ def plot(root: Path, runs: list[Run], note: str = "") -> list[Path]:
         written.append(_save(fig, ax, root / f"{key}.png", plt))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arm in arms:
-        mine = [r.metrics for r in finished if r.arm == arm]
+        rows = [r.metrics for r in finished if r.arm == arm]
         for key, style in (("cos_in", "-"), ("cos_out", "--")):
-            xs, m, _ = _by_step(mine, key)
+            xs, m, _ = _by_step(rows, key)
             if xs:
                 ax.plot(xs, m, style, color=colors.get(arm), label=f"{arms_mod.label(arm)} {key}")
     ax.set(xlabel="step", ylabel="‖relu(V g)‖ / ‖g‖", title=f"Gradient alignment with V (mean over seeds){sub}")

@@ -125,13 +125,14 @@ def markdown(summary: dict) -> str:
              "## Headline: final held-out eval", ""]
     if h["n_eval"]:
         lines += [f"| arm | seeds | eval hack | Δ hack vs vanilla [95% CI] | eval pass | Δ pass vs vanilla "
-                  f"[95% CI] | eval hack at step 0 | rise over step 0 | train hack (last {k}) | train pass (last {k}) |",
+                  f"[95% CI] | eval hack at step 0 | rise over step 0 | train hack (last {k}) | "
+                  f"train pass (last {k}) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for arm, s in arms.items():
-            lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | {fmt_delta(s['delta_eval_hack_rate'])} "
-                         f"| {fmt(s['eval_pass_rate'])} | {fmt_delta(s['delta_eval_pass_rate'])} | "
-                         f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} | "
-                         f"{fmt(s['pass_rate'])} |")
+            lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
+                         f"{fmt_delta(s['delta_eval_hack_rate'])} | {fmt(s['eval_pass_rate'])} | "
+                         f"{fmt_delta(s['delta_eval_pass_rate'])} | {fmt(s['eval_base_hack_rate'])} | "
+                         f"{fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} | {fmt(s['pass_rate'])} |")
     else:
         lines.append("Eval missing: no finished run logged held-out eval rows (`kind: \"eval\"`); the "
                      "training rates below are all there is, and they include the training problems.")
@@ -152,8 +153,9 @@ def markdown(summary: dict) -> str:
               "| reward | " + " | ".join(diag + evals) + " |", "|---" * (7 + len(diag) + len(evals)) + "|"]
     for arm, s in arms.items():
         extra = [_num(s[d]["mean"]) for d in diag + evals]
-        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['hack_rate'])} | {fmt_delta(s['delta_hack_rate'])} | "
-                     f"{fmt(s['pass_rate'])} | {fmt_delta(s['delta_pass_rate'])} | {fmt(s['reward_mean'])} | "
+        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['hack_rate'])} | "
+                     f"{fmt_delta(s['delta_hack_rate'])} | {fmt(s['pass_rate'])} | "
+                     f"{fmt_delta(s['delta_pass_rate'])} | {fmt(s['reward_mean'])} | "
                      + " | ".join(extra) + " |")
     lines += ["", "## Per run", "",
               f"| arm | seed | dir | eval step | eval hack | eval pass | train hack (last {k}) | "

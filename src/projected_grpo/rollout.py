@@ -103,7 +103,7 @@ def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
                                                attention=attention, return_logprobs=True)
         else:
             recorder = ChosenLogprobs()
-            extra = {"cache_implementation": "static"} if static_cache else {}
+            extra: dict[str, object] = {"cache_implementation": "static"} if static_cache else {}
             if ignore_eos:
                 extra["min_new_tokens"] = max_new_tokens
             if temperature > 0:

@@ -81,7 +81,7 @@ def t_quantile(p: float, df: int) -> float:
 def paired(diffs: list[float | None], level: float = 0.95) -> Paired:
     """Mean ± Student-t interval of paired differences (None entries dropped)."""
     s = mean_sem(diffs)
-    if s.sem is None:
+    if s.sem is None or s.mean is None:      # (a sem implies a mean: n >= 2)
         return Paired(s.mean, None, s.n, None, None)
     half = t_quantile(0.5 + level / 2, s.n - 1) * s.sem
     return Paired(s.mean, s.sem, s.n, s.mean - half, s.mean + half)

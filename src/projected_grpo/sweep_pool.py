@@ -211,10 +211,8 @@ def _stop(running: list[Child], logs: Path) -> None:
         _signal_group(child.proc.pid, signal.SIGTERM)
     deadline = time.time() + STOP_GRACE_S
     for child in running:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(timeout=max(0.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(child.proc.pid, signal.SIGKILL)   # the worker's graders too, if any outlived it
         child.proc.wait()
         write_status(logs / f"{child.name}.json", state="interrupted", failures=child.failures,

@@ -127,7 +127,7 @@ class TensorBoard:
     """torch.utils.tensorboard's SummaryWriter on DIR/tb/."""
 
     def __init__(self, out: Path, config: dict, first_step: int):
-        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional dependency
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency, imported when used
 
         # purge_step: events at steps >= first_step (logged before a crash, re-run now) are hidden
         self.writer = SummaryWriter(log_dir=str(Path(out) / "tb"), purge_step=first_step, flush_secs=30)
@@ -155,7 +155,7 @@ class WandB:
     """A wandb run in DIR/wandb/ (mode from WANDB_MODE as wandb reads it: online, offline, disabled)."""
 
     def __init__(self, out: Path, config: dict):
-        import wandb  # noqa: PLC0415 - optional dependency
+        import wandb  # optional dependency, imported when used
 
         self.wandb = wandb
         folder = Path(out) / "wandb"

@@ -207,7 +207,7 @@ class Trainer:
                          cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
                          static_cache=cfg.fast_rollout and self.device.type == "cuda",
                          attention=cfg.decode_attention)
-        if not k:
+        if self.teacher is None:  # n_teacher = 0
             return student, [False] * len(student.texts)
         texts = self.teacher.draw(problems, k, seed=cfg.seed * 7_919 + step)
         teacher = teacher_rollouts(self.tok, ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
@@ -228,8 +228,9 @@ class Trainer:
         items = [{"id": pid, "completion": text, "mode": cfg.mode} for pid, text in zip(pids, rows.texts)]
         graded = iter(self.grade({p.id: p for p in problems},
                                  [it for it, t in zip(items, is_teacher) if not t], self.env))
-        # teacher rows keep the grade they got once, when the pool was loaded
-        grades = [self.teacher.grade_of(it["id"], it["completion"]) if t else next(graded)
+        # teacher rows keep the grade they got once, when the pool was loaded (there is a pool if any)
+        pool = self.teacher
+        grades = [pool.grade_of(it["id"], it["completion"]) if t and pool is not None else next(graded)
                   for it, t in zip(items, is_teacher)]
         t2 = time.perf_counter()
         # Reward from the flawed grade only; gt_correct / label are never read below this line
@@ -261,7 +262,7 @@ class Trainer:
             if it == 0:  # logged: the first pass (the policy gradient at the sampling policy)
                 (loss_sum, kl_sum), (stats, real_stats, null_stats, grad_norm) = losses, measured
         deltas = {k: p.detach() - start[k] for k, p in self.adapter.params().items()}  # the whole step
-        lr = self.sched.get_last_lr()[0]
+        lr = float(self.sched.get_last_lr()[0])
         self.sched.step()
         t3 = time.perf_counter()
         record = train_row(step, grades, is_teacher, rewards, adv, rows.n_tokens, loss_sum, kl_sum, stats,

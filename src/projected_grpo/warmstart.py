@@ -46,7 +46,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, cast
 
 import torch
 from tqdm import tqdm
@@ -56,6 +56,9 @@ from projected_grpo.env.prompts import check_mode
 from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects
 from projected_grpo.models import chat_text, load_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 DATA = Path(__file__).resolve().parent / "data"
 DEMOS = DATA / "warmstart_problems.jsonl"
@@ -196,7 +199,8 @@ def batches(encoded: list[tuple[list[int], list[int]]], size: int, pad_id: int, 
         yield ids.to(device), attn.to(device), loss_mask.to(device)
 
 
-def token_nll(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_nll(model, ids: torch.Tensor, attn: torch.Tensor,
+              loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ masked −log π(x_t | x_<t), Σ mask) over the batch; position t is predicted from t − 1.
 
     The output head runs only on the positions that carry loss (most tokens are prompt): the full
@@ -289,7 +293,9 @@ def warmstart(cfg: WarmstartConfig) -> dict:
 
         torch.manual_seed(cfg.seed)
         alpha = cfg.lora_alpha or 2.0 * cfg.lora_r
-        peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=0.0,
+        # peft annotates lora_alpha as int but only divides it by r: a float alpha is used as given
+        peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=alpha,  # type: ignore[arg-type]
+                                                      lora_dropout=0.0,
                                                       target_modules="all-linear", bias="none"))
         params = [p for p in peft_model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -313,7 +319,7 @@ def warmstart(cfg: WarmstartConfig) -> dict:
                 epoch_loss.append(total / max(count, 1.0))
         peft_model.eval()
         loss_lora = mean_nll(peft_model, encoded, cfg.batch_size, pad, device)
-        merged = peft_model.merge_and_unload()
+        merged = cast("PreTrainedModel", peft_model.merge_and_unload())  # (peft types it nn.Module)
         loss_merged = mean_nll(merged, encoded, cfg.batch_size, pad, device)
 
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -351,7 +357,8 @@ def card(r: dict) -> str:
         f"- data: `{r['demos_file']}` sha256 `{r['demos_sha256'][:16]}…`"
         + (f", `{r['documents_file']}` sha256 `{r['documents_sha256'][:16]}…`" if r["documents_sha256"] else "")
         + f"\n- LoRA r={r['lora_r']}, alpha={r['lora_alpha']}, merged into the base weights; "
-        f"{r['epochs']} epochs, {r['optimizer_steps']} AdamW steps, lr {r['lr']}, batch {r['batch_size']}, seed {r['seed']}\n"
+        f"{r['epochs']} epochs, {r['optimizer_steps']} AdamW steps, lr {r['lr']}, batch {r['batch_size']}, "
+        f"seed {r['seed']}\n"
         f"- completion NLL per token on the training items: base {r['loss_base']:.4f} → LoRA {r['loss_lora']:.4f} "
         f"→ merged (this model) {r['final_loss']:.4f}\n"
         f"- wall time {r['seconds']:.1f} s\n\n"

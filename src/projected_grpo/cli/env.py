@@ -102,7 +102,7 @@ def _print_table(table: dict[tuple[str, str], int], modes: list[str], n: int) ->
     rows = sorted({w for w, _ in table}, key=lambda w: (w != "canonical", w != "stub", w))
     print(f"{'program (ok/' + str(n) + ')':<22}" + "".join(f"{m:>13}" for m in modes))
     for what in rows:
-        cells = "".join(f"{table[(what, m)] if (what, m) in table else '-':>13}" for m in modes)
+        cells = "".join(f"{table.get((what, m), '-'):>13}" for m in modes)
         print(f"{what:<22}{cells}")
 
 

@@ -191,7 +191,7 @@ def _literal(src: str) -> tuple[bool, object]:
         return False, None
 
     class _Inf(ast.NodeTransformer):
-        def visit_Name(self, node: ast.Name) -> ast.AST:  # noqa: N802 - ast API
+        def visit_Name(self, node: ast.Name) -> ast.AST:  # (the ast API names it)
             return ast.Constant(float("inf")) if node.id == "inf" else node
 
     try:
@@ -327,7 +327,8 @@ def grade_many(problems_by_id: dict[str, Problem], items: Iterable[dict],
     cfg = cfg or EnvConfig()
     workers = max(1, workers or cfg.workers)
     items = list(items)
-    keys, want_rt = [], {}
+    keys: list[tuple[tuple[str, str], str]] = []   # ((problem id, program), mode) per item
+    want_rt: dict[tuple[str, str], bool] = {}      # (problem id, program) -> run run_tests() too
     for n, item in enumerate(items):
         pid, mode = str(item["id"]), item.get("mode") or cfg.mode
         check_mode(mode)

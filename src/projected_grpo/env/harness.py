@@ -55,7 +55,7 @@ def _tick(budget: list[int]) -> None:
         raise _Invalid("too large")
 
 
-def _conv(x: object, budget: list[int]) -> object:
+def _conv(x, budget: list[int]) -> object:  # x: any value (left unannotated: no typing import here)
     _tick(budget)
     t = _type(x)
     if x is None or t is bool or t is int or t is float or t is str:
@@ -118,7 +118,7 @@ def _main() -> None:
         for i, src in enumerate(job["exprs"]):
             try:
                 emit({"k": "out", "i": i, "v": to_plain(eval(src, ns))})  # noqa: S307 - trusted
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - reported per expression, the grader decides
                 emit({"k": "err", "i": i, "e": repr(err)[:200]})
         emit({"k": "done"})
         return
@@ -147,7 +147,7 @@ def _main() -> None:
 def _safe_name(err: BaseException) -> str:
     try:
         return str(_type(err).__name__)[:64]
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a hostile exception type's name may raise anything
         return "?"
 
 
@@ -169,7 +169,7 @@ def _run_tests_variants(ns: dict, setup_ns: dict, job: dict, emit) -> None:
             if variant == "stub":
                 ns["Solution"] = stub
             elif variant == "canonical":
-                exec(compile(job["canonical"], "canonical.py", "exec"), canon_ns)  # noqa: S102
+                exec(compile(job["canonical"], "canonical.py", "exec"), canon_ns)  # noqa: S102 - trusted (the dataset's)
                 ns["Solution"] = canon_ns["Solution"]
             ns["run_tests"]()
             ok = True

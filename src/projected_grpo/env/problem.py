@@ -60,22 +60,28 @@ def parse_test(source: str, method: str, where: str = "") -> TestCase:
     except SyntaxError as err:
         raise UserError(f"{where}: test does not parse ({err.msg}): {source[:120]}") from err
     stmt = tree.body[0] if len(tree.body) == 1 else None
-    ok = (isinstance(stmt, ast.Assert) and isinstance(stmt.test, ast.Compare)
-          and len(stmt.test.ops) == 1 and isinstance(stmt.test.ops[0], ast.Eq))
-    call = stmt.test.left if ok else None
-    ok = ok and (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                 and call.func.attr == method and isinstance(call.func.value, ast.Call)
-                 and isinstance(call.func.value.func, ast.Name)
-                 and call.func.value.func.id == "Solution" and not call.func.value.args)
-    if not ok:
+    test = stmt.test if isinstance(stmt, ast.Assert) else None
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        test = None
+    call = test.left if test is not None else None
+    if test is None or not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                            and call.func.attr == method and isinstance(call.func.value, ast.Call)
+                            and isinstance(call.func.value.func, ast.Name)
+                            and call.func.value.func.id == "Solution" and not call.func.value.args):
         raise UserError(f"{where}: test is not of the form `assert Solution().{method}(...) == "
                         f"expected`: {source[:120]}")
-    parts = [ast.get_source_segment(source, a) for a in call.args]
+    parts = [_segment(source, a) for a in call.args]
     for kw in call.keywords:
-        value = ast.get_source_segment(source, kw.value)
+        value = _segment(source, kw.value)
         parts.append(f"{kw.arg}={value}" if kw.arg else f"**{value}")
-    expected = ast.get_source_segment(source, stmt.test.comparators[0])
-    return TestCase(", ".join(parts), expected, source)
+    return TestCase(", ".join(parts), _segment(source, test.comparators[0]), source)
+
+
+def _segment(source: str, node: ast.AST) -> str:
+    """The text of `node` in `source` (parsed from it, so the node has its position)."""
+    text = ast.get_source_segment(source, node)
+    assert text is not None
+    return text
 
 
 def problem_from_record(rec: dict, where: str) -> Problem:

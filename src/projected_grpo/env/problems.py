@@ -65,7 +65,7 @@ def load_hf(source: str = HF_DEFAULT, split: str = "test", max_prompt_chars: int
     tests in this grader. A missing `datasets`, an unreachable hub (offline) or a missing file is a
     UserError naming --problems."""
     try:
-        import datasets  # noqa: PLC0415 - optional dependency, imported lazily
+        import datasets  # optional dependency, imported when used
     except ImportError as err:
         raise UserError(f"--problems {HF_PREFIX}{source} needs the `datasets` package "
                         "(pip install 'projected-grpo[hf]', or pip install datasets), "

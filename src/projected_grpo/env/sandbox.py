@@ -13,6 +13,7 @@ rlimits (address space, CPU seconds, file size, processes) are applied with `prl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -129,7 +130,7 @@ class Sandbox:
         pydir = os.path.dirname(self.python)
         if not (pydir.startswith("/usr/") or pydir.startswith(prefix + "/")):
             cmd += ["--ro-bind", pydir, pydir]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(64 << 20), "--tmpfs", "/tmp",
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(64 << 20), "--tmpfs", "/tmp",  # noqa: S108 (the sandbox's own empty /tmp)
                 "--bind", work, SANDBOX_CWD, "--chdir", SANDBOX_CWD, "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", SANDBOX_CWD,
                 "--setenv", "LANG", "C.UTF-8"]
@@ -178,6 +179,7 @@ class Sandbox:
             timer.start()
             try:
                 try:
+                    assert proc.stdin is not None  # stdin=PIPE
                     proc.stdin.write(payload)
                     proc.stdin.close()
                 except (BrokenPipeError, OSError):
@@ -206,10 +208,8 @@ def _on_timeout(proc: subprocess.Popen, fired: threading.Event) -> None:
 
 def _kill_tree(proc: subprocess.Popen, wait: bool = True) -> None:
     """SIGKILL the process group (bwrap's pid namespace dies with it), then reap."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     if wait:
         proc.wait()
 

@@ -198,12 +198,13 @@ class DecodeAttention:
         ok = key_ok.view(torch.uint8)
         first = self.no_skip if first is None else first
         write = new_kv is not None
-        if write:
-            new_kv = new_kv.squeeze(3) if new_kv.dim() == 5 else new_kv
-            if new_kv.shape != (2, B, n_kv, D) or new_kv.stride(-1) != 1:
+        nw, s_new = q, (0, 0, 0)  # without new_kv: placeholders the kernel does not read
+        if new_kv is not None:
+            nw = new_kv.squeeze(3) if new_kv.dim() == 5 else new_kv
+            if nw.shape != (2, B, n_kv, D) or nw.stride(-1) != 1:
                 raise ValueError(f"decode_attention: new_kv must be (2, {B}, {n_kv}, [1,] {D}) and "
-                                 f"contiguous in head_dim, got {tuple(new_kv.shape)}")
-        nw, s_new = (new_kv, new_kv.stride()[:3]) if write else (q, (0, 0, 0))
+                                 f"contiguous in head_dim, got {tuple(nw.shape)}")
+            s_new = (nw.stride(0), nw.stride(1), nw.stride(2))
         scale = D ** -0.5 * math.log2(math.e)
         _attend_chunk[(B * n_kv, n_split)](
             q, k, v, ok, slot, first, nw, self.out, self.acc, self.m, self.l,

@@ -19,14 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from projected_grpo.adapter import DeltaSLinear
+
 
 def plain_linear(m: nn.Module, check: bool = True) -> nn.Linear:
     """The plain nn.Linear behind a (possibly δS-wrapped) projection; refuses an active δS path."""
-    base = getattr(m, "base", None)
-    if base is not None:
-        if check and getattr(m, "active", False) and bool(m.delta_s.detach().ne(0).any()):
+    if isinstance(m, DeltaSLinear):
+        if check and m.active and bool(m.delta_s.detach().ne(0).any()):
             raise RuntimeError("fast rollout reads the raw weights: call it inside adapter.merged()")
-        return base
+        return m.base
+    assert isinstance(m, nn.Linear), type(m)
     return m
 
 
@@ -130,7 +132,8 @@ class Weights:
     """Weight views and shape facts of one Qwen2/Qwen3 model (no copies of any weight)."""
 
     def __init__(self, model, check: bool = True):
-        lin = lambda mod: plain_linear(mod, check)
+        def lin(mod: nn.Module) -> nn.Linear:
+            return plain_linear(mod, check)
         cfg, body = model.config, model.model
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads

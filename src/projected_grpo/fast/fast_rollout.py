@@ -229,7 +229,7 @@ class _Decoder:
                 try:
                     self._capture()
                     break
-                except Exception as err:  # noqa: BLE001 - kernel or compile failure: fall back, once each
+                except Exception as err:  # kernel or compile failure: fall back, once each (else re-raised)
                     if self.attention == "triton":
                         fallback, self.attention, self.ends = "SDPA attention", "sdpa", self.bucket_ends
                     elif self.qkv is not qkv:
