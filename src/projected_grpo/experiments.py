@@ -22,7 +22,6 @@ from projected_grpo import runio
 from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
 from projected_grpo.report import window_mean, write_report
-from projected_grpo.runio import run_state  # noqa: F401  (re-exported: older imports name it here)
 from projected_grpo.sweep import V_HACK, SweepPlan, ensure_run, prepare_v_hack, sweep
 from projected_grpo.sweep import SPLIT  # noqa: F401  (re-exported: older imports name it here)
 
