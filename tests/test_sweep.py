@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -282,6 +283,32 @@ def test_sigterm_stops_every_child_and_the_same_command_resumes_to_the_uninterru
     for name in ("vanilla_s41", "projected_update_s41"):
         assert run_state(out / name, STEPS) == "finished"
         assert comparable(out, name) == comparable(queued[0], name)
+
+
+def test_a_stop_while_a_child_starts_lands_after_it_is_recorded_and_the_child_takes_sigterm():
+    """A SIGTERM sent from another thread while a child is being started (the CI failure of a mask
+    that only held the main thread) is raised after the start, and the child itself is not left
+    with SIGTERM blocked: the sweep's stop ends it with SIGTERM, not with the SIGKILL after the grace."""
+    from projected_grpo.sweep_pool import Stopped, _raise_stopped, signals_held
+
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    proc, finished_the_start = None, False
+    try:
+        with pytest.raises(Stopped), signals_held():
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+            sender.start()
+            sender.join()
+            time.sleep(0.2)                 # the signal has arrived by now; it must wait for the block
+            finished_the_start = True
+        assert finished_the_start
+        proc.terminate()
+        assert proc.wait(timeout=20) == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_config_from_before_a_new_field_still_matches_when_the_field_keeps_its_default():

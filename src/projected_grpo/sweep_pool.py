@@ -81,13 +81,21 @@ def write_status(path: Path, **record) -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a child is started and recorded, so a stop never misses it."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Defer SIGINT/SIGTERM while a child is started and recorded, so a stop never misses it: a
+    signal that arrives inside is raised again on leaving. Deferred by handler, not by a signal mask:
+    a mask is per thread (torch's threads would still take the signal, and the stop would land
+    between opening a run's log and starting its child) and a child inherits it (its SIGTERM would
+    stay blocked and every stop would wait for the SIGKILL)."""
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempts: int) -> dict[str, str]:
