@@ -9,9 +9,10 @@ import torch
 
 HBM_BPS = 3.35e12  # H100 SXM datasheet HBM3 bandwidth
 
-# --sizes names -> `random:` shapes of projected_grpo.models.RANDOM_SHAPES (Qwen2.5-Coder configs)
-SIZES = {"0.5b": "qwen2.5-coder-0.5b", "1.5b": "qwen2.5-coder-1.5b", "7b": "qwen2.5-coder-7b",
-         "tiny": "tiny"}  # tiny: dry-run shape for checking the plumbing on a CPU (--device cpu)
+# --sizes names -> `random:` shapes of projected_grpo.models.RANDOM_SHAPES (Qwen2.5-Coder and Qwen3-4B
+# configs); tiny and tiny-4b: dry-run shapes for checking the plumbing on a CPU (--device cpu)
+SIZES = {"0.5b": "qwen2.5-coder-0.5b", "1.5b": "qwen2.5-coder-1.5b", "4b": "qwen3-4b", "7b": "qwen2.5-coder-7b",
+         "tiny": "tiny", "tiny-4b": "tiny-4b-layout"}
 DEVICE = "cuda"  # set once by grpo_step.main (--device)
 
 

@@ -169,7 +169,7 @@ def bench_trl(size: str, args, tok) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=args.micro_batch,
                          gradient_accumulation_steps=B // args.micro_batch, num_generations=args.group,
-                         max_completion_length=args.new_tokens, beta=0.0, loss_type="dr_grpo",
+                         max_completion_length=args.new_tokens, beta=args.beta, loss_type="dr_grpo",
                          scale_rewards="none", learning_rate=1e-5, bf16=True, max_steps=n_steps,
                          logging_steps=1, save_strategy="no", report_to=[], use_vllm=False,
                          temperature=1.0, top_p=1.0, top_k=0, seed=0, shuffle_dataset=False,

@@ -3,7 +3,7 @@
 Not a test. Per model shape (`random:` models of projected_grpo.models: random weights, Qwen2.5-Coder
 shapes; no hub):
   (a) our `Trainer.step` (δS adapter, fast rollout, chunked log-probs, projection of the grads);
-  (b) TRL's GRPOTrainer (no vLLM, LoRA r=32, bf16, loss_type=dr_grpo, β=0),
+  (b) TRL's GRPOTrainer (no vLLM, LoRA r=32, bf16, loss_type=dr_grpo, β = --beta, default 0),
 on identical prompts (the first P bundled problems, chat-templated), G samples each and forced
 lengths (eos suppressed: our `ignore_eos`, TRL's `min_new_tokens`). Rewards are random numbers on
 both sides (nothing graded), so the timing isolates generation + training.
@@ -12,6 +12,9 @@ of one decode step (weights + K/V read once / 3.35 TB/s), peak memory, projectio
 
     python bench/grpo_step.py --sizes 0.5b,1.5b,7b --trl-sizes 0.5b --steps 3 --warmup 1 \\
         --json out.jsonl
+
+The Ariahw et al. row (issue 18): `--sizes 4b --trl-sizes '' --prompts 16 --group 16 --new-tokens 1024
+--beta 1e-3` (Qwen3-4B's shape); every row ends with the implied time for their 200 steps.
 
 Issue 18 additions: `--delta-s-impl hook|merged` picks our training forward (TrainConfig.delta_s_impl);
 every row of ours carries a memory breakdown (weights, SVD bases, the targeted weights `merged()`
@@ -48,6 +51,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own modules, also when loaded by path
 import _grpo_common as common
 import _trl_side
+
+REFERENCE_STEPS = 200  # Ariahw et al.'s run length (about 3 h on 4 × H200 with verl and vLLM, as reported)
+
 
 # ---- (a) ours ---------------------------------------------------------------------------------
 def bench_ours(size: str, args, tok) -> dict:
@@ -91,7 +97,7 @@ def bench_ours(size: str, args, tok) -> dict:
     try:
         cfg = TrainConfig(model=f"random:{common.SIZES[size]}", device=common.DEVICE, problems="bundled",
                           n_problems=args.prompts, prompts_per_step=args.prompts, group_size=args.group,
-                          max_new_tokens=args.new_tokens, beta=0.0, arm="projected", vhack_m=args.m,
+                          max_new_tokens=args.new_tokens, beta=args.beta, arm="projected", vhack_m=args.m,
                           micro_batch=args.micro_batch, grad_checkpointing=size in args.ckpt_sizes,
                           dtype=common.model_dtype(),
                           fast_rollout=True, decode_attention=args.attention,
@@ -140,7 +146,7 @@ def bench_ours(size: str, args, tok) -> dict:
            "tokens_per_s": args.prompts * args.group * args.new_tokens / gen_s,
            "proj_ms": proj_s * 1e3, "proj_share": proj_s / step_s, "peak_gb": peak / 1e9,
            "steps": [r["wall_s"] for r in recs], "grad_ckpt": cfg.grad_checkpointing,
-           "delta_s_impl": cfg.delta_s_impl, **decode, **sizes,
+           "delta_s_impl": cfg.delta_s_impl, "beta": cfg.beta, "kl": recs[-1]["kl"], **decode, **sizes,
            "kv_cache_gb": common.kv_cache_gb(model, decode["batch"], decode["prompt_len"] + args.new_tokens),
            # measured (CUDA; 0 on the CPU): allocated-memory deltas at set-up points
            "mem_model_gb": (mem_model - mem0) / 1e9,
@@ -260,7 +266,7 @@ def gpu_check(tok, args) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="0.5b", help="shapes for our side (comma list of 0.5b,1.5b,7b,tiny)")
+    ap.add_argument("--sizes", default="0.5b", help=f"shapes for our side (comma list of {','.join(common.SIZES)})")
     ap.add_argument("--trl-sizes", default="0.5b", help="shapes for the TRL side ('' = none)")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--group", type=int, default=8)
@@ -268,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--micro-batch", type=int, default=16)
     ap.add_argument("--ckpt-sizes", default="7b", help="shapes trained with activation checkpointing")
     ap.add_argument("--m", type=int, default=16, help="v_hack rows per module")
+    ap.add_argument("--beta", type=float, default=0.0,
+                    help="KL weight on both sides (> 0: our δS=0 reference forward, TRL's reference model)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", default="", help="append one JSON line per result here")
@@ -318,6 +326,11 @@ def main(argv=None) -> int:
     print(common.table([r for r in rows if r["side"] in ("ours", "trl")], card))
     print(common.memory_table([r for r in rows if r["side"] == "ours"], card))
     print(common.parts_table([r for r in rows if r["side"] == "train-parts"], card))
+    for r in rows:
+        if r["side"] in ("ours", "trl"):
+            print(f"{r['side']} {r['size']} (P={args.prompts} × G={args.group}, {args.new_tokens} new tokens, "
+                  f"β={args.beta:g}): {r['step_s']:.1f} s/step -> {REFERENCE_STEPS} steps in "
+                  f"{REFERENCE_STEPS * r['step_s'] / 3600:.2f} h on one {card}")
     return 0
 
 

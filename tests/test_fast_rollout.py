@@ -33,11 +33,14 @@ def _tiny_qwen2(vocab: int):
     return model
 
 
-@pytest.fixture(scope="module", params=["qwen3", "qwen2"])
+@pytest.fixture(scope="module", params=["qwen3", "qwen2", "random:tiny-4b-layout"])
 def setup(request):
     model, tok = load_model("tiny-qwen3", "float32")
     if request.param == "qwen2":
         model = _tiny_qwen2(len(tok))
+    elif request.param.startswith("random:"):     # Qwen3-4B's head_dim != hidden_size / heads
+        model, tok = load_model(request.param, "float32")
+        assert model.config.head_dim * model.config.num_attention_heads != model.config.hidden_size
     adapter = attach(model, request.param)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # δS != 0: the folded weights differ from the base ones

@@ -240,3 +240,25 @@ def test_bench_runs_on_the_cpu_with_merged_and_the_lora_comparison(tmp_path):
     assert ours["targeted_weights_gb"] == pytest.approx(weights) and ours["bases_gb"] == pytest.approx(bases)
     assert parts["lora_impl"] in ("peft", "plain")
     assert all(parts[k]["s"] > 0 for k in ("hook", "merged", "lora32"))
+
+
+def test_bench_ariahw_row_runs_qwen3_layout_with_beta_on_the_cpu(tmp_path, capsys):
+    # the Ariahw et al. row's plumbing (issue 18): a Qwen3-4B-layout model (q/k norms, head_dim wider
+    # than hidden / heads), β > 0 reaching the step (its KL is measured), and the implied 200-step time
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "grpo_step.py"
+    spec = importlib.util.spec_from_file_location("grpo_step_bench_ariahw", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.jsonl"
+    assert bench.main(["--device", "cpu", "--sizes", "tiny-4b", "--trl-sizes", "", "--prompts", "1", "--group",
+                       "2", "--new-tokens", "3", "--micro-batch", "2", "--steps", "1", "--warmup", "0",
+                       "--beta", "1e-3", "--json", str(out)]) == 0
+    (row,) = map(json.loads, out.read_text().splitlines())
+    assert "error" not in row and row["side"] == "ours" and row["size"] == "tiny-4b"
+    assert row["beta"] == 1e-3 and row["kl"] is not None and row["kl"] >= 0.0
+    printed = capsys.readouterr().out
+    assert f"ours tiny-4b (P=1 × G=2, 3 new tokens, β=0.001): {row['step_s']:.1f} s/step -> 200 steps in" in printed

