@@ -72,24 +72,24 @@ class QwenShape:
 
 
 # `random:NAME` shapes: Qwen2.5-Coder-{0.5B,1.5B,7B}(-Instruct) and Qwen3-4B config.json values, plus
-# a tiny one for dry runs of the plumbing on a CPU.
+# tiny ones for dry runs of the plumbing on a CPU.
 RANDOM_SHAPES: dict[str, QwenShape] = {
     "qwen2.5-coder-0.5b": QwenShape(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                     num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                     tie_word_embeddings=True),
+                                    num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                    tie_word_embeddings=True),
     "qwen2.5-coder-1.5b": QwenShape(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                                     num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                                     tie_word_embeddings=True),
+                                    num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                                    tie_word_embeddings=True),
     "qwen2.5-coder-7b": QwenShape(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                   num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                                   tie_word_embeddings=False),
+                                  num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                                  tie_word_embeddings=False),
     # Ariahw et al.'s model (4.0B parameters, 3.6B without the embedding; head_dim 128 ≠ 2560 / 32)
     "qwen3-4b": QwenShape(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                           num_attention_heads=32, num_key_value_heads=8, vocab_size=151936,
                           tie_word_embeddings=True, max_position_embeddings=40960, arch="qwen3",
                           head_dim=128),
     "tiny": QwenShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     # Qwen3-4B's layout in small: q/k norms, head_dim 32 wider than hidden_size / heads = 16
     "tiny-4b-layout": QwenShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=151936,
