@@ -214,17 +214,24 @@ def test_bad_delta_s_impl_is_refused_naming_the_flag():
         replace(preset("smoke"), delta_s_impl="fused").validate()
 
 
-def test_bench_runs_on_the_cpu_with_merged_and_the_lora_comparison(tmp_path):
-    # the GPU bench's plumbing (issue 18 options): our step on the merged path with its memory
-    # breakdown, and the training fwd+bwd of δS hook / δS merged / LoRA r=32 on the same tokens
+def _grpo_step_bench():
+    """bench/grpo_step.py loaded by path (bench/ is not a package)."""
     import importlib.util
-    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "bench" / "grpo_step.py"
     spec = importlib.util.spec_from_file_location("grpo_step_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_runs_on_the_cpu_with_merged_and_the_lora_comparison(tmp_path):
+    # the GPU bench's plumbing (issue 18 options): our step on the merged path with its memory
+    # breakdown, and the training fwd+bwd of δS hook / δS merged / LoRA r=32 on the same tokens
+    import json
+
+    bench = _grpo_step_bench()
     out = tmp_path / "rows.jsonl"
     assert bench.main(["--device", "cpu", "--sizes", "tiny", "--trl-sizes", "", "--prompts", "1", "--group", "2",
                        "--new-tokens", "2", "--micro-batch", "2", "--steps", "1", "--warmup", "0",
@@ -245,14 +252,9 @@ def test_bench_runs_on_the_cpu_with_merged_and_the_lora_comparison(tmp_path):
 def test_bench_ariahw_row_runs_qwen3_layout_with_beta_on_the_cpu(tmp_path, capsys):
     # the Ariahw et al. row's plumbing (issue 18): a Qwen3-4B-layout model (q/k norms, head_dim wider
     # than hidden / heads), β > 0 reaching the step (its KL is measured), and the implied 200-step time
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "grpo_step.py"
-    spec = importlib.util.spec_from_file_location("grpo_step_bench_ariahw", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _grpo_step_bench()
     out = tmp_path / "rows.jsonl"
     assert bench.main(["--device", "cpu", "--sizes", "tiny-4b", "--trl-sizes", "", "--prompts", "1", "--group",
                        "2", "--new-tokens", "3", "--micro-batch", "2", "--steps", "1", "--warmup", "0",
