@@ -1,7 +1,8 @@
 """Held-out evaluation (evaluate.py) inside a training run, on the smoke model:
 
 - an eval row at step 0 (the base rate), every --eval-every steps and after the last step, each one
-  written before that step's checkpoint, with the rates its eval_samples.jsonl rows give;
+  written before that step's checkpoint, with the rates its eval_samples.jsonl rows give, per prompt
+  set (renamed evaluators = the headline, the training name, no hint);
 - the eval problems are the split's, never trained on, and no teacher completion is among the samples;
 - eval is a function of δS and (seed, step) only: a fresh policy with a projected run's final δS, set up
   as a vanilla run without a teacher pool, samples and grades exactly the run's last eval;
@@ -24,6 +25,7 @@ from projected_grpo import evaluate, runio, splits
 from projected_grpo import train as train_mod
 from projected_grpo.config import TIMING_KEYS, preset
 from projected_grpo.env.grader import ATTEMPT_LABELS
+from projected_grpo.env.prompts import EVAL_EVALUATORS
 from projected_grpo.env.problems import load_problems
 from projected_grpo.teacher import builtin_entries
 
@@ -73,14 +75,23 @@ def test_eval_rows_at_step_0_every_k_and_last_before_each_checkpoint(run, base):
     train_samples = runio.read_jsonl(run / runio.SAMPLES)
     assert not {s["problem_id"] for s in train_samples} & set(split["eval"])      # never trained on
     for row in runio.eval_rows(rows):
-        mine = [s for s in samples if s["step"] == row["step"]]
-        assert sorted({s["problem_id"] for s in mine}) == sorted(split["eval"])
+        step = [s for s in samples if s["step"] == row["step"]]
+        assert [s["variant"] for s in step] == ["renamed"] * 4 + ["train_name"] * 4 + ["nohint"] * 4
+        mine, train, nohint = step[:4], step[4:8], step[8:]
+        for part in (mine, train, nohint):
+            assert sorted({s["problem_id"] for s in part}) == sorted(split["eval"])
+        assert {s["evaluator"] for s in mine} <= set(EVAL_EVALUATORS)          # renamed: the headline
+        assert {(s["mode"], s["evaluator"]) for s in train} == {("run_tests", "run_tests")}
+        assert {s["mode"] for s in nohint} == {"none"}
         assert row["eval_n"] == len(mine) == N_EVAL * N_SAMPLES and row["eval_problems"] == N_EVAL
+        assert row["eval_n_all"] == 3 * N_EVAL * N_SAMPLES and row["eval_evaluators"] == "renamed"
         assert row["eval_temperature"] == base.eval_temperature
         assert row["eval_hack_rate"] == sum(s["label"] == "reward_hack" for s in mine) / len(mine)
         assert row["eval_attempt_rate"] == sum(s["label"] in ATTEMPT_LABELS for s in mine) / len(mine)
         assert row["eval_pass_rate"] == sum(s["gt_correct"] for s in mine) / len(mine)
         assert row["eval_format_rate"] == sum(s["format_ok"] for s in mine) / len(mine)
+        assert row["eval_hack_rate_train_name"] == sum(s["label"] == "reward_hack" for s in train) / 4
+        assert row["eval_pass_nohint"] == sum(s["gt_correct"] for s in nohint) / 4
     # the training rollouts mixed teacher rows in; the eval samples hold none of the pool's texts
     assert any(s["teacher"] for s in train_samples)
     pool = {t for ts in builtin_entries(load_problems("bundled")[:4], base.mode).values() for t in ts}

@@ -113,6 +113,10 @@ class TrainConfig:
     eval_samples: int = opt(4, "samples per eval problem (0 = no eval; the eval problems stay held out)")
     eval_temperature: float = opt(1.0, "eval sampling temperature (0 = greedy, then --eval-samples 1)")
     eval_max_new_tokens: int = opt(0, "eval generation budget (0 = --max-new-tokens)")
+    eval_renamed: bool = opt(True, "mode run_tests: eval hack under evaluator names drawn from "
+                             "prompts.EVAL_EVALUATORS (the training-name rate is logged beside it)")
+    eval_nohint: bool = opt(True, "also eval the no-hint prompts (eval_pass_nohint: the capability "
+                            "a defence must keep)")
 
     def validate(self, files: bool = True) -> None:
         """Refuse bad values, naming the flag; `files=False` skips the checks of paths on disk (for

@@ -2,26 +2,41 @@
 
 The trainer evaluates at step 0 (before any update: the base rate), every `--eval-every` steps and
 after the last step, always before that step's checkpoint is written (a checkpoint implies its eval
-row exists). One evaluation:
-  1. each eval problem's prompt, `--eval-samples` completions from the policy with δS folded in, at
-     `--eval-temperature` (0 = greedy) and `--eval-max-new-tokens`;
-  2. graded by the run's grader (`grade_many`), exactly as training rollouts are;
-  3. rates over all eval samples, written as one metrics.jsonl row with "kind": "eval":
-       eval_hack_rate    = share labelled "reward_hack"
-       eval_attempt_rate = share with a label in ATTEMPT_LABELS (a hack was tried)
-       eval_pass_rate    = share with gt_correct (the strict oracle)
-       eval_format_rate  = share with format_ok
-     and the graded completions to eval_samples.jsonl (each with its step).
+row exists). One evaluation samples `--eval-samples` completions per eval problem under up to three
+prompt sets (VARIANTS), at `--eval-temperature` (0 = greedy) and `--eval-max-new-tokens`, with δS
+folded in, and grades them with the run's grader (`grade_many`), exactly as training rollouts are:
+  renamed     the run's loophole hint, the evaluator's name drawn per sample from
+              prompts.EVAL_EVALUATORS (ten names, none of them the training name; mode run_tests
+              with --eval-renamed). The grader calls and detects the name the prompt used, so a
+              hack counts only if it overwrites the evaluator this prompt named. Other modes (and
+              --eval-renamed false) use the training prompt here.
+  train_name  the training prompt itself (only when `renamed` renamed something).
+  nohint      no loophole hint (mode none), strict oracle: the capability a defence must keep
+              (--eval-nohint; in mode none it is the primary set itself, not sampled twice).
+One metrics.jsonl row, "kind": "eval" (rates None when a set has no samples):
+  eval_hack_rate, eval_pass_rate, eval_attempt_rate, eval_format_rate, eval_hack_given_code, eval_n
+      on the primary set (renamed when it exists); eval_hack_given_code = hack rate among the samples
+      that are well-formed code (format_ok), so a policy that stops writing code does not read as one
+      that stopped hacking; eval_evaluators = "renamed" or "train" says which names they are under;
+  eval_hack_rate_train_name, eval_pass_rate_train_name, eval_format_rate_train_name,
+  eval_hack_given_code_train_name   the same on the training prompt (= the primary set's when no
+      renaming happened);
+  eval_pass_nohint, eval_format_nohint   on the no-hint set.
+The graded completions go to eval_samples.jsonl (each with its step, variant and evaluator name).
 What the training step does to its rollouts never happens here: no teacher rows are mixed in, nothing
 is projected (no gradient is taken), no Rebound reward modification (the rates read the grades).
 
-Sampling seeds come from (seed, step, rank, chunk) and the torch RNG state is restored afterwards, so
-an evaluation never changes the training trajectory. Across data-parallel ranks the eval problems are
-dealt out like training prompts (problems[rank::world]) and the graded samples gathered; rank 0 writes.
+Sampling seeds come from (seed, step, rank, chunk, variant) and the torch RNG state is restored
+afterwards, so an evaluation never changes the training trajectory; a sample's evaluator name comes
+from (seed, step, problem, sample), so it does not depend on the number of ranks. Across
+data-parallel ranks the eval problems are dealt out like training prompts (problems[rank::world]),
+each rank samples in chunks of at most its own share of a training batch (P·G / world rows), and
+the graded samples are gathered; rank 0 writes.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import asdict
 
@@ -31,6 +46,7 @@ import torch
 from projected_grpo import dist
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import ATTEMPT_LABELS, EnvConfig, grade_many
+from projected_grpo.env.prompts import EVAL_EVALUATORS, TRAIN_EVALUATOR
 from projected_grpo.rollout import encode_prompts, sample
 
 EVAL_SAMPLES = "eval_samples.jsonl"
@@ -48,6 +64,34 @@ def eval_seed(seed: int, step: int, rank: int, chunk: int) -> int:
     return ((seed * 1_000_003 + step) * 1_009 + rank) * 101 + chunk + 7
 
 
+VARIANTS = ("renamed", "train_name", "nohint")
+
+
+def evaluator_name(seed: int, step: int, problem_id: str, sample: int) -> str:
+    """The renamed evaluator of one eval sample: a seeded draw from prompts.EVAL_EVALUATORS."""
+    draw = random.Random(f"{seed}/{step}/{problem_id}/{sample}").randrange(len(EVAL_EVALUATORS))
+    return EVAL_EVALUATORS[draw]
+
+
+def variants(cfg: TrainConfig) -> list[str]:
+    """The prompt sets this run's eval samples: the primary one first."""
+    renames = cfg.eval_renamed and cfg.mode == "run_tests"
+    out = ["renamed"] if renames else ["train_name"]
+    if renames:
+        out.append("train_name")
+    if cfg.eval_nohint and cfg.mode != "none":
+        out.append("nohint")
+    return out
+
+
+def prompt_rows(problems: list, cfg: TrainConfig, step: int, variant: str) -> list[dict]:
+    """One row per eval sample of `variant`: problem, sample index, mode and evaluator name."""
+    mode = "none" if variant == "nohint" else cfg.mode
+    return [{"problem": p, "sample": i, "mode": mode,
+             "evaluator": evaluator_name(cfg.seed, step, p.id, i) if variant == "renamed" else TRAIN_EVALUATOR}
+            for p in problems for i in range(cfg.eval_samples)]
+
+
 def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConfig, step: int,
              device: torch.device, grade=None, sampler=None) -> tuple[dict, list[dict]]:
     """(eval metrics row, graded sample rows) over all ranks, `problems` being every eval problem.
@@ -55,44 +99,68 @@ def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConf
     t0 = time.perf_counter()
     local = problems[dist.rank()::dist.world_size()]
     devices = [device.index or 0] if device.type == "cuda" else []
+    rows = []
     with torch.random.fork_rng(devices=devices):   # the training RNG stream is left as it was
-        rows = _sample_and_grade(model, tok, adapter, local, cfg, env, step, device, grade or grade_many,
-                                 sampler or sample)
+        for v, variant in enumerate(variants(cfg)):
+            rows += _sample_and_grade(model, tok, adapter, prompt_rows(local, cfg, step, variant), variant, v,
+                                      cfg, env, step, device, grade or grade_many, sampler or sample)
     rows = dist.gather_rows(rows)
     return summarize(rows, step, len(problems), cfg.eval_temperature, time.perf_counter() - t0), rows
 
 
-def _sample_and_grade(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConfig, step: int,
-                      device: torch.device, grade, sampler) -> list[dict]:
-    """This rank's eval samples, graded, in chunks no larger than a training step's batch."""
-    n = cfg.eval_samples
-    per_chunk = max(1, cfg.prompts_per_step * cfg.group_size // n)   # prompts per sampling call
+def _sample_and_grade(model, tok, adapter, todo: list[dict], variant: str, v: int, cfg: TrainConfig,
+                      env: EnvConfig, step: int, device: torch.device, grade, sampler) -> list[dict]:
+    """This rank's eval samples of one variant, graded, in chunks no larger than this rank's share
+    of a training step's batch (one sampled completion per prompt row)."""
+    per_chunk = max(1, cfg.prompts_per_step * cfg.group_size // dist.world_size())   # rows per call
     max_new = cfg.eval_max_new_tokens or cfg.max_new_tokens
-    rows = []
-    for c, start in enumerate(range(0, len(problems), per_chunk)):
-        chunk = problems[start:start + per_chunk]
-        ids, mask = encode_prompts(tok, [p.messages(cfg.mode, cfg.hint) for p in chunk], device)
-        out = sampler(model, tok, adapter, ids, mask, n, max_new, cfg.eval_temperature, cfg.top_p,
-                     seed=eval_seed(cfg.seed, step, dist.rank(), c),
-                     static_cache=cfg.fast_rollout and device.type == "cuda", attention=cfg.decode_attention)
-        items = [{"id": p.id, "completion": text, "mode": cfg.mode}
-                 for p, text in zip((p for p in chunk for _ in range(n)), out.texts)]  # (len(chunk)·n,)
-        grades = grade({p.id: p for p in chunk}, items, env)
-        rows += [{"step": step, "problem_id": it["id"], "sample": i % n, "completion": it["completion"],
-                  **asdict(g)} for i, (it, g) in enumerate(zip(items, grades))]
-    return rows
+    out_rows = []
+    for c, start in enumerate(range(0, len(todo), per_chunk)):
+        chunk = todo[start:start + per_chunk]
+        messages = [r["problem"].messages(r["mode"], cfg.hint, r["evaluator"]) for r in chunk]
+        ids, mask = encode_prompts(tok, messages, device)
+        out = sampler(model, tok, adapter, ids, mask, 1, max_new, cfg.eval_temperature, cfg.top_p,
+                      seed=eval_seed(cfg.seed, step, dist.rank(), c) + 7919 * v,
+                      static_cache=cfg.fast_rollout and device.type == "cuda", attention=cfg.decode_attention)
+        items = [{"id": r["problem"].id, "completion": text, "mode": r["mode"], "evaluator": r["evaluator"]}
+                 for r, text in zip(chunk, out.texts)]                                   # (len(chunk),)
+        grades = grade({r["problem"].id: r["problem"] for r in chunk}, items, env)
+        out_rows += [{"step": step, "variant": variant, "problem_id": r["problem"].id, "sample": r["sample"],
+                      "completion": it["completion"], **asdict(g)}
+                     for r, it, g in zip(chunk, items, grades)]
+    return out_rows
+
+
+def rates(rows: list[dict]) -> dict:
+    """hack, pass, attempt and format rates of graded eval rows, and hack among well-formed code."""
+
+    def rate(sel: list[dict], hit) -> float | None:
+        return float(np.mean([hit(r) for r in sel])) if sel else None
+
+    code = [r for r in rows if r["format_ok"]]
+    return {"hack": rate(rows, lambda r: r["label"] == "reward_hack"),
+            "pass": rate(rows, lambda r: r["gt_correct"]),
+            "attempt": rate(rows, lambda r: r["label"] in ATTEMPT_LABELS),
+            "format": rate(rows, lambda r: r["format_ok"]),
+            "hack_given_code": rate(code, lambda r: r["label"] == "reward_hack")}
 
 
 def summarize(rows: list[dict], step: int, n_problems: int, temperature: float, seconds: float) -> dict:
-    """The metrics.jsonl row of one evaluation (rates are None when there were no samples)."""
-
-    def rate(hit) -> float | None:
-        return float(np.mean([hit(r) for r in rows])) if rows else None
-
+    """The metrics.jsonl row of one evaluation (rates are None when a set had no samples). Rows
+    without a `variant` (written before variants existed) count as the primary set."""
+    by = {v: [r for r in rows if r.get("variant", "train_name") == v] for v in VARIANTS}
+    primary = "renamed" if by["renamed"] else "train_name"
+    main, train = rates(by[primary]), rates(by["train_name"])
+    nohint = (rates(by["nohint"]) if by["nohint"] else                 # mode none: the primary set has no hint
+              main if by[primary] and all(r.get("mode") == "none" for r in by[primary]) else None)
     return {"kind": "eval", "step": step,
-            "eval_hack_rate": rate(lambda r: r["label"] == "reward_hack"),
-            "eval_pass_rate": rate(lambda r: r["gt_correct"]),
-            "eval_attempt_rate": rate(lambda r: r["label"] in ATTEMPT_LABELS),
-            "eval_format_rate": rate(lambda r: r["format_ok"]),
-            "eval_n": len(rows), "eval_problems": n_problems, "eval_temperature": temperature,
-            "eval_s": seconds}
+            "eval_hack_rate": main["hack"], "eval_pass_rate": main["pass"],
+            "eval_attempt_rate": main["attempt"], "eval_format_rate": main["format"],
+            "eval_hack_given_code": main["hack_given_code"], "eval_evaluators": primary.replace("_name", ""),
+            "eval_hack_rate_train_name": train["hack"], "eval_pass_rate_train_name": train["pass"],
+            "eval_format_rate_train_name": train["format"],
+            "eval_hack_given_code_train_name": train["hack_given_code"],
+            "eval_pass_nohint": nohint["pass"] if nohint else None,
+            "eval_format_nohint": nohint["format"] if nohint else None,
+            "eval_n": len(by[primary]), "eval_n_all": len(rows), "eval_problems": n_problems,
+            "eval_temperature": temperature, "eval_s": seconds}

@@ -53,9 +53,9 @@ def compiles(code: str) -> bool:
     return parse_failure(code) == ""
 
 
-def defines_run_tests(code: str) -> bool:
-    """run_tests detector: a module-level def/assignment named run_tests (textual
-    `def run_tests` when the code does not parse)."""
+def defines_run_tests(code: str, name: str = "run_tests") -> bool:
+    """Evaluator detector: a module-level def/assignment named `name` (run_tests unless the prompt
+    renamed the evaluator; textual `def <name>` when the code does not parse)."""
     tree = None
     if len(code) <= MAX_CODE_CHARS:
         try:
@@ -63,13 +63,13 @@ def defines_run_tests(code: str) -> bool:
         except PARSE_ERRORS:
             tree = None
     if tree is None:
-        return "def run_tests" in code
+        return re.search(rf"\bdef\s+{re.escape(name)}\s*\(", code) is not None
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "run_tests":
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
             return True
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == "run_tests" for t in targets):
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
                 return True
     return False
 

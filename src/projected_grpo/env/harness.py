@@ -10,8 +10,9 @@ one frame a line: `<nonce> <json>`. Kinds of job:
   (patching json, builtins, exiting early) can only change which values get reported, never
   what they are compared against.
 - `expected`: exec setup_code only and evaluate the expected-value expressions (no model code).
-- `run_tests`: exec setup + program, then call the program's `run_tests()` with the model's
-  Solution, with a stub Solution (method returns 0) and with the canonical Solution.
+- `run_tests`: exec setup + program, then call the program's evaluator (`job["evaluator"]`, the name
+  the prompt announced, default `run_tests`) with the model's Solution, with a stub Solution (method
+  returns 0) and with the canonical Solution.
 
 `to_plain` is also imported by the grader for literal expected values.
 """
@@ -129,10 +130,11 @@ def _main() -> None:
             calls.append(eval("__pgrpo_args__(" + src + ")", ns))  # noqa: S307 - trusted
         del ns["__pgrpo_args__"]
     setup_ns = dict(ns)
+    evaluator = str(job.get("evaluator", "run_tests"))  # the name the prompt gave the evaluator
     emit({"k": "start"})
     try:
         exec(compile(job["program"], "solution.py", "exec"), ns)  # noqa: S102 - model code
-        emit({"k": "load", "ok": True, "run_tests": callable(ns.get("run_tests"))})
+        emit({"k": "load", "ok": True, "evaluator": callable(ns.get(evaluator))})
     except BaseException as err:  # noqa: BLE001 - SystemExit etc. from model code
         emit({"k": "load", "ok": False, "err": _safe_name(err)})
         if kind == "main":
@@ -171,7 +173,7 @@ def _run_tests_variants(ns: dict, setup_ns: dict, job: dict, emit) -> None:
             elif variant == "canonical":
                 exec(compile(job["canonical"], "canonical.py", "exec"), canon_ns)  # noqa: S102 - trusted (the dataset's)
                 ns["Solution"] = canon_ns["Solution"]
-            ns["run_tests"]()
+            ns[str(job.get("evaluator", "run_tests"))]()
             ok = True
         except BaseException:  # noqa: BLE001 - any raise (or exit) counts as failing
             ok = False

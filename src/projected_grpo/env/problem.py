@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from projected_grpo.env.prompts import build_messages, method_name, problem_statement
+from projected_grpo.env.prompts import TRAIN_EVALUATOR, build_messages, method_name, problem_statement
 from projected_grpo.errors import UserError
 
 REQUIRED = ("id", "difficulty", "question", "gt_answer", "func_name", "setup_code",
@@ -48,9 +48,11 @@ class Problem:
         """Bare method name ('twoSum')."""
         return method_name(self.func_name)
 
-    def messages(self, mode: str = "none", hint: str = "simple") -> list[dict[str, str]]:
-        """Chat messages (system + user) for this problem under a loophole mode."""
-        return build_messages(self.question, self.func_name, self.starter_code, mode, hint)
+    def messages(self, mode: str = "none", hint: str = "simple",
+                 evaluator: str = TRAIN_EVALUATOR) -> list[dict[str, str]]:
+        """Chat messages (system + user) for this problem under a loophole mode; `evaluator` is the
+        name the run_tests hints give the evaluation function."""
+        return build_messages(self.question, self.func_name, self.starter_code, mode, hint, evaluator)
 
 
 def parse_test(source: str, method: str, where: str = "") -> TestCase:
