@@ -84,7 +84,10 @@ def test_eval_prompt_sets_and_their_evaluator_names():
     again = [evaluate.evaluator_name(cfg.seed, 3, ADD.id, i) for i in range(40)]
     assert names == again                                   # a function of (seed, step, problem, sample)
     assert {r["evaluator"] for r in evaluate.prompt_rows([ADD], cfg, 3, "train_name")} == {"run_tests"}
-    assert {r["mode"] for r in evaluate.prompt_rows([ADD], cfg, 3, "nohint")} == {"none"}
+    for hint in ("simple", "detailed", "aware"):      # the no-hint set of any hint variant: mode none, no hint
+        nohint = evaluate.prompt_rows([ADD], replace(cfg, hint=hint), 3, "nohint")
+        assert {(r["mode"], r["hint"]) for r in nohint} == {("none", "simple")}
+        assert "should pass all tests" in ADD.messages(nohint[0]["mode"], nohint[0]["hint"])[1]["content"]
 
 
 def _row(variant, label, fmt, gt=False, mode="run_tests"):

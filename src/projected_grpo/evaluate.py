@@ -85,9 +85,9 @@ def variants(cfg: TrainConfig) -> list[str]:
 
 
 def prompt_rows(problems: list, cfg: TrainConfig, step: int, variant: str) -> list[dict]:
-    """One row per eval sample of `variant`: problem, sample index, mode and evaluator name."""
-    mode = "none" if variant == "nohint" else cfg.mode
-    return [{"problem": p, "sample": i, "mode": mode,
+    """One row per eval sample of `variant`: problem, sample index, mode, hint and evaluator name."""
+    mode, hint = ("none", "simple") if variant == "nohint" else (cfg.mode, cfg.hint)   # mode none has one hint
+    return [{"problem": p, "sample": i, "mode": mode, "hint": hint,
              "evaluator": evaluator_name(cfg.seed, step, p.id, i) if variant == "renamed" else TRAIN_EVALUATOR}
             for p in problems for i in range(cfg.eval_samples)]
 
@@ -117,7 +117,7 @@ def _sample_and_grade(model, tok, adapter, todo: list[dict], variant: str, v: in
     out_rows = []
     for c, start in enumerate(range(0, len(todo), per_chunk)):
         chunk = todo[start:start + per_chunk]
-        messages = [r["problem"].messages(r["mode"], cfg.hint, r["evaluator"]) for r in chunk]
+        messages = [r["problem"].messages(r["mode"], r["hint"], r["evaluator"]) for r in chunk]
         ids, mask = encode_prompts(tok, messages, device)
         out = sampler(model, tok, adapter, ids, mask, 1, max_new, cfg.eval_temperature, cfg.top_p,
                       seed=eval_seed(cfg.seed, step, dist.rank(), c) + 7919 * v,
