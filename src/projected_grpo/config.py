@@ -269,6 +269,17 @@ PRESETS: dict[str, TrainConfig] = {
                           max_new_tokens=320, beta=0.0, vhack_m=16, lr=1e-2, warmup_steps=2,
                           micro_batch=16, temperature=1.0, teacher_pool="builtin", mix_ratio=0.25,
                           grade_timeout_s=5.0),
+    # The substrate (issue #26, docs/results/substrate): the warm-started 0.5B coder (`pgrpo warmstart
+    # --model models/qwen2.5-coder-0.5b-instruct-q8_0.gguf --out models/qwen05-warm-0.35 --hack-share 0.35
+    # --hint aware`), no teacher pool: hacking is learned from the model's own samples. lr / β / warm-up
+    # are the closest point of the calibration grid by its pre-registered rule, NOT a calibrated point:
+    # vanilla's onset came at step 7 (target 15-50); renamed-eval hack, format and no-hint pass met.
+    # Eval samples 16 (the grid used 8, too few to resolve the no-hint target; eval never changes training).
+    "qwen05_warm": TrainConfig(model="models/qwen05-warm-0.35", problems="bundled", mode="run_tests",
+                               hint="aware", steps=60, prompts_per_step=8, group_size=8, max_new_tokens=320,
+                               beta=0.0, vhack_m=16, lr=2.8e-3, warmup_steps=10, micro_batch=16,
+                               temperature=1.0, teacher_pool="", mix_ratio=0.0, grade_timeout_s=5.0,
+                               eval_every=10, eval_samples=16),
     # Ariahw, Engels & Nanda's LeetCode set-up as far as this tool goes: Qwen3-4B with thinking off, the
     # benchmark's 119 medium/hard problems (MEDHARD; they trained on a larger train split, here the
     # run's own train split of the 119), the run_tests loophole (simple hint), reward 3.0 correct +
