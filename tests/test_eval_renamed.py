@@ -113,3 +113,31 @@ def test_summarize_rates_per_prompt_set_by_hand():
     plain = evaluate.summarize([_row("train_name", "correct", True, True, "none"),
                                 _row("train_name", "incorrect", True, False, "none")], 1, 1, 1.0, 0.0)
     assert plain["eval_pass_nohint"] == 0.5 and plain["eval_evaluators"] == "train"
+
+
+def test_each_rank_samples_in_chunks_of_its_own_share_of_a_training_batch(monkeypatch):
+    """Data-parallel eval (issue #25 item 9): a rank holds P·G / world rows of a training batch, so its
+    eval sampling calls are no larger than that; P·G = 8 over 2 ranks is chunks of 4 rows, never 8."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from projected_grpo import dist
+    from projected_grpo.env.grader import EnvConfig
+
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "rank", lambda: 0)
+    monkeypatch.setattr(dist, "gather_rows", lambda rows: rows)
+    calls = []
+
+    def sampler(model, tok, adapter, ids, mask, n, *args, **kwargs):
+        calls.append(ids.shape[0] * n)
+        return SimpleNamespace(texts=[fence(ADD.canonical_solution)] * ids.shape[0] * n)
+
+    monkeypatch.setattr(evaluate, "encode_prompts", lambda tok, msgs, device: (torch.zeros(len(msgs), 3),) * 2)
+    cfg = replace(preset("smoke"), prompts_per_step=4, group_size=2, eval_samples=3)
+    problems = [replace(ADD, id=f"add{i}") for i in range(4)]                 # this rank: add0, add2
+    row, rows = evaluate.evaluate(None, None, None, problems, cfg, EnvConfig(mode="run_tests", workers=1),
+                                  step=0, device=torch.device("cpu"), sampler=sampler)
+    assert calls == [4, 2] * 3                       # 2 problems × 3 samples = 6 rows a prompt set, by 4
+    assert {r["problem_id"] for r in rows} == {"add0", "add2"} and row["eval_pass_rate"] == 1.0
