@@ -111,8 +111,16 @@ def test_a_torn_last_line_is_dropped_and_a_garbled_middle_line_is_refused_naming
         runio.read_jsonl(path)
 
 
-HOLD = ("import sys, time\nfrom projected_grpo.runlock import RunLock\nRunLock(sys.argv[1]).acquire()\n"
-        "print('held', flush=True)\ntime.sleep(600)\n")
+# A writer as the README describes one: flock on DIR/writer.lock, its pid in the file, held till it dies.
+HOLD = """
+import fcntl, os, sys, time
+os.makedirs(sys.argv[1], exist_ok=True)
+fd = os.open(os.path.join(sys.argv[1], "writer.lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 def test_a_second_writer_is_refused_naming_the_holders_pid_until_the_holder_is_killed(tmp_path, capsys):
@@ -123,7 +131,6 @@ def test_a_second_writer_is_refused_naming_the_holders_pid_until_the_holder_is_k
     import subprocess
     import sys
 
-    from projected_grpo import runlock
     from projected_grpo.cli import main
 
     run = tmp_path / "run"
@@ -133,7 +140,9 @@ def test_a_second_writer_is_refused_naming_the_holders_pid_until_the_holder_is_k
         assert main(["train", "--out", str(run), "--steps", "1"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(run) in err[0] and f"pid {holder.pid}" in err[0], err
-        assert sorted(p.name for p in run.iterdir()) == [runlock.LOCK]        # nothing of the refused run
+        assert sorted(p.name for p in run.iterdir()) == ["writer.lock"]       # nothing of the refused run
+        from projected_grpo import runlock
+
         assert runlock.holder(run) == str(holder.pid)
     finally:
         holder.send_signal(signal.SIGKILL)
