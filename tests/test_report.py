@@ -291,3 +291,17 @@ def test_sweep_variants_are_their_own_arms_and_per_arm_seeds_are_expected(tmp_pa
     assert s["arms"]["projected_update"]["delta_hack_rate"]["mean"] == pytest.approx(-0.1)
     missing = sorted(r["dir"] for r in s["runs"] if r["status"] == "missing")
     assert missing == ["vanilla_s42"]
+
+
+def test_report_refuses_a_run_whose_steps_repeat(sweep_dir, capsys):
+    """Two writers on one run logged steps twice; a mean over its rows would count them twice (a
+    summary mean moved from 0.2514 to 0.2342 in issue 25), so the report stops, naming the file."""
+    from projected_grpo.cli import main
+
+    path = sweep_dir / "vanilla_s41" / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3] + lines[1:3] + lines[3:]))          # steps 1, 2, 3, 2, 3, 4, ...
+    assert main(["report", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}: train step 2 is logged more than once" in err[0]
+    assert not (sweep_dir / "results.md").exists()

@@ -205,3 +205,30 @@ def test_bad_input_before_the_first_step_leaves_nothing_that_blocks_the_retry(v_
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert main(["train", "--out", str(out), *good, "--v-hack", v_hack]) == 0   # the corrected retry
     assert steps(out) == [1] and (out / runio.CONFIG).is_file()
+
+
+def test_a_corrupt_log_is_refused_naming_its_line_and_rewrites_nothing_but_a_torn_last_line_resumes(
+        reference, tmp_path, capsys):
+    """Issue 25: with line 2 of metrics.jsonl garbled and no δS file, --resume cut the file to its
+    first row (training rows 1-3 lost), then crashed. Corruption is refused before anything is
+    rewritten; a torn last line is what a crash leaves, and is dropped."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / runio.DELTA_S).unlink()                              # killed after its last checkpoint
+    logs = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
+    lines = logs[runio.METRICS].decode().splitlines(keepends=True)
+    for broken, named in (([lines[0], '{"kind": "train", "st\x00p": \n'] + lines[2:], "line 2: not a JSON row"),
+                          (lines[:3] + lines[1:2] + lines[3:], "train step 1 is logged more than once"),
+                          ([lines[0]] + lines[2:], "holds training steps 2, 3 up to the checkpoint's step 3")):
+        (out / runio.METRICS).write_text("".join(broken))
+        assert main(["train", "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{out / runio.METRICS}" in err[0] and named in err[0], err
+        assert (out / runio.METRICS).read_text() == "".join(broken)                    # untouched
+        assert all((out / n).read_bytes() == b for n, b in logs.items() if n != runio.METRICS)
+        assert not (out / runio.DELTA_S).exists()
+    (out / runio.METRICS).write_bytes(logs[runio.METRICS] + b'{"kind": "train", "step": 4, "loss')   # torn
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert (out / runio.METRICS).read_bytes() == logs[runio.METRICS] and (out / runio.DELTA_S).is_file()

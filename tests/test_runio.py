@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from projected_grpo import runio
+from projected_grpo.errors import UserError
 
 
 def test_write_atomic_replaces_bytes_and_text(tmp_path):
@@ -93,3 +94,60 @@ def test_sweep_and_report_agree_on_finished(tmp_path, rows, delta_s, checkpoint,
 
 def test_run_state_missing(tmp_path):
     assert runio.run_state(tmp_path / "nothing", 3) == "missing"
+
+
+# ---- corrupt logs and the one writer -----------------------------------------------------------
+def test_a_torn_last_line_is_dropped_and_a_garbled_middle_line_is_refused_naming_it(tmp_path):
+    """A crash can tear only the last line of an append; a bad line before it is corruption, and
+    reading on past it (or stopping at it) would drop the rows after it without a word."""
+    path = tmp_path / runio.METRICS
+    path.write_text('{"step": 1, "x": 0.5}\n{"step": 2, "x": 0.25}\n{"step": 3, "x"')
+    assert runio.read_jsonl(path) == [{"step": 1, "x": 0.5}, {"step": 2, "x": 0.25}]
+    path.write_text('{"step": 1, "x": 0.5}\n{"step": 2, "x": 0.\x00\x17\n{"step": 3, "x": 1.0}\n')
+    with pytest.raises(UserError, match=rf"{path}, line 2: not a JSON row"):
+        runio.read_jsonl(path)
+    path.write_text('{"step": 1}\n[2]\n{"step": 3}\n')
+    with pytest.raises(UserError, match=rf"{path}, line 2: a JSON row must be an object"):
+        runio.read_jsonl(path)
+
+
+# A writer as the README describes one: flock on DIR/writer.lock, its pid in the file, held till it dies.
+HOLD = """
+import fcntl, os, sys, time
+os.makedirs(sys.argv[1], exist_ok=True)
+fd = os.open(os.path.join(sys.argv[1], "writer.lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_holders_pid_until_the_holder_is_killed(tmp_path, capsys):
+    """Two processes writing one run dir logged its steps twice (issue 25): the lock is the kernel's,
+    so a live holder refuses `pgrpo train` (one line, the dir and the pid) and a SIGKILLed one does not."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from projected_grpo.cli import main
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", "--out", str(run), "--steps", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(run) in err[0] and f"pid {holder.pid}" in err[0], err
+        assert sorted(p.name for p in run.iterdir()) == ["writer.lock"]       # nothing of the refused run
+        from projected_grpo import runlock
+
+        assert runlock.holder(run) == str(holder.pid)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert runlock.holder(run) is None                  # the kernel released it with the dead holder
+    with runlock.held(run) as lock:
+        assert (run / runlock.LOCK).read_text().strip() == str(os.getpid()) and lock.held
+    assert not (run / runlock.LOCK).exists()

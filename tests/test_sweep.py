@@ -10,6 +10,7 @@ run's numbers do not depend on where it ran.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -283,6 +284,51 @@ def test_sigterm_stops_every_child_and_the_same_command_resumes_to_the_uninterru
     for name in ("vanilla_s41", "projected_update_s41"):
         assert run_state(out / name, STEPS) == "finished"
         assert comparable(out, name) == comparable(queued[0], name)
+
+
+def test_a_sweep_killed_with_sigkill_leaves_its_worker_and_the_same_command_refuses_a_second_writer(
+        queued, small_pairs, tmp_path):
+    """Issue 25: SIGKILL of `pgrpo sweep --gpus 1` cannot reach its worker (its own session), which
+    trains on; the same command again started a second worker on the same run, and metrics.jsonl held
+    steps twice. The run dir's lock is the kernel's: the live orphan is named and left alone, and
+    once it is dead the same command resumes the run to every step once."""
+    out, steps = tmp_path / "sw", 10
+    argv = ["sweep", "--out", str(out), "--arms", "vanilla", "--v-hack", str(queued[0] / "v_hack.safetensors"),
+            "--gpus", "1", "--no-report", *flags(small_pairs), "--steps", str(steps)]
+    run, orphan = out / "vanilla_s41", None
+    parent = subprocess.Popen([sys.executable, "-m", "projected_grpo.cli", *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while len(runio.train_rows(runio.read_jsonl(run / runio.METRICS))) < 2:
+            assert parent.poll() is None and time.time() < deadline, "the run never logged two steps"
+            time.sleep(0.05)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        orphan = json.loads((out / "logs" / "vanilla_s41.json").read_text())["pid"]
+        code, text = _main(argv)                                     # the same command, the orphan alive
+        assert code == 1, text
+        assert f"[busy]   vanilla_s41: {run} is being written by pid {orphan}" in text, text
+        from projected_grpo import runlock
+
+        assert "[start]" not in text and runlock.holder(run) == str(orphan)
+    finally:
+        if orphan is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan, signal.SIGKILL)
+    deadline = time.time() + 60
+    while runlock.holder(run) is not None:                           # the kernel frees it as the orphan dies
+        assert time.time() < deadline, "the killed orphan still holds the run"
+        time.sleep(0.05)
+    code, text = _main(argv)
+    assert code == 0 and "[done]   vanilla_s41 on GPU 0: resumed" in text, text
+    rows = runio.read_jsonl(run / runio.METRICS)
+    assert [r["step"] for r in runio.train_rows(rows)] == list(range(1, steps + 1))
+    cfg = json.loads((run / runio.CONFIG).read_text())
+    per_step: dict[int, int] = {}
+    for sample in runio.read_jsonl(run / runio.SAMPLES):
+        per_step[sample["step"]] = per_step.get(sample["step"], 0) + 1
+    assert per_step == {s: cfg["prompts_per_step"] * cfg["group_size"] for s in range(1, steps + 1)}
 
 
 def test_a_stop_while_a_child_starts_lands_after_it_is_recorded_and_the_child_takes_sigterm():

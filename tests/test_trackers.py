@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import signal
 import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,14 +38,29 @@ def v_hack(tmp_path_factory) -> str:
     return str(out / "v_hack.safetensors")
 
 
+# Tags a run must show whatever else it logs: a hand-written floor under the rule in _expected, so
+# neither the rule nor the trackers can lose these without a failure.
+MUST_SHOW = {"train/hack_rate", "train/pass_rate", "train/reward_mean", "train/cos_in", "train/cos_out",
+             "train/frac_fired", "train/loss", "train/kl", "train/lr", "train/grad_norm",
+             "train/update_hackward", "eval/hack_rate", "eval/pass_rate", "eval/n"}
+
+
 def _expected(out: Path) -> tuple[dict, list[dict]]:
-    """{(tag, step): value} that the trackers should hold, from metrics.jsonl; and samples.jsonl."""
+    """{(tag, step): value} that the trackers should hold, read from metrics.jsonl by the README's
+    rule (not trackers.py's code): every number of a row, bools as 0/1, under train/<key> or, for an
+    eval row, eval/<key without eval_>; `step` and `kind` are the row's place, not values. And the
+    rows of samples.jsonl."""
     want = {}
-    for row in runio.read_jsonl(out / runio.METRICS):
+    for line in (out / runio.METRICS).read_text().splitlines():
+        row = json.loads(line)
         kind = row.get("kind", "train")
-        for key, value in trackers.numeric(row, "eval_" if kind == "eval" else "").items():
-            want[(f"{kind}/{key}", row["step"])] = value
-    return want, runio.read_jsonl(out / runio.SAMPLES)
+        for key, value in row.items():
+            if key in ("step", "kind") or not isinstance(value, (bool, int, float)) or not math.isfinite(value):
+                continue
+            tag = f"{kind}/{key[len('eval_'):] if kind == 'eval' and key.startswith('eval_') else key}"
+            want[(tag, row["step"])] = float(value)
+    assert {tag for tag, _ in want} >= MUST_SHOW, MUST_SHOW - {tag for tag, _ in want}
+    return want, [json.loads(line) for line in (out / runio.SAMPLES).read_text().splitlines()]
 
 
 def test_tensorboard_events_equal_metrics_jsonl_across_a_crash_and_resume(v_hack, tmp_path):
@@ -155,3 +174,99 @@ def test_missing_tracker_library_or_unknown_name_stops_before_anything_is_writte
     assert main(["train", "--out", str(out), "--report-to", "mlflow"]) == 2
     assert "--report-to: unknown tracker mlflow" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _wandb_history(path: Path) -> list[tuple[tuple[str, int], float]]:
+    """((tag, step), value) of every train/ and eval/ item in a .wandb file's history records, in order."""
+    items = []
+    for rec in _wandb_records(path):
+        if rec.WhichOneof("record_type") == "history":
+            for i in rec.history.item:
+                key = i.key or "/".join(i.nested_key)
+                if key.startswith(("train/", "eval/")):
+                    items.append(((key, rec.history.step.num), json.loads(i.value_json)))
+    return items
+
+
+def _offline_wandb(monkeypatch, tmp_path: Path, mode: str = "offline") -> None:
+    """wandb in `mode`, every file of it under tmp_path, no API key from anywhere."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for var, value in {"WANDB_MODE": mode, "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": tmp_path / "cfg",
+                       "WANDB_CACHE_DIR": tmp_path / "cache", "WANDB_DATA_DIR": tmp_path / "data",
+                       "NETRC": tmp_path / "no-netrc"}.items():
+        monkeypatch.setenv(var, str(value))
+
+
+# A `pgrpo train` that SIGKILLs itself right after checkpoint AT: no tracker is closed or flushed.
+KILL_AFTER_CHECKPOINT = r"""
+import os, signal, sys
+from projected_grpo import runio
+from projected_grpo.cli import main
+
+at, real_save = int(sys.argv[1]), runio.save_checkpoint
+
+def save_checkpoint(run_dir, state):
+    real_save(run_dir, state)
+    if state["step"] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+runio.save_checkpoint = save_checkpoint
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_run_killed_with_sigkill_resumes_with_every_step_once_in_wandb_and_tensorboard(v_hack, tmp_path,
+                                                                                       monkeypatch):
+    """Issue 25: killed after checkpoint 3 of 5, the offline wandb file held only its header and the
+    resumed run logged steps 4-5, so wandb never saw steps 0-3. The run that DIR/wandb/run_id names,
+    and TensorBoard, must end with every step of metrics.jsonl once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _offline_wandb(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    flags = ["--v-hack", v_hack, "--steps", "5", "--n-problems", "4", "--max-new-tokens", "16", "--grade-workers",
+             "2", "--eval-problems", "2", "--eval-samples", "2", "--eval-every", "2", "--report-to",
+             "wandb,tensorboard", "--report-samples-every", "2"]
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, "3", "train", "--out", str(out), *flags],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert runio.load_checkpoint(out)["step"] == 3
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    want, _ = _expected(out)
+    assert {s for _, s in want} == {0, 1, 2, 3, 4, 5}
+
+    run_id = (out / "wandb" / "run_id").read_text().strip()
+    history = [item for f in sorted((out / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"))
+               for item in _wandb_history(f)]
+    counts: dict = {}
+    for key, _ in history:
+        counts[key] = counts.get(key, 0) + 1
+    assert {k for k, n in counts.items() if n > 1} == set(), "a step logged twice to wandb"
+    assert counts.keys() == want.keys(), sorted(want.keys() - counts.keys())[:10]
+    assert all(v == pytest.approx(want[k], rel=1e-12) for k, v in history)
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0}).Reload()
+    shown = {}
+    for tag in acc.Tags()["scalars"]:
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert len(steps) == len(set(steps)), f"{tag}: a step shown twice: {steps}"
+        shown.update({(tag, e.step): e.value for e in acc.Scalars(tag)})
+    assert shown.keys() == want.keys()
+    assert all(shown[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7) for k in want)
+
+
+def test_a_tracker_that_cannot_open_stops_in_one_line_and_leaves_nothing_behind(v_hack, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Issue 25: WANDB_MODE=online with no key ended in a 36-line traceback and left config.json,
+    split.json, teacher_pool.json and wandb/ behind, so the retry was refused."""
+    _offline_wandb(monkeypatch, tmp_path, mode="online")
+    out = tmp_path / "run"
+    flags = ["--v-hack", v_hack, "--steps", "1", "--n-problems", "4", "--max-new-tokens", "8", "--grade-workers",
+             "2", "--eval-samples", "0"]
+    assert main(["train", "--out", str(out), *flags, "--report-to", "wandb"]) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("pgrpo train: error:")]
+    assert "Traceback" not in err and len(ours) == 1, err
+    assert "--report-to wandb: the wandb tracker could not open" in ours[0] and "API key" in ours[0]
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    assert main(["train", "--out", str(out), *flags, "--report-to", "none"]) == 0    # the retry

@@ -135,7 +135,9 @@ def teacher_facts(run_dir: Path, cfg: dict) -> dict:
 def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
     """Read config.json, metrics.jsonl, split.json and teacher_pool.json of one run dir."""
     cfg = _read_json(run_dir / runio.CONFIG)
-    rows = sorted(runio.read_jsonl(run_dir / runio.METRICS), key=lambda r: r.get("step", 0))
+    rows = runio.read_jsonl(run_dir / runio.METRICS)
+    runio.check_steps_once(run_dir / runio.METRICS, rows)     # a step twice: two writers, no mean
+    rows = sorted(rows, key=lambda r: r.get("step", 0))
     train, evals = runio.train_rows(rows), runio.eval_rows(rows)
     done = train[-1].get("step", len(train)) if train else 0
     steps = int(cfg.get("steps", 0))

@@ -5,7 +5,10 @@ On resume, metrics/samples lines after that step are dropped (they belong to ste
 re-run from the restored state; with no checkpoint yet, every line goes and the run restarts from
 step 0), so after a SIGKILL no step is lost and none is logged twice. This needs every line of
 step s — samples, the training row, the eval row (`step` = steps completed) — written before
-checkpoint s, which is the trainer's order.
+checkpoint s, which is the trainer's order. A crash can tear only the last line of a log; a bad line
+before it, a step logged twice or training rows that do not match the checkpoint are corruption: the
+resume refuses, naming the file, before it rewrites anything (`kept_on_resume`).
+One process writes a run dir at a time: see runlock.py.
 
 `config.json` marks a directory as holding a run; the trainer writes it only once its set-up
 (model, problems, directions, teacher pool) has succeeded, so input that stops a run before its
@@ -62,16 +65,49 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All complete lines (a torn last line from a crash is ignored)."""
+    """All complete lines. A torn last line (a crash in the middle of an append) is dropped; a bad
+    line before the last is corruption, not a crash, and raises a UserError naming the file and
+    line (reading on past it, or stopping at it, would drop rows silently)."""
     if not path.is_file():
         return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break                                               # torn by a crash: dropped
+            raise UserError(f"{path}, line {number}: not a JSON row ({err.msg}); the file is corrupt "
+                            "(only its last line can be torn by a crash)") from err
+        if not isinstance(row, dict):
+            raise UserError(f"{path}, line {number}: a JSON row must be an object, not {type(row).__name__}")
+        rows.append(row)
     return rows
+
+
+def repeated_step(rows: list[dict]) -> tuple[str, int] | None:
+    """(kind, step) of the first training or eval row whose step an earlier row of the same kind
+    already holds, or None. One writer logs each step once; a repeat means two writers (or a copy
+    spliced in), and any mean over the rows would count those steps twice."""
+    seen: set[tuple[str, int]] = set()
+    for row in rows:
+        key = (str(row.get("kind", "train")), int(row.get("step", -1)))
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def check_steps_once(path: Path, rows: list[dict]) -> None:
+    """UserError naming the file and the repeated step when a step is logged twice (repeated_step)."""
+    repeat = repeated_step(rows)
+    if repeat is not None:
+        kind, step = repeat
+        raise UserError(f"{path}: {kind} step {step} is logged more than once (two writers on one run?); "
+                        "its numbers cannot be trusted: move the run away and run it again")
 
 
 def train_rows(rows: list[dict]) -> list[dict]:
@@ -102,11 +138,35 @@ def run_state(run_dir: Path, steps: int | None = None) -> str:
     return "finished" if done >= steps and closed else "unfinished"
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Keep only the rows with row['step'] <= step (and drop a torn last line); step < 0 keeps none."""
-    if path.is_file():
-        kept = [r for r in read_jsonl(path) if r.get("step", -1) <= step] if step >= 0 else []
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+def kept_on_resume(out: Path, step: int | None, names: tuple[str, ...]) -> dict[str, list[dict]]:
+    """The rows of each log in `names` that a resume from checkpoint `step` keeps (those with
+    row['step'] <= step; None = no checkpoint: none), after checking that the run's state is
+    consistent: every file reads (a corrupt line stops here, naming it), metrics.jsonl logs each
+    step once and holds the training rows 1..step the checkpoint implies. Writes nothing, so a run
+    that fails a check is left as it was."""
+    rows = {name: read_jsonl(out / name) for name in names}
+    if METRICS in rows:
+        check_steps_once(out / METRICS, rows[METRICS])
+    kept = {name: [r for r in got if step is not None and r.get("step", -1) <= step]
+            for name, got in rows.items()}
+    if METRICS in kept and step is not None:
+        trained = [r.get("step") for r in train_rows(kept[METRICS])]
+        if trained != list(range(1, step + 1)):
+            raise UserError(f"{out / METRICS}: holds training steps {_steps_text(trained)} up to the "
+                            f"checkpoint's step {step}, not 1..{step}: the log and {CHECKPOINT} disagree; "
+                            "start the run afresh")
+    return kept
+
+
+def _steps_text(steps: list) -> str:
+    return "none" if not steps else ", ".join(map(str, steps[:12])) + (", ..." if len(steps) > 12 else "")
+
+
+def rewrite_logs(out: Path, kept: dict[str, list[dict]]) -> None:
+    """Replace each log with its kept rows (kept_on_resume); a missing log stays missing."""
+    for name, rows in kept.items():
+        if (out / name).is_file():
+            write_atomic(out / name, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def config_diff(old: dict, new: dict) -> list[str]:

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from projected_grpo import runio
+from projected_grpo import runio, runlock
 from projected_grpo.config import ARMS, CONFIG_FIELDS, TrainConfig, parse_value
 from projected_grpo.errors import UserError
 
@@ -51,6 +51,7 @@ V_FIELDS = ("dtype", "targets", "enable_thinking", "vhack_m", "vhack_modes")
 SHARED_FIELDS = ("model", "problems", "n_problems", "max_prompt_tokens", "eval_problems", "pairs",
                  "split_file", "v_hack", "arm", "seed")
 NAME = re.compile(r"[a-z][a-z0-9_]*")
+NOT_FINISHED = ("failed", "gave up", "busy")   # what sweep() returns for a run it did not finish
 
 
 # ---- the shared artifacts ---------------------------------------------------------------------
@@ -256,9 +257,14 @@ def parse_list(text: str, kind: type, what: str) -> list:
 # ---- the sweep -------------------------------------------------------------------------------
 def sweep(plan: SweepPlan, base: TrainConfig, progress: bool = True) -> dict[str, str]:
     """Run every (variant, seed) of the plan; -> {run dir name: what happened}: skipped | resumed |
-    started, and with --gpus also failed | gave up. Sequential runs raise on the first failure."""
+    started, and with --gpus also failed | gave up | busy. Sequential runs raise on the first failure.
+    One sweep at a time writes DIR (its lock, runlock.py), and each run has its own writer's lock."""
+    with runlock.held(Path(plan.out), "sweep"):
+        return _sweep(plan, base, progress)
+
+
+def _sweep(plan: SweepPlan, base: TrainConfig, progress: bool) -> dict[str, str]:
     out = Path(plan.out)
-    out.mkdir(parents=True, exist_ok=True)
     plan_runs(plan, base)                                  # refuse a bad variant before any work
     needed = v_files(plan, base)
     for path, v_cfg in needed.items():

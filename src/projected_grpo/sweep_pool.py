@@ -5,8 +5,11 @@ started in its own session with CUDA_VISIBLE_DEVICES=<gpu>, stdout and stderr ap
 DIR/logs/{name}.log; at most k children per GPU at once, a new run going to the GPU with fewest.
 This process holds no GPU memory: it never loads a model.
 
+One writer per run: a run dir whose lock (runlock.py) a live process holds — a worker left running
+by a sweep killed with SIGKILL — is reported busy with that pid and not started; a status file saying
+"running" is only a record, never the test of a live writer.
 Bookkeeping: DIR/logs/{name}.json, rewritten at every start and end of the run's child:
-    {"state": running | finished | failed | interrupted, "failures": failed attempts so far,
+    {"state": running | finished | failed | busy | interrupted, "failures": failed attempts so far,
      "exit_code", "gpu", "pid", "started", "ended" (unix times), "log"}.
 A child that exits non-zero is reported (exit code, log tail, log path), counted as a failure and not
 retried in this invocation; the others go on. A later invocation retries it until it has failed
@@ -28,9 +31,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from projected_grpo import runio
+from projected_grpo import runio, runlock
 from projected_grpo.errors import UserError
 from projected_grpo.sweep import LOGS, check_run
+from projected_grpo.sweep_worker import BUSY
 
 STOP_GRACE_S = 10.0                   # SIGTERM -> SIGKILL delay when the sweep is stopped
 POLL_S = 0.2                          # how often the queue looks for finished children
@@ -111,6 +115,10 @@ def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempt
         if state == "finished":
             result[spec.name] = "skipped"
             print(f"[skip]   {spec.name} already finished")
+        elif (pid := runlock.holder(spec.run_dir)) is not None:   # a live writer, not a status file's word
+            result[spec.name] = "busy"
+            print(f"[busy]   {spec.name}: {spec.run_dir} is being written by pid {pid} (a worker of a sweep "
+                  "killed with SIGKILL?); not started: wait for it or stop it, then run the same command again")
         elif status.get("failures", 0) >= max_attempts:
             result[spec.name] = "gave up"
             print(f"[skip]   {spec.name} failed {status['failures']} times (--max-attempts {max_attempts}); "
@@ -138,11 +146,17 @@ def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempt
                       f"{running[-1].failures + 1} of {max_attempts}) {tally()}", flush=True)
             for child in [c for c in running if c.proc.poll() is not None]:
                 running.remove(child)
-                ok = _finish(child, logs)
+                outcome = _finish(child, logs)
+                elapsed = time.time() - child.started
+                if outcome == "busy":
+                    result[child.name] = "busy"
+                    print(f"[busy]   {child.name}: another process took its run dir first; not run, not "
+                          f"counted as a failure (log {logs / child.name}.log) {tally()}", flush=True)
+                    continue
+                ok = outcome == "finished"
                 counts["done" if ok else "failed"] += 1
                 if not ok:
                     result[child.name] = "failed"
-                elapsed = time.time() - child.started
                 if ok:
                     print(f"[done]   {child.name} on GPU {child.gpu}: {result[child.name]}, {elapsed:.0f}s "
                           f"{tally()}", flush=True)
@@ -203,14 +217,16 @@ def _start(spec, gpu: str, logs: Path, threads: str = "") -> Child:
     return child
 
 
-def _finish(child: Child, logs: Path) -> bool:
-    """Record a child's exit; True when it succeeded."""
-    ok = child.proc.returncode == 0
-    failures = child.failures + (0 if ok else 1)
-    write_status(logs / f"{child.name}.json", state="finished" if ok else "failed", failures=failures,
+def _finish(child: Child, logs: Path) -> str:
+    """Record a child's exit; -> finished | failed | busy (another live process held the run dir,
+    sweep_worker.BUSY: not a failure of the run)."""
+    code = child.proc.returncode
+    state = "finished" if code == 0 else "busy" if code == BUSY else "failed"
+    failures = child.failures + (state == "failed")
+    write_status(logs / f"{child.name}.json", state=state, failures=failures,
                  exit_code=child.proc.returncode, gpu=child.gpu, pid=child.proc.pid, started=child.started,
                  ended=time.time(), log=str(logs / f"{child.name}.log"))
-    return ok
+    return state
 
 
 def _stop(running: list[Child], logs: Path) -> None:

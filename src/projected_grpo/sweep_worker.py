@@ -6,7 +6,9 @@
         extract that V file (sweep.prepare_v_hack)
 
 The first and last lines of its log say which GPU it saw and when it began and ended (unix times).
-Exit 0 on success, 2 on bad input (UserError, one line), 1 with a traceback on anything else.
+Exit 0 on success, 2 on bad input (UserError, one line), 3 when another live process holds the run
+dir (runlock.Busy, one line; the queue does not count it as a failure), 1 with a traceback on
+anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pathlib import Path
 
 from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
+from projected_grpo.runlock import Busy
+
+BUSY = 3  # exit status: the run dir's lock is held by another live process (runlock.py)
 
 
 def main(argv: list[str]) -> int:
@@ -38,6 +43,9 @@ def main(argv: list[str]) -> int:
         else:
             prepare_v_hack(cfg, Path(spec["v_hack"]), verify=False)
             done = "extracted"
+    except Busy as err:                    # another process writes the run: not this run's failure
+        print(f"worker {what}: busy: {err}", flush=True)
+        return BUSY
     except UserError as err:
         print(f"worker {what}: error: {err}", flush=True)
         return 2

@@ -8,12 +8,20 @@ Sent by rank 0 only, at x = the row's `step` (training steps completed; eval at 
   samples       every `--report-samples-every` steps, a table of that step's graded completions:
                 problem id, teacher row?, reward, label, passed, gt_correct, advantage, completion cut to
                 COMPLETION_CHARS characters (wandb: a Table; TensorBoard: a markdown text summary)
-Log dirs live in the run dir: DIR/tb/ and DIR/wandb/. A resumed run continues its tracker run:
-  TensorBoard writes to the same DIR/tb/ with purge_step = 1 + the last step still in metrics.jsonl
-  after the resume dropped the re-run steps' lines, so TensorBoard hides the events of the steps that
-  are re-run (none is shown twice);
-  wandb resumes the run whose id is stored in DIR/wandb/run_id (resume="allow"). wandb cannot rewrite
-  history: steps logged before a crash keep their first values, and re-logging them is ignored.
+Log dirs live in the run dir: DIR/tb/ and DIR/wandb/.
+
+Resume. A tracker buffers: a run killed with SIGKILL can leave the tracker without the steps it was
+sent (an offline wandb file held only its header after a kill at step 3 of 5). So a tracker's steps
+count as held only when it was closed cleanly: its close writes ACK ({"step": s}: it holds every row
+up to step s) in its log dir, and opening removes it. A resumed run then replays, from
+metrics.jsonl (and samples.jsonl for the tables), every kept row past what each tracker holds:
+  TensorBoard writes to the same DIR/tb/ with purge_step = 1 + the held step (0 when not closed
+  cleanly), which hides every event at a later step, then gets the rows past it again;
+  wandb cannot rewrite history, so it resumes the run in DIR/wandb/run_id (resume="allow") only when
+  that run was closed cleanly and holds no step the resume re-runs; otherwise every kept row goes to
+  a new run (its id replaces run_id), so the run named there holds every step once.
+A tracker that cannot open (no API key, an unreachable server) is a UserError naming it; the trainer
+opens trackers inside the set-up that is undone on error, so nothing is left to block the retry.
 The libraries are optional (`pip install 'projected-grpo[trackers]'`); `check_installed` refuses a
 missing one when the config is validated, before a run writes anything.
 """
@@ -37,6 +45,7 @@ COMPLETION_CHARS = 300
 SAMPLE_COLUMNS = ("problem_id", "teacher", "reward", "label", "passed", "gt_correct", "advantage",
                   "completion")
 WANDB_PROJECT = "projected_grpo"  # overridden by the WANDB_PROJECT environment variable
+ACK = "acked.json"  # in a tracker's log dir, written by a clean close: {"step": every row up to it held}
 
 
 def parse(report_to: str) -> list[str]:
@@ -78,7 +87,8 @@ def sample_table(samples: list[dict]) -> list[list]:
 
 
 class Trackers:
-    """Fan-out to the open trackers; with none open every call does nothing (other ranks, `none`)."""
+    """Fan-out to the open trackers; with none open every call does nothing (other ranks, `none`).
+    Each backend's `held` is the last step whose rows it holds; it rises as rows are logged."""
 
     def __init__(self, backends: list | None = None, samples_every: int = 0):
         self.backends = backends or []
@@ -86,52 +96,100 @@ class Trackers:
 
     def train(self, record: dict, samples: list[dict]) -> None:
         """One training row (and, every samples_every steps, its samples table)."""
-        step = int(record["step"])
         for b in self.backends:
-            b.scalars("train/", numeric(record), step)
-            if self.samples_every and step % self.samples_every == 0 and samples:
-                b.samples(sample_table(samples), step)
+            self._train(b, record, samples)
 
     def eval(self, row: dict) -> None:
         """One held-out eval row, under eval/ with the `eval_` prefix dropped."""
         for b in self.backends:
-            b.scalars("eval/", numeric(row, drop_prefix="eval_"), int(row["step"]))
+            self._eval(b, row)
 
-    def close(self) -> None:
+    def replay(self, rows: list[dict], samples: list[dict]) -> None:
+        """Send each backend the rows of metrics.jsonl past the step it holds (see module doc);
+        `samples`: samples.jsonl's rows, for the tables of the steps replayed."""
+        by_step: dict[int, list[dict]] = {}
+        for s in samples:
+            by_step.setdefault(int(s["step"]), []).append(s)
+        for b in self.backends:
+            for row in [r for r in rows if int(r["step"]) > b.held]:
+                if row.get("kind", "train") == "eval":
+                    self._eval(b, row)
+                else:
+                    self._train(b, row, by_step.get(int(row["step"]), []))
+
+    def _train(self, b, record: dict, samples: list[dict]) -> None:
+        step = int(record["step"])
+        b.scalars("train/", numeric(record), step)
+        if self.samples_every and step % self.samples_every == 0 and samples:
+            b.samples(sample_table(samples), step)
+        b.held = max(b.held, step)
+
+    def _eval(self, b, row: dict) -> None:
+        step = int(row["step"])
+        b.scalars("eval/", numeric(row, drop_prefix="eval_"), step)
+        b.held = max(b.held, step)
+
+    def close(self, clean: bool = True) -> None:
+        """Close every backend; `clean` (its rows were all sent): acknowledge what each holds."""
         for b in self.backends:
             b.close()
+            if clean:
+                runio.write_atomic(b.folder / ACK, json.dumps({"step": b.held}).encode())
         self.backends = []
 
 
-def open_trackers(report_to: str, out: Path, config: dict, samples_every: int) -> Trackers:
-    """Open every tracker of `report_to` for the run dir `out` (fresh or resumed: see module doc)."""
+def open_trackers(report_to: str, out: Path, config: dict, samples_every: int,
+                  kept: list[dict] | None = None, samples: list[dict] | None = None) -> Trackers:
+    """Open every tracker of `report_to` for the run dir `out` and replay into each the rows of
+    `kept` (metrics.jsonl's rows that a resume keeps; `samples`: samples.jsonl's) it does not hold
+    (see module doc). A tracker that cannot open is a UserError naming it."""
     names = parse(report_to)
     if not names:
         return Trackers()
     check_installed(report_to)
-    rows = runio.read_jsonl(Path(out) / runio.METRICS)          # after a resume's truncation
-    first_step = 1 + max((int(r.get("step", 0)) for r in rows), default=-1)  # 0 = nothing kept
-    opened = []
+    kept = kept or []
+    kept_last = max((int(r["step"]) for r in kept), default=-1)
+    opened: list = []
+    name = names[0]
     try:
         for name in names:
-            opened.append(TensorBoard(out, config, first_step) if name == "tensorboard"
-                          else WandB(out, config))
-    except BaseException:
+            opened.append(BACKENDS[name](Path(out), config, kept_last))
+    except Exception as err:
         for b in opened:
             b.close()
-        raise
-    return Trackers(opened, samples_every)
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"--report-to {report_to}: the {name} tracker could not open for {out}: "
+                        f"{type(err).__name__}: {why}") from err
+    for b in opened:                   # opened: what it held is now being added to; ACK again on close
+        (b.folder / ACK).unlink(missing_ok=True)
+    trackers = Trackers(opened, samples_every)
+    trackers.replay(kept, samples or [])
+    return trackers
+
+
+def acked_step(folder: Path) -> int | None:
+    """The step a tracker's last clean close acknowledged (ACK in its log dir), None if none."""
+    path = folder / ACK
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (ValueError, KeyError, TypeError):
+        return None                     # unreadable: treated as not closed cleanly (full replay)
 
 
 class TensorBoard:
     """torch.utils.tensorboard's SummaryWriter on DIR/tb/."""
 
-    def __init__(self, out: Path, config: dict, first_step: int):
+    def __init__(self, out: Path, config: dict, kept_last: int):
         from torch.utils.tensorboard import SummaryWriter  # optional dependency, imported when used
 
-        # purge_step: events at steps >= first_step (logged before a crash, re-run now) are hidden
-        self.writer = SummaryWriter(log_dir=str(Path(out) / "tb"), purge_step=first_step, flush_secs=30)
-        if first_step == 0:
+        self.folder = Path(out) / "tb"
+        acked = acked_step(self.folder)
+        self.held = -1 if acked is None else min(acked, kept_last)
+        # purge_step: events past the held step (sent before a crash, maybe lost, maybe re-run) are hidden
+        self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=self.held + 1, flush_secs=30)
+        if self.held < 0:
             self.writer.add_text("config", "```json\n" + json.dumps(config, indent=1, sort_keys=True)
                                  + "\n```", global_step=0)
 
@@ -154,15 +212,22 @@ class TensorBoard:
 class WandB:
     """A wandb run in DIR/wandb/ (mode from WANDB_MODE as wandb reads it: online, offline, disabled)."""
 
-    def __init__(self, out: Path, config: dict):
+    def __init__(self, out: Path, config: dict, kept_last: int):
         import wandb  # optional dependency, imported when used
 
         self.wandb = wandb
-        folder = Path(out) / "wandb"
+        self.folder = folder = Path(out) / "wandb"
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
-        if not id_file.is_file():
+        old = id_file.read_text().strip() if id_file.is_file() else None
+        acked = acked_step(folder)
+        if old and acked is not None and acked <= kept_last:
+            run_id, self.held = old, acked          # closed cleanly, nothing of it re-run: continue it
+        else:
+            run_id, self.held = secrets.token_hex(4), -1
+            if old:
+                print(f"wandb: run {old} was not closed cleanly or holds steps this resume re-runs; "
+                      f"every step goes to a new run {run_id}")
             runio.write_atomic(id_file, run_id.encode())
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), id=run_id,
                               resume="allow", dir=str(out), name=Path(out).resolve().name, config=config)
@@ -178,3 +243,6 @@ class WandB:
         # finish() can return before wandb's service process has written the run's last records (its
         # .wandb file read right after finish missed the last step under load); teardown waits for it
         self.wandb.teardown()
+
+
+BACKENDS = {"tensorboard": TensorBoard, "wandb": WandB}  # --report-to name -> (out, config, kept_last)

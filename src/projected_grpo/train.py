@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from projected_grpo import arms, dist, evaluate, oracle, rebound, runio, splits, trackers
+from projected_grpo import arms, dist, evaluate, oracle, rebound, runio, runlock, splits, trackers
 from projected_grpo.adapter import tensor_hash
 from projected_grpo.config import TrainConfig
 from projected_grpo.directions import Refresh, arm_directions
@@ -51,6 +51,7 @@ from projected_grpo.step_metrics import train_row
 from projected_grpo.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
 PROJECTING_ARMS = arms.PROJECTING
+LOGS = (runio.METRICS, runio.SAMPLES, evaluate.EVAL_SAMPLES)  # a resume cuts them at its checkpoint
 
 
 class Trainer:
@@ -76,16 +77,34 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         if self.world > cfg.prompts_per_step:  # every rank must hold at least one prompt group
             raise UserError(f"--prompts-per-step {cfg.prompts_per_step} is less than the {self.world} ranks")
+        # one writer per run dir (runlock.py): rank 0 holds it from before the dir is read until run() ends
+        self.lock = runlock.RunLock(self.out)
+        if self.rank == 0:
+            self.lock.acquire()
+        try:
+            self._open(resume, policy, directions)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, resume: bool, policy: Policy | None, directions: tuple[dict, dict] | None) -> None:
+        """Set up, check and (with `resume`) restore the run; open its trackers."""
+        cfg = self.cfg
         if self.rank == 0:
             runio.check_dir(self.out, cfg.to_json(), resume)
         dist.barrier()
         # config.json is written only once set-up succeeded; bad input (a missing model, v_hack file,
-        # problems path or split) removes what set-up wrote, so the corrected retry finds no run in
-        # the way.
+        # problems path or split, a corrupt log, a tracker that cannot open) removes what set-up
+        # wrote, so the corrected retry finds no run in the way.
+        self.tracker = trackers.Trackers()
         with runio.removed_on_error(self.out, owner=self.rank == 0):
             self._set_up(policy, directions)
+            state, kept = self._resume_state() if resume else (None, {})
             if self.rank == 0:
                 runio.write_config(self.out, cfg.to_json())
+                self.tracker = trackers.open_trackers(cfg.report_to, self.out, json.loads(cfg.to_json()),
+                                                      cfg.report_samples_every, kept.get(runio.METRICS),
+                                                      kept.get(runio.SAMPLES))
         dist.barrier()
         # A fresh start and a restart from step 0 (killed before the first checkpoint) begin from the
         # same RNG state, whatever set-up consumed.
@@ -94,9 +113,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.start_step = 0
         if resume:
-            self._restore()
-        self.tracker = (trackers.open_trackers(cfg.report_to, self.out, json.loads(cfg.to_json()),
-                                               cfg.report_samples_every) if self.rank == 0 else trackers.Trackers())
+            self._restore(state, kept)
 
     # ---- set-up --------------------------------------------------------------------------------
     def _set_up(self, policy: Policy | None, directions: tuple[dict, dict] | None) -> None:
@@ -162,11 +179,11 @@ class Trainer:
         state["v_sha256"] = self.v_sha256  # the V files it started with: a resume must load the same
         return state
 
-    def _restore(self) -> None:
-        """Continue from the checkpoint (δS, optimiser, schedule, RNG, step) and drop the log lines of
-        later steps (training, samples, eval), which are re-run. Killed before the first checkpoint:
-        restart from step 0 and drop every line, the step-0 eval included, so nothing is logged
-        twice."""
+    def _resume_state(self) -> tuple[dict | None, dict[str, list[dict]]]:
+        """The checkpoint to continue from (None: killed before the first, so restart from step 0)
+        and, on rank 0, the log lines a resume keeps (those of steps up to the checkpoint's), once
+        the run is known to be consistent (same V, readable logs that match the checkpoint:
+        runio.kept_on_resume). Reads only: a refusal leaves the run as it was."""
         state = runio.load_checkpoint(self.out)
         if state is not None:
             for which, sha in state.get("v_sha256", {}).items():   # absent in checkpoints before it
@@ -176,6 +193,16 @@ class Trainer:
                         f"{sha[:12]} then, {self.v_sha256[which][:12]} now): its V file was re-extracted or "
                         "replaced since. Put the original V file back (--v-hack, or v_hack*.safetensors in "
                         "the run or sweep dir) or start the run afresh")
+        kept = (runio.kept_on_resume(self.out, None if state is None else state["step"], LOGS)
+                if self.rank == 0 else {})
+        return state, kept
+
+    def _restore(self, state: dict | None, kept: dict[str, list[dict]]) -> None:
+        """Continue from the checkpoint (δS, optimiser, schedule, RNG, step) and drop the log lines of
+        later steps (training, samples, eval), which are re-run. Killed before the first checkpoint:
+        restart from step 0 and drop every line, the step-0 eval included, so nothing is logged
+        twice."""
+        if state is not None:
             with torch.no_grad():
                 for k, p in self.adapter.params().items():
                     p.copy_(state["delta_s"][k])
@@ -188,8 +215,7 @@ class Trainer:
             if self.refresh is not None:
                 self.refresh.load_state(state["v_refresh"])
         if self.rank == 0:
-            for name in (runio.METRICS, runio.SAMPLES, evaluate.EVAL_SAMPLES):
-                runio.truncate_after(self.out / name, self.start_step if state is not None else -1)
+            runio.rewrite_logs(self.out, kept)
         dist.barrier()
 
     # ---- one step -------------------------------------------------------------------------------
@@ -317,10 +343,21 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, until: int | None = None) -> Path:
-        """Train to cfg.steps (or stop after step `until`, as an interrupted run would).
+        """Train to cfg.steps (or stop after step `until`, as an interrupted run would); then close
+        the trackers (acknowledging what they hold) and release the run dir's lock.
 
         After step s (s = steps completed) the order is: training row, eval row (when due, see
         evaluate.due), checkpoint — so a checkpoint of step s implies its eval row was written."""
+        if self.rank == 0:
+            self.lock.acquire()                            # again, when run a second time
+        try:
+            self._run(until)
+        finally:
+            self.tracker.close()
+            self.lock.release()
+        return self.out
+
+    def _run(self, until: int | None) -> None:
         cfg = self.cfg
         if self.start_step == 0:
             self.evaluate(0)                               # the base rate, before any update
@@ -342,8 +379,6 @@ class Trainer:
             dist.barrier()
         if self.rank == 0 and self.start_step + len(bar) == cfg.steps:
             self.adapter.save(self.out / runio.DELTA_S)  # closes the run (runio.run_state)
-        self.tracker.close()
-        return self.out
 
     def evaluate(self, step: int) -> None:
         """Held-out eval after `step` completed steps, if due (all ranks sample; rank 0 writes)."""
@@ -366,35 +401,3 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     """Run (or resume) one training run into `out`; returns the run dir. `parts`: the Trainer's
     policy, grade, sampler, directions (default: built from cfg)."""
     return Trainer(cfg, Path(out), resume=resume, progress=progress, **parts).run()
-
-
-# ---- CLI: pgrpo train ------------------------------------------------------------------------
-def _cmd_train(args) -> int:
-    from projected_grpo.config import config_from_args, preset, resumed_config
-
-    if args.out is None and (args.resume or not args.print_config):
-        raise UserError("--out DIR is required" + (" with --resume" if args.resume else ""))
-    if args.resume:  # the run's own config.json is the base; flags beside --resume must agree with it
-        stored = runio.read_config(Path(args.out))
-        if stored is None:
-            raise UserError(f"--resume: {args.out} holds no run ({runio.CONFIG} missing); "
-                            "start it without --resume")
-        cfg = resumed_config(stored, args, source=str(Path(args.out) / runio.CONFIG),
-                             files=not args.print_config)
-    else:
-        cfg = config_from_args(args, preset(args.preset or "smoke"), files=not args.print_config)
-    if args.print_config:
-        print(cfg.to_json())
-        return 0
-    dist.init_from_env()
-    out = train(cfg, args.out, resume=args.resume)
-    if dist.rank() == 0:
-        rows = runio.read_jsonl(out / runio.METRICS)
-        last = runio.train_rows(rows)[-1]
-        print(f"run finished: {out}")
-        print(json.dumps({k: last.get(k) for k in ("step", "reward_mean", "hack_rate", "pass_rate", "cos_in",
-                                                  "cos_out", "frac_fired")}))
-        evals = runio.eval_rows(rows)
-        print("held-out eval: " + (json.dumps({k: v for k, v in evals[-1].items() if k != "kind"}) if evals
-                                   else "none (no eval problems or --eval-samples 0; see split.json)"))
-    return 0

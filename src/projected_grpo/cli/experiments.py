@@ -11,7 +11,7 @@ from projected_grpo.cli.flags import add_config_flags, add_preset_flag
 from projected_grpo.config import ARMS, config_from_args, explicit_flags, preset
 from projected_grpo.errors import UserError
 from projected_grpo.experiments import ProbeThresholds, demo, probe
-from projected_grpo.sweep import V_HACK, VARIANTS, SweepPlan, parse_list, parse_variant, sweep
+from projected_grpo.sweep import NOT_FINISHED, V_HACK, VARIANTS, SweepPlan, parse_list, parse_variant, sweep
 
 
 def add_commands(sub) -> None:
@@ -85,7 +85,7 @@ def _cmd_sweep(args) -> int:
                      max_attempts=args.max_attempts, seeds_for=seeds_for)
     t0 = time.time()
     done = sweep(plan, base)
-    bad = sorted(n for n, s in done.items() if s in ("failed", "gave up"))
+    bad = sorted(n for n, s in done.items() if s in NOT_FINISHED)
     print(f"sweep done in {time.time() - t0:.0f}s: {len(done) - len(bad)} of {len(done)} runs finished in {out}"
           + (f"; NOT finished: {', '.join(bad)}" if bad else ""))
     if args.report:

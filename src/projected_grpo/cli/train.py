@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from projected_grpo import runio
 from projected_grpo.cli.flags import add_config_flags, add_preset_flag
+from projected_grpo.errors import UserError
 
 
 def add_commands(sub) -> None:
-    from projected_grpo.train import _cmd_train
-
     p = sub.add_parser("train", help="one GRPO run (one arm, one seed) into --out")
     add_preset_flag(p, default=None, extra=" (default smoke; with --resume the run's config.json is the base "
                                            "and a preset is not needed)")
@@ -19,3 +22,36 @@ def add_commands(sub) -> None:
                    help="print the resolved config as JSON (the run's, with --resume) and exit")
     add_config_flags(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from projected_grpo import dist
+    from projected_grpo.config import config_from_args, preset, resumed_config
+    from projected_grpo.train import train
+
+    if args.out is None and (args.resume or not args.print_config):
+        raise UserError("--out DIR is required" + (" with --resume" if args.resume else ""))
+    if args.resume:  # the run's own config.json is the base; flags beside --resume must agree with it
+        stored = runio.read_config(Path(args.out))
+        if stored is None:
+            raise UserError(f"--resume: {args.out} holds no run ({runio.CONFIG} missing); "
+                            "start it without --resume")
+        cfg = resumed_config(stored, args, source=str(Path(args.out) / runio.CONFIG),
+                             files=not args.print_config)
+    else:
+        cfg = config_from_args(args, preset(args.preset or "smoke"), files=not args.print_config)
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    dist.init_from_env()
+    out = train(cfg, args.out, resume=args.resume)
+    if dist.rank() == 0:
+        rows = runio.read_jsonl(out / runio.METRICS)
+        last = runio.train_rows(rows)[-1]
+        print(f"run finished: {out}")
+        print(json.dumps({k: last.get(k) for k in ("step", "reward_mean", "hack_rate", "pass_rate", "cos_in",
+                                                  "cos_out", "frac_fired")}))
+        evals = runio.eval_rows(rows)
+        print("held-out eval: " + (json.dumps({k: v for k, v in evals[-1].items() if k != "kind"}) if evals
+                                   else "none (no eval problems or --eval-samples 0; see split.json)"))
+    return 0
