@@ -266,28 +266,33 @@ class DeltaSAdapter:
         write_atomic_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     def check_metadata(self, meta: dict[str, str] | None, path: str | Path, what: str) -> None:
-        """Refuse an artifact (δS or v_hack) made for another model, dtype, module set or rank."""
+        """Refuse an artifact (δS or v_hack) made for another model, dtype, module set or rank.
+
+        A model is its weights, not its name: identity is the fingerprint of W and of the SVD basis,
+        so the same weights spelt `warm`, `./warm` or `/abs/warm` (or renamed, or copied) are the same
+        model, while other weights under the same name are refused. The stored name only helps the
+        message say which model the artifact was made for."""
         if not meta or "module_keys" not in meta:
             raise UserError(f"{path}: {what} has no metadata (legacy artifact); re-create it")
-        if meta.get("model_id") != self.model_id:
-            raise UserError(f"{path}: {what} is for model {meta.get('model_id')!r}, not {self.model_id!r}")
+        whose = self._made_for(meta)
         if meta.get("dtype") != self.dtype_name():
             raise UserError(f"{path}: {what} dtype {meta.get('dtype')!r} != model dtype "
-                            f"{self.dtype_name()!r} (the SVD basis is dtype-specific)")
+                            f"{self.dtype_name()!r} (the SVD basis is dtype-specific){whose}")
         keys = json.loads(meta["module_keys"])
         if set(keys) != set(self.modules):
             missing, extra = sorted(set(self.modules) - set(keys)), sorted(set(keys) - set(self.modules))
             raise UserError(f"{path}: {what} module set differs: missing {missing[:3]}"
                             f"{'…' if len(missing) > 3 else ''}, unexpected {extra[:3]}"
-                            f"{'…' if len(extra) > 3 else ''}")
+                            f"{'…' if len(extra) > 3 else ''}{whose}")
         ranks = json.loads(meta["ranks"])
         for k, m in self.modules.items():
             if int(ranks[k]) != m.rank:
                 raise UserError(f"{path}: {what} rank mismatch in module {k}: artifact {ranks[k]}, "
-                                f"model {m.rank}")
+                                f"model {m.rank}{whose}")
         if meta.get("fingerprint") != self.fingerprint:
-            raise UserError(f"{path}: {what} was made on other weights of {self.model_id!r} "
-                            f"(fingerprint {meta.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]})")
+            raise UserError(f"{path}: {what} was made on other weights than those of {self.model_id!r} "
+                            f"(fingerprint {meta.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]})"
+                            f"{whose}")
         if "basis_fingerprint" not in meta:
             raise UserError(f"{path}: {what} does not record the SVD basis it was made in (made before "
                             "basis fingerprints); re-create it")
@@ -298,6 +303,11 @@ class DeltaSAdapter:
                             "or device gives other signs and rounding. Copy the SVD cache "
                             f"({Path(self.cache_dir) / 'svd'}) from the machine that made it, or re-create "
                             "it here")
+
+    def _made_for(self, meta: dict[str, str]) -> str:
+        """'; it was made with --model X' when the artifact's stored name is not this one's, else ''."""
+        made = meta.get("model_id")
+        return f"; it was made with --model {made!r}" if made is not None and made != self.model_id else ""
 
     def load(self, path: str | Path) -> None:
         """Load δS saved by `save`, after checking it belongs to this model/dtype/module set."""
