@@ -122,6 +122,48 @@ def test_delta_s_gradient_matches_finite_differences_fp64(mode):
     assert torch.allclose(gx, gx_hook, rtol=1e-10, atol=1e-12)     # dX = dY W'
 
 
+def _bf16_grad_and_fp64_reference(mode: str):
+    """∂L/∂δS of the merged path in bf16 (autograd through MergedLinear), and the same quantities
+    in fp64: U, Vh, X, dY are the bf16 values themselves, upcast, so the fp64 numbers are exact
+    up to fp64 rounding and every difference is the bf16 path's own rounding."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
+    u, _, vh = torch.linalg.svd(lin.weight.float(), full_matrices=False)
+    mod = DeltaSLinear(lin, u.to(torch.bfloat16).contiguous(), vh.to(torch.bfloat16).contiguous())
+    with torch.no_grad():
+        mod.delta_s.copy_(torch.randn(mod.rank) * 0.1)
+    x = torch.randn(2, 16, 64).to(torch.bfloat16)
+    dy = torch.randn(2, 16, 48).to(torch.bfloat16)
+    mod.start_merged(mode)
+    (g,) = torch.autograd.grad((dy * mod(x)).sum(), mod.delta_s)      # L = Σ dY ⊙ y, so ∂L/∂y = dY
+    U, Vh = mod.u.double(), mod.vh.double()
+    X, DY = x.double().reshape(-1, 64), dy.double().reshape(-1, 48)
+    return g.double(), U, Vh, X, DY
+
+
+@pytest.mark.parametrize("mode", ["tokens", "weight"])
+def test_bf16_delta_s_gradient_against_fp64_within_bf16_rounding(mode):
+    """Issue 25 item 10: the merged path's ∂L/∂δS in bf16 against diag(Uᵀ dYᵀ X Vhᵀ) in fp64. The
+    path rounds its bf16 matmul outputs (fp32 accumulation, one rounding to bf16 each: relative
+    error ≤ u = eps_bf16 / 2 = 2⁻⁸ per element) and sums their products in fp32. To first order:
+      tokens: a = dY U, b = X Vhᵀ rounded   → |Δg_i| ≤ 2u Σ_t |a_ti b_ti|
+      weight: dW = dYᵀX, M = Uᵀ dW rounded  → |Δg_i| ≤ u Σ_b |Vh_ib| (|M_ib| + (|U|ᵀ|dW|)_ib)
+    with a, b, dW, M the exact (fp64) values; asserted with 1.25× slack for fp32 accumulation and
+    second-order terms. A swapped basis, a transposed product or a bf16 sum over tokens exceeds it."""
+    g, U, Vh, X, DY = _bf16_grad_and_fp64_reference(mode)
+    ref = torch.diagonal(U.T @ DY.T @ X @ Vh.T)                         # (r,)
+    u_bf16 = torch.finfo(torch.bfloat16).eps / 2
+    if mode == "tokens":
+        a, b = DY @ U, X @ Vh.T                                          # (N, r)
+        bound = 2 * u_bf16 * (a * b).abs().sum(0)
+    else:
+        dw = DY.T @ X                                                    # (d_out, d_in)
+        bound = u_bf16 * (Vh.abs() * ((U.T @ dw).abs() + U.abs().T @ dw.abs())).sum(1)
+    err = (g - ref).abs()
+    assert bool((err <= 1.25 * bound).all()), (mode, float((err / bound).max()))
+    assert float(ref.abs().median()) > 4 * float(bound.median())          # the bound is not vacuous
+
+
 def _toy_adapter(seed: int = 0):
     """Two fp32 linears (one non-square, with bias) under a DeltaSAdapter; SVD basis computed here."""
     torch.manual_seed(seed)
