@@ -175,3 +175,41 @@ def test_svd_cache_is_reused(tmp_path, monkeypatch):
     mtimes = [f.stat().st_mtime_ns for f in files]
     adapter_check("tiny-qwen3", "float32", cfg=AdapterConfig(cache_dir=str(tmp_path)))
     assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def _save_model_dir(path, seed_bump: float = 0.0) -> None:
+    """tiny-qwen3 as a local model directory (what `pgrpo warmstart` writes); `seed_bump` moves one
+    targeted weight, making other weights under the same name."""
+    model, tok = load_model("tiny-qwen3", "float32")
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] += seed_bump
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+
+
+def test_an_artifact_follows_the_weights_not_the_spelling_of_their_path(tmp_path, monkeypatch):
+    """Issue 25 item 6: a V made with `--model warm` was refused under `./warm` and under the absolute
+    path (the model string was compared). Identity is the weights' and the basis' fingerprint: every
+    spelling of the same directory loads it; other weights under the very same name are refused."""
+    from projected_grpo import vhack
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PGRPO_CACHE", str(tmp_path / "cache"))
+    _save_model_dir(tmp_path / "warm")
+    made = attach(load_model("warm", "float32")[0], "warm")
+    gen = torch.Generator().manual_seed(0)
+    v = {k: vhack.random_v(r, 2, gen) for k, r in made.ranks().items()}
+    path = vhack.save_v_hack(tmp_path / "v.safetensors", v, made, control="none", pairs_sha256="x",
+                             modes=None, n_train=1)
+    for spelling in ("./warm", str(tmp_path / "warm"), str(tmp_path / "warm") + "/"):
+        adapter = attach(load_model(spelling, "float32")[0], spelling)
+        loaded = vhack.load_v_hack(path, adapter)
+        assert all(torch.equal(loaded[k], v[k]) for k in v), spelling
+    # a genuinely different model: the directory re-written with other weights, same name
+    _save_model_dir(tmp_path / "warm", seed_bump=0.5)
+    other = attach(load_model("warm", "float32")[0], "warm")
+    with pytest.raises(UserError, match=f"{path}: v_hack was made on other weights than those of 'warm'"):
+        vhack.load_v_hack(path, other)
+    # ... and under another spelling too, whose message names the model V was made with
+    with pytest.raises(UserError, match="other weights.*made with --model 'warm'"):
+        vhack.load_v_hack(path, attach(load_model("./warm", "float32")[0], "./warm"))

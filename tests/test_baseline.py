@@ -79,4 +79,11 @@ def test_baseline_refuses_bad_flags(tmp_path, capsys):
     assert "no hint variant 'loud'" in capsys.readouterr().err
     assert cli.main(base + ["--temperature", "0", "--n-samples", "4"]) == 2
     assert "greedy" in capsys.readouterr().err
+    # issue 25 item 5: --limit -40 evaluated problems[:-40], 2 problems, without a word
+    fast = ["--n-samples", "1", "--temperature", "0", "--max-new-tokens", "1"]
+    for flag, value, says in (("--limit", "-40", "--limit -40: must be >= 0 (0 = all)"),
+                              ("--workers", "-1", "--workers -1: must be >= 0 (0 = all)"),
+                              ("--timeout", "0", "--timeout 0: must be > 0 seconds")):
+        assert cli.main(base + fast + [flag, value]) == 2, flag
+        assert capsys.readouterr().err.strip() == f"pgrpo baseline: error: {says}"
     assert not (tmp_path / "o").exists()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 import projected_grpo
 from projected_grpo import arms
 from projected_grpo.adapter import read_metadata
-from projected_grpo.cli import main
+from projected_grpo.cli import build_parser, main
 from projected_grpo.config import TrainConfig, allowed_values, field_help, preset
 from projected_grpo.train import Trainer
 
@@ -143,3 +144,65 @@ def test_extract_and_adapter_check_honour_targets(tmp_path, mixed_code_pairs, ca
                                                           for i in range(4) for p in ("q_proj", "v_proj")}
     assert main(["adapter-check", "--targets", "down_proj"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["modules"] == 4
+
+
+def _commands(parser) -> dict:
+    """`pgrpo`'s own parser and each command's, by name ("" for the top level)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"": parser, **sub.choices}
+
+
+def _minimal_argv(name: str, parser) -> list[str]:
+    """An argv that parses: the command with a value for each of its required flags and positionals
+    (for the top level, a command with its positional)."""
+    if not name:
+        return ["report", "x"]
+    argv = [name]
+    for action in parser._actions:
+        if not action.option_strings:
+            argv.append("x")
+        elif action.required:
+            argv += [action.option_strings[-1], str(action.choices[0]) if action.choices else "x"]
+    return argv
+
+
+def _abbreviations(parser) -> list[list[str]]:
+    """[flag minus its last letter, value] for each long flag whose shortened spelling is a prefix of
+    that flag alone: what prefix matching would read as the flag."""
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    out = []
+    for action in parser._actions:
+        for flag in (s for s in action.option_strings if s.startswith("--")):
+            short = flag[:-1]
+            if len(short) > 2 and [f for f in flags if f.startswith(short)] == [flag]:
+                out.append([short] + ([] if action.nargs == 0 else
+                                      [str(action.choices[0]) if action.choices else "1"]))
+    return out
+
+
+def _refused(parser, argv: list[str], flag: str, capsys) -> None:
+    """The parser exits 2 naming `flag` as unrecognized (parse_args runs no command)."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        assert exit_.code == 2, argv
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err, argv
+    else:
+        raise AssertionError(f"{argv} parsed as {vars(args)}")
+
+
+def test_no_command_takes_an_abbreviated_or_renamed_flag(capsys):
+    """Issue 25 item 7: prefix matching is off everywhere. `extract --m 4` (the old spelling of
+    --vhack-m) was read as `--model 4`; every abbreviation of every flag of every command, and of
+    pgrpo's own (--versio, --hel), is refused as an unrecognized argument."""
+    parser = build_parser()
+    commands = _commands(parser)
+    assert set(COMMANDS) <= set(commands)
+    for name, sub in commands.items():
+        cases = _abbreviations(sub)
+        assert cases, name                                   # every command has flags to abbreviate
+        base = _minimal_argv(name, sub)
+        assert isinstance(parser.parse_args(base), argparse.Namespace)   # without the abbreviation: fine
+        for case in cases:
+            _refused(parser, case + base if not name else base + case, case[0], capsys)
+    _refused(parser, ["extract", "--m", "4", "--out", "v.safetensors"], "--m 4", capsys)

@@ -15,7 +15,7 @@ from torch import nn
 from projected_grpo.adapter import DeltaSLinear, attach
 from projected_grpo.config import preset
 from projected_grpo.errors import UserError
-from projected_grpo.merged_delta import fold, pick_grad_mode
+from projected_grpo.merged_delta import pick_grad_mode
 from projected_grpo.models import chat_text, load_model
 from projected_grpo.passes import BatchState, backward_pass
 from projected_grpo.rollout import encode_prompts, sample
@@ -101,8 +101,7 @@ def test_delta_s_gradient_matches_finite_differences_fp64(mode):
     hook_y = mod(x)
     (hook_g,) = torch.autograd.grad(loss(hook_y), mod.delta_s)
     # the context lives on DeltaSAdapter; here the one module is switched by hand
-    mod.w_merged, mod.merged_version, mod.merged_grad = fold(lin.weight, u, vh, mod.delta_s), \
-        mod.delta_s._version, mode
+    mod.start_merged(mode)
     xg = x.clone().requires_grad_(True)
     y = mod(xg)
     assert torch.allclose(y, hook_y, rtol=0, atol=1e-12)            # same function as the hook
@@ -112,15 +111,120 @@ def test_delta_s_gradient_matches_finite_differences_fp64(mode):
     with torch.no_grad():
         for i in range(3):
             for sgn in (1, -1):
-                mod.delta_s[i] += sgn * h                           # bumps the version: W' re-folds
+                mod.delta_s[i] += sgn * h                           # δS's values change: W' re-folds
                 fd[i] += sgn * loss(mod(x)) / (2 * h)
                 mod.delta_s[i] -= sgn * h
     assert torch.allclose(g, fd, rtol=1e-7, atol=1e-9), (g, fd)
     assert torch.allclose(g, hook_g, rtol=1e-10, atol=1e-12), (g - hook_g)
     xh = x.clone().requires_grad_(True)
-    mod.w_merged = None
+    mod.stop_merged()
     (gx_hook,) = torch.autograd.grad(loss(mod(xh)), xh)
     assert torch.allclose(gx, gx_hook, rtol=1e-10, atol=1e-12)     # dX = dY W'
+
+
+def _bf16_grad_and_fp64_reference(mode: str):
+    """∂L/∂δS of the merged path in bf16 (autograd through MergedLinear), and the same quantities
+    in fp64: U, Vh, X, dY are the bf16 values themselves, upcast, so the fp64 numbers are exact
+    up to fp64 rounding and every difference is the bf16 path's own rounding."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
+    u, _, vh = torch.linalg.svd(lin.weight.float(), full_matrices=False)
+    mod = DeltaSLinear(lin, u.to(torch.bfloat16).contiguous(), vh.to(torch.bfloat16).contiguous())
+    with torch.no_grad():
+        mod.delta_s.copy_(torch.randn(mod.rank) * 0.1)
+    x = torch.randn(2, 16, 64).to(torch.bfloat16)
+    dy = torch.randn(2, 16, 48).to(torch.bfloat16)
+    mod.start_merged(mode)
+    (g,) = torch.autograd.grad((dy * mod(x)).sum(), mod.delta_s)      # L = Σ dY ⊙ y, so ∂L/∂y = dY
+    U, Vh = mod.u.double(), mod.vh.double()
+    X, DY = x.double().reshape(-1, 64), dy.double().reshape(-1, 48)
+    return g.double(), U, Vh, X, DY
+
+
+@pytest.mark.parametrize("mode", ["tokens", "weight"])
+def test_bf16_delta_s_gradient_against_fp64_within_bf16_rounding(mode):
+    """Issue 25 item 10: the merged path's ∂L/∂δS in bf16 against diag(Uᵀ dYᵀ X Vhᵀ) in fp64. The
+    path rounds its bf16 matmul outputs (fp32 accumulation, one rounding to bf16 each: relative
+    error ≤ u = eps_bf16 / 2 = 2⁻⁸ per element) and sums their products in fp32. To first order:
+      tokens: a = dY U, b = X Vhᵀ rounded   → |Δg_i| ≤ 2u Σ_t |a_ti b_ti|
+      weight: dW = dYᵀX, M = Uᵀ dW rounded  → |Δg_i| ≤ u Σ_b |Vh_ib| (|M_ib| + (|U|ᵀ|dW|)_ib)
+    with a, b, dW, M the exact (fp64) values; asserted with 1.25× slack for fp32 accumulation and
+    second-order terms. A swapped basis, a transposed product or a bf16 sum over tokens exceeds it."""
+    g, U, Vh, X, DY = _bf16_grad_and_fp64_reference(mode)
+    ref = torch.diagonal(U.T @ DY.T @ X @ Vh.T)                         # (r,)
+    u_bf16 = torch.finfo(torch.bfloat16).eps / 2
+    if mode == "tokens":
+        a, b = DY @ U, X @ Vh.T                                          # (N, r)
+        bound = 2 * u_bf16 * (a * b).abs().sum(0)
+    else:
+        dw = DY.T @ X                                                    # (d_out, d_in)
+        bound = u_bf16 * (Vh.abs() * ((U.T @ dw).abs() + U.abs().T @ dw.abs())).sum(1)
+    err = (g - ref).abs()
+    assert bool((err <= 1.25 * bound).all()), (mode, float((err / bound).max()))
+    assert float(ref.abs().median()) > 4 * float(bound.median())          # the bound is not vacuous
+
+
+def _toy_adapter(seed: int = 0):
+    """Two fp32 linears (one non-square, with bias) under a DeltaSAdapter; SVD basis computed here."""
+    torch.manual_seed(seed)
+    net = nn.Sequential()
+    net.add_module("up_proj", nn.Linear(6, 9))
+    net.add_module("down_proj", nn.Linear(9, 6, bias=False))
+
+    def basis(w):
+        u, _, vh = torch.linalg.svd(w.float(), full_matrices=False)
+        return "w", u.to(w.dtype).contiguous(), vh.to(w.dtype).contiguous(), "b"
+
+    return net, attach(net, "toy", basis=basis)
+
+
+def _hook_output(net, adapter, x) -> torch.Tensor:
+    """The hook path's output (y = W x + U(δS ⊙ Vh x)), the reference the merged path must equal."""
+    with torch.no_grad():
+        return net(x)
+
+
+def _writes():
+    """Ways δS is written in place that leave its version counter unchanged (checked in the test)."""
+    def through_data(params):
+        for p in params:
+            p.data.add_(0.3)
+
+    def adamw(**kw):
+        def step(params):
+            opt = torch.optim.AdamW(params, lr=0.3, **kw)
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        return step
+
+    return {"data": through_data, "fused_adamw": adamw(fused=True), "foreach_adamw": adamw(foreach=True),
+            "loop_adamw": adamw(foreach=False)}
+
+
+@pytest.mark.parametrize("write", list(_writes()))
+def test_merged_forward_sees_every_write_to_delta_s(write):
+    """Issue 25 item 8: W' was re-folded only when δS's version counter moved, which a fused AdamW
+    step and a write through `.data` do not do, so the merged forward ran on a stale W' (max |merged
+    − hook| 0.3–0.7 on a toy layer). Inside one merged_training context, after each kind of write,
+    the merged output equals the hook path's to fp32 rounding (the two differ only in summation
+    order: |Δ| ≲ a few ulp of |y| ~ 1, so 1e-5)."""
+    net, adapter = _toy_adapter()
+    x = torch.randn(4, 6)
+    params = list(adapter.params().values())
+    with adapter.merged_training():
+        with torch.no_grad():
+            net(x)                                   # W' folded at δS = 0 and used once
+        versions = [p._version for p in params]
+        _writes()[write](params)
+        assert all(float(p.detach().abs().max()) > 0.1 for p in params)      # δS did move
+        with torch.no_grad():
+            merged = net(x)
+    hook = _hook_output(net, adapter, x)
+    with torch.no_grad(), adapter.reference():
+        base = net(x)
+    assert float((hook - base).abs().max()) > 0.1    # the write changed the function: not vacuous
+    assert float((merged - hook).abs().max()) < 1e-5, (write, [p._version for p in params], versions)
 
 
 def test_auto_picks_the_cheaper_gradient():

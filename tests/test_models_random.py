@@ -63,7 +63,7 @@ def test_unknown_random_shape_names_the_known_ones():
 def test_random_name_as_model_id_round_trips_adapter_metadata(tmp_path):
     """The name is stored in artifact metadata (never used as a path); a δS file saved on one
     build loads on a second build (same weights, same fingerprint)."""
-    from projected_grpo.adapter import attach
+    from projected_grpo.adapter import attach, read_metadata
 
     model, _ = load_model("random:tiny", "float32", "cpu")
     adapter = attach(model, "random:tiny")
@@ -75,9 +75,13 @@ def test_random_name_as_model_id_round_trips_adapter_metadata(tmp_path):
     other.load(tmp_path / "delta_s.safetensors")
     assert other.fingerprint == adapter.fingerprint
     assert all(bool((p.detach() == 0.5).all()) for p in other.params().values())
-    with pytest.raises(UserError, match="is for model 'random:tiny'"):
-        attach(load_model("random:tiny", "float32", "cpu")[0], "tiny-other").load(
-            tmp_path / "delta_s.safetensors")
+    assert read_metadata(tmp_path / "delta_s.safetensors")["model_id"] == "random:tiny"
+    # identity is the weights' fingerprint, not the name (issue 25 item 6): other weights are refused
+    bumped = load_model("random:tiny", "float32", "cpu")[0]
+    with torch.no_grad():
+        next(p for n, p in bumped.named_parameters() if n.endswith("q_proj.weight"))[0, 0] += 1.0
+    with pytest.raises(UserError, match="made on other weights than those of 'random:tiny'"):
+        attach(bumped, "random:tiny").load(tmp_path / "delta_s.safetensors")
 
 
 # (total, non-embedding) parameters in billions, as the model cards state them (Qwen2.5-Coder 0.5B,

@@ -10,6 +10,7 @@ there. CPU runs are deterministic, so a resumed run must log what an uninterrupt
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -232,3 +233,27 @@ def test_a_corrupt_log_is_refused_naming_its_line_and_rewrites_nothing_but_a_tor
     (out / runio.METRICS).write_bytes(logs[runio.METRICS] + b'{"kind": "train", "step": 4, "loss')   # torn
     assert main(["train", "--out", str(out), "--resume"]) == 0
     assert (out / runio.METRICS).read_bytes() == logs[runio.METRICS] and (out / runio.DELTA_S).is_file()
+
+
+def test_a_truncated_checkpoint_is_one_line_that_says_how_to_recover(reference, tmp_path, capsys):
+    """Issue 25 item 5: a truncated checkpoint.pt was a RuntimeError traceback on --resume (and a
+    restart without --resume is refused: the dir holds a run). Now one line naming the file and the
+    way out; nothing in the dir is touched; and following the advice gives the uninterrupted run."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / runio.DELTA_S).unlink()                        # a run cut before its end
+    ckpt = out / runio.CHECKPOINT
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"pgrpo train: error: {ckpt}: the checkpoint cannot be read")
+    assert f"mv {ckpt} {ckpt}.bad" in err, err
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before                                # nothing lost, nothing added
+    ckpt.rename(f"{ckpt}.bad")                            # the advice
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert steps(out) == list(range(1, STEPS + 1))
+    assert comparable(metrics(out), TIMING_KEYS) == comparable(metrics(reference), TIMING_KEYS)
+    a, b = load_file(reference / runio.DELTA_S), load_file(out / runio.DELTA_S)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -116,6 +116,9 @@ def test_split_file_is_honoured_and_train_walked_in_the_run_seed_order(tmp_path,
     ('{"train": ["pg-020"], "eval": ["pg-040", "pg-040"]}', "names a problem twice"),
     ('{"train": [], "eval": ["pg-040"]}', "`train` is empty"),
     ('{"train": ["pg-020"], "eval": ["pg-040"], "pairs": ["pg-001"]}', "differs from the problems named"),
+    ('{"train": ["pg-020"], "eval": ["pg-040"], "pairs": 5}', "`pairs` must be a list of problem ids"),
+    ('{"train": ["pg-020"], "eval": ["pg-040"], "pairs": "pg-001"}', "`pairs` must be a list of problem ids"),
+    ('{"train": ["pg-020"], "eval": ["pg-040"], "pairs": [{"id": 1}]}', "`pairs` must be a list of problem ids"),
 ])
 def test_bad_split_file_is_refused_naming_it(tmp_path, pairs_file, body, message):
     path = tmp_path / "bad_split.json"
@@ -136,6 +139,21 @@ def test_trainer_refuses_a_bad_split_file_before_writing_anything(tmp_path, pair
     with pytest.raises(UserError, match="does not exist"):
         Trainer(replace(cfg, split_file=str(tmp_path / "nope.json")), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_pgrpo_train_with_a_non_list_pairs_key_says_one_line_and_leaves_no_run(tmp_path, pairs_file, capsys):
+    """Issue 25 item 5: `"pairs": 5` in a split file was a TypeError traceback; now one line naming
+    the file and the key, and no run dir is left to block the corrected retry."""
+    from projected_grpo.cli import main
+
+    bad = tmp_path / "split.json"
+    bad.write_text(json.dumps({"train": ["pg-020"], "eval": ["pg-040"], "pairs": 5}))
+    run = tmp_path / "run"
+    argv = ["train", "--n-problems", "42", "--pairs", str(pairs_file), "--split-file", str(bad), "--out", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"pgrpo train: error: --split-file {bad}: `pairs` must be a list of problem ids"
+    assert not run.exists()
 
 
 def test_sweep_writes_one_split_file_every_run_reads(tmp_path, monkeypatch, pairs_file):

@@ -195,9 +195,13 @@ def test_loader_round_trip_and_refusals(tmp_path, fp32):
     with pytest.raises(UserError, match="legacy"):
         vhack.load_v_hack(legacy, adapter)
     # the same adapter seen as another model / dtype / module set (check_metadata reads only these)
+    # a model is its weights, not its name (issue 25 item 6): the same weights under another name
+    # load; other weights are refused, naming the model V was made with
     other = copy.copy(adapter)
     other.model_id = "other-model"
-    with pytest.raises(UserError, match="for model 'tiny-qwen3', not 'other-model'"):
+    assert all(torch.equal(t, v[k]) for k, t in vhack.load_v_hack(path, other).items())
+    other.fingerprint = "0" * 64
+    with pytest.raises(UserError, match="other weights than those of 'other-model'.*--model 'tiny-qwen3'"):
         vhack.load_v_hack(path, other)
     other = copy.copy(adapter)
     other.dtype = torch.bfloat16

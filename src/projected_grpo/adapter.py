@@ -53,7 +53,7 @@ class DeltaSLinear(nn.Module):
         self.active = True  # False: plain base forward (reference model / folded weights)
         self.per_sample_delta_s: torch.Tensor | None = None  # (B, r) while in `per_sample` only
         self.w_merged: torch.Tensor | None = None  # (d_out, d_in) W' while in `merged_training` only
-        self.merged_version = -1                   # δS._version W' was folded at
+        self.folded_delta_s: torch.Tensor | None = None  # (r,) copy of the δS that W' was folded from
         self.merged_grad = "auto"                  # δS gradient of the merged path (merged_delta)
 
     @property
@@ -71,14 +71,32 @@ class DeltaSLinear(nn.Module):
         h = (x @ self.vh.T) * self.delta_s.to(x.dtype)     # (..., r)
         return y + h @ self.u.T
 
+    def start_merged(self, grad_mode: str = "auto") -> None:
+        """Switch this module to the merged forward (W' folded from the current δS)."""
+        self.merged_grad = grad_mode
+        self._refold()
+
+    def stop_merged(self) -> None:
+        """Back to the hook forward; W' and its δS copy are freed."""
+        self.w_merged = self.folded_delta_s = None
+
+    def _refold(self) -> torch.Tensor:
+        self.w_merged = None                       # the old W' goes before the new one is made
+        self.w_merged = w = fold(self.base.weight, self.u, self.vh, self.delta_s)
+        self.folded_delta_s = self.delta_s.detach().clone()
+        return w
+
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
-        """W' x + b (merged_delta.py). W' is re-folded when δS changed in place since the last fold
-        (an optimiser step bumps δS's version counter), so it can never be stale."""
-        if self.w_merged is None or self.merged_version != self.delta_s._version:
-            self.w_merged = fold(self.base.weight, self.u, self.vh, self.delta_s)
-            self.merged_version = self.delta_s._version
-        return merged_linear(x, self.delta_s, self.w_merged, self.base.bias, self.u, self.vh,
-                             self.merged_grad)
+        """W' x + b (merged_delta.py), W' re-folded whenever δS's values differ from those it was
+        folded from. The values, not δS's version counter: a fused AdamW step and a write through
+        `.data` change δS without bumping the counter, and a W' keyed on it went stale (issue 25
+        item 8). The check costs r compares and one host sync per linear per forward; refolding
+        instead at every forward would cost an fp32 d_out·r·d_in matmul each time (r/N of the
+        forward's own matmul in flops, at fp32 rate), while δS changes only once per optimiser step."""
+        w, folded = self.w_merged, self.folded_delta_s
+        if w is None or folded is None or not torch.equal(folded, self.delta_s.detach()):
+            w = self._refold()
+        return merged_linear(x, self.delta_s, w, self.base.bias, self.u, self.vh, self.merged_grad)
 
     def _per_sample_delta(self, x: torch.Tensor, delta_s: torch.Tensor) -> torch.Tensor:
         """U (δS_b ⊙ (Vh x_b)) with one δS row per batch row b (see DeltaSAdapter.per_sample);
@@ -216,20 +234,19 @@ class DeltaSAdapter:
     @contextlib.contextmanager
     def merged_training(self, grad_mode: str = "auto"):
         """Inside, every active module's forward is one matmul with W' = W + U diag(δS) Vh, folded
-        here from the current δS (and again whenever δS changes in place), with ∂L/∂δS read off dY
+        here from the current δS (and again whenever δS's values change, however written), with ∂L/∂δS read off dY
         and X (merged_delta.py; `grad_mode` auto | tokens | weight). The same function as the hook
         path up to rounding; W is untouched, so `reference()` inside is still the exact base model,
         and W' is the very fold `merged()` samples with. W' is freed on exit."""
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, not {grad_mode!r}")
         for m in self.modules.values():
-            m.w_merged = fold(m.base.weight, m.u, m.vh, m.delta_s)
-            m.merged_version, m.merged_grad = m.delta_s._version, grad_mode
+            m.start_merged(grad_mode)
         try:
             yield
         finally:
             for m in self.modules.values():
-                m.w_merged, m.merged_version = None, -1
+                m.stop_merged()
 
     # ---- per-sample gradients ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -266,28 +283,33 @@ class DeltaSAdapter:
         write_atomic_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     def check_metadata(self, meta: dict[str, str] | None, path: str | Path, what: str) -> None:
-        """Refuse an artifact (δS or v_hack) made for another model, dtype, module set or rank."""
+        """Refuse an artifact (δS or v_hack) made for another model, dtype, module set or rank.
+
+        A model is its weights, not its name: identity is the fingerprint of W and of the SVD basis,
+        so the same weights spelt `warm`, `./warm` or `/abs/warm` (or renamed, or copied) are the same
+        model, while other weights under the same name are refused. The stored name only helps the
+        message say which model the artifact was made for."""
         if not meta or "module_keys" not in meta:
             raise UserError(f"{path}: {what} has no metadata (legacy artifact); re-create it")
-        if meta.get("model_id") != self.model_id:
-            raise UserError(f"{path}: {what} is for model {meta.get('model_id')!r}, not {self.model_id!r}")
+        whose = self._made_for(meta)
         if meta.get("dtype") != self.dtype_name():
             raise UserError(f"{path}: {what} dtype {meta.get('dtype')!r} != model dtype "
-                            f"{self.dtype_name()!r} (the SVD basis is dtype-specific)")
+                            f"{self.dtype_name()!r} (the SVD basis is dtype-specific){whose}")
         keys = json.loads(meta["module_keys"])
         if set(keys) != set(self.modules):
             missing, extra = sorted(set(self.modules) - set(keys)), sorted(set(keys) - set(self.modules))
             raise UserError(f"{path}: {what} module set differs: missing {missing[:3]}"
                             f"{'…' if len(missing) > 3 else ''}, unexpected {extra[:3]}"
-                            f"{'…' if len(extra) > 3 else ''}")
+                            f"{'…' if len(extra) > 3 else ''}{whose}")
         ranks = json.loads(meta["ranks"])
         for k, m in self.modules.items():
             if int(ranks[k]) != m.rank:
                 raise UserError(f"{path}: {what} rank mismatch in module {k}: artifact {ranks[k]}, "
-                                f"model {m.rank}")
+                                f"model {m.rank}{whose}")
         if meta.get("fingerprint") != self.fingerprint:
-            raise UserError(f"{path}: {what} was made on other weights of {self.model_id!r} "
-                            f"(fingerprint {meta.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]})")
+            raise UserError(f"{path}: {what} was made on other weights than those of {self.model_id!r} "
+                            f"(fingerprint {meta.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]})"
+                            f"{whose}")
         if "basis_fingerprint" not in meta:
             raise UserError(f"{path}: {what} does not record the SVD basis it was made in (made before "
                             "basis fingerprints); re-create it")
@@ -298,6 +320,11 @@ class DeltaSAdapter:
                             "or device gives other signs and rounding. Copy the SVD cache "
                             f"({Path(self.cache_dir) / 'svd'}) from the machine that made it, or re-create "
                             "it here")
+
+    def _made_for(self, meta: dict[str, str]) -> str:
+        """'; it was made with --model X' when the artifact's stored name is not this one's, else ''."""
+        made = meta.get("model_id")
+        return f"; it was made with --model {made!r}" if made is not None and made != self.model_id else ""
 
     def load(self, path: str | Path) -> None:
         """Load δS saved by `save`, after checking it belongs to this model/dtype/module set."""

@@ -253,7 +253,31 @@ def save_checkpoint(out: Path, state: dict) -> None:
 
 
 def load_checkpoint(out: Path) -> dict | None:
+    """The run's checkpoint, or None when it has none yet. One that cannot be read (truncated or
+    damaged: the trainer writes it atomically, so a full disk, a copy cut short or a bad file put
+    there) is a UserError that says how to recover; the file is left as it is (the user decides)."""
+    import pickle
+
     import torch
 
     path = out / CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as err:
+        first = (str(err).splitlines() or [""])[0].split(". ")[0]       # torch's own advice runs on
+        raise UserError(_unreadable_checkpoint(path, f"{type(err).__name__}: {first}")) from err
+    if not isinstance(state, dict) or "step" not in state:
+        raise UserError(_unreadable_checkpoint(path, "not a checkpoint of this trainer"))
+    return state
+
+
+def _unreadable_checkpoint(path: Path, why: str) -> str:
+    """The one-line message for a checkpoint that cannot be loaded: what, and the two ways out."""
+    return (f"{path}: the checkpoint cannot be read ({why}); it is truncated or damaged. To recover, "
+            f"move it aside (mv {path} {path}.bad) and --resume again, which restarts the run from step 0 "
+            "(its logged steps are dropped and re-run); or put an intact copy back; or start afresh in "
+            "another --out")

@@ -141,15 +141,7 @@ def read(path: Path, pool: list[Problem], pairs: list[str], seed: int) -> Split:
         raise UserError(f"--split-file {path}: not valid JSON ({err})") from err
     if not isinstance(body, dict):
         raise UserError(f"--split-file {path}: expected a JSON object with lists train and eval")
-    sets = {}
-    for key in ("train", "eval"):
-        ids = body.get(key)
-        if not isinstance(ids, list) or not all(isinstance(x, (str, int)) for x in ids):
-            raise UserError(f"--split-file {path}: `{key}` must be a list of problem ids")
-        ids = [str(x) for x in ids]
-        if len(set(ids)) != len(ids):
-            raise UserError(f"--split-file {path}: `{key}` names a problem twice")
-        sets[key] = ids
+    sets = {key: _id_list(body, key, path) for key in ("train", "eval")}
     known = {p.id for p in pool}
     unknown = sorted(set(sets["train"] + sets["eval"]) - known)
     if unknown:
@@ -162,7 +154,7 @@ def read(path: Path, pool: list[Problem], pairs: list[str], seed: int) -> Split:
     if leaked:
         raise UserError(f"--split-file {path}: {len(leaked)} eval problem(s) are named by the training pairs "
                         f"(--pairs): {_few(leaked)}")
-    if "pairs" in body and sorted(map(str, body["pairs"])) != pairs:
+    if "pairs" in body and sorted(_id_list(body, "pairs", path)) != pairs:
         raise UserError(f"--split-file {path}: its `pairs` list differs from the problems named by "
                         "this run's --pairs file")
     if not sets["train"]:
@@ -199,6 +191,18 @@ def write_for_run(out: Path, split: Split) -> None:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+def _id_list(body: dict, key: str, path: Path) -> list[str]:
+    """`body[key]` as a list of distinct problem ids (str); any other shape is a UserError naming the
+    file and the key (the optional `pairs` included: `"pairs": 5` was a TypeError)."""
+    ids = body.get(key)
+    if not isinstance(ids, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in ids):
+        raise UserError(f"--split-file {path}: `{key}` must be a list of problem ids")
+    ids = [str(x) for x in ids]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"--split-file {path}: `{key}` names a problem twice")
+    return ids
+
+
 def _assemble(pool: list[Problem], eval_ids: list[str], train_ids: set[str], pairs: list[str], seed: int,
               source: str) -> Split:
     train = [p.id for p in walk_order(pool, seed) if p.id in train_ids]

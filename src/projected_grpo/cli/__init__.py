@@ -16,8 +16,19 @@ from projected_grpo.errors import UserError
 COMMAND_MODULES = ["adapter", "directions", "env", "train", "experiments", "report", "warmstart"]
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser with argparse's prefix matching off (allow_abbrev=False), for `pgrpo` and,
+    through add_subparsers (whose parser_class defaults to the parent's type), every command. With it
+    on, a renamed flag's old spelling still parsed as whatever flag it prefixes (`extract --m 4`, the
+    old `--m` of `--vhack-m`, was read as `--model 4`); now an unknown or abbreviated flag is an error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgrpo", description="projected_grpo's command line; "
+    parser = Parser(prog="pgrpo", description="projected_grpo's command line; "
                                      "`pgrpo COMMAND --help` lists a command's flags")
     parser.add_argument("--version", action="version", version=f"pgrpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

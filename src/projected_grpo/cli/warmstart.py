@@ -82,6 +82,7 @@ def _cmd_baseline(args) -> int:
         raise UserError("--n-samples, --max-new-tokens and --batch must be >= 1")
     if args.temperature < 0 or (args.temperature == 0 and args.n_samples > 1):
         raise UserError("--temperature must be >= 0, and 0 (greedy) only with --n-samples 1")
+    _check_counts(args)
     problems = load_problems(args.problems)[: args.limit or None]
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_model(args.model, args.dtype, device, args.enable_thinking)
@@ -90,3 +91,13 @@ def _cmd_baseline(args) -> int:
                             args.max_new_tokens, args.top_p, args.seed, args.batch, env, torch.device(device))
     print(baseline.write(out, rows, samples, args.model, args.problems), end="")
     return 0
+
+
+def _check_counts(args) -> None:
+    """--limit and --workers are counts (0 = all); --timeout is positive. A negative --limit sliced
+    problems[:-40], silently leaving a few problems (2 of the 42 bundled ones)."""
+    for flag, value in (("--limit", args.limit), ("--workers", args.workers)):
+        if value < 0:
+            raise UserError(f"{flag} {value}: must be >= 0 (0 = all)")
+    if not args.timeout > 0:
+        raise UserError(f"--timeout {args.timeout:g}: must be > 0 seconds")
