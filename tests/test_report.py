@@ -48,10 +48,11 @@ def sweep_dir(tmp_path: Path) -> Path:
 
 
 def test_mean_sem_by_hand():
-    s = mean_sem([0.5, 0.7])
+    s = mean_sem([0.5, 0.7])     # SD = √((0.01 + 0.01) / 1) = 0.141421, SE = SD / √2 = 0.1
     assert s.mean == pytest.approx(0.6) and s.sem == pytest.approx(0.1) and s.n == 2
+    assert s.sd == pytest.approx(0.141421, abs=1e-6)
     one = mean_sem([0.3, None])
-    assert one.mean == pytest.approx(0.3) and one.sem is None and one.n == 1
+    assert one.mean == pytest.approx(0.3) and one.sem is None and one.sd is None and one.n == 1
     assert mean_sem([None]).mean is None
 
 
@@ -65,12 +66,12 @@ def test_window_mean_skips_null_hack_rate():
 def test_summary_numbers(sweep_dir: Path):
     s = summarise(sweep_dir, last_k=3)
     van, proj, rnd = s["arms"]["vanilla"], s["arms"]["projected"], s["arms"]["random"]
-    assert van["hack_rate"] == pytest.approx({"mean": 0.6, "sem": 0.1, "n": 2})
+    assert van["hack_rate"] == pytest.approx({"mean": 0.6, "sd": 0.141421, "sem": 0.1, "n": 2}, abs=1e-6)
     assert van["pass_rate"]["mean"] == pytest.approx(0.3)
     assert van["delta_hack_rate"]["mean"] is None                       # vanilla has no Δ vs itself
-    # projected: per-seed Δ hack = 0.2-0.5 = -0.3 and 0.6-0.7 = -0.1 -> mean -0.2, sem 0.1,
+    # projected: per-seed Δ hack = 0.2-0.5 = -0.3 and 0.6-0.7 = -0.1 -> mean -0.2, SD √0.02, SE 0.1,
     # 95% interval -0.2 ± t(0.975, 1) · 0.1 = -0.2 ± 1.27062
-    assert proj["delta_hack_rate"] == pytest.approx({"mean": -0.2, "sem": 0.1, "n": 2,
+    assert proj["delta_hack_rate"] == pytest.approx({"mean": -0.2, "sd": 0.141421, "sem": 0.1, "n": 2,
                                                      "lo": -1.470620, "hi": 1.070620}, abs=1e-5)
     # pass Δ: 0.2-0.2 = 0, 0.3-0.4 = -0.1 -> mean -0.05, sem 0.05
     assert proj["delta_pass_rate"]["mean"] == pytest.approx(-0.05)
@@ -100,14 +101,15 @@ def test_missing_and_unfinished_listed_not_averaged(sweep_dir: Path):
 def test_write_report_files(sweep_dir: Path):
     out = write_report(sweep_dir, last_k=3)
     text = out.read_text()
-    assert "0.600 ± 0.100 (n=2)" in text                         # vanilla hack rate
-    assert "-0.200 [-1.471, +1.071] (n=2)" in text               # projected Δ hack, 95% t interval
-    assert "-0.100 [—] (n=1)" in text                            # random Δ hack, one pair
+    assert "0.600 (SD 0.141, SE 0.100, n=2)" in text             # vanilla hack rate
+    assert "-0.200 [-1.471, +1.071] (SD 0.141, n=2)" in text     # projected Δ hack, 95% t interval
+    assert "-0.100 [—] (SD —, n=1)" in text                      # random Δ hack, one pair
+    assert " ± " not in text.replace("± t(0.975", "").replace("± SE", "")  # no unlabelled ±
     assert "## Missing / unfinished runs" in text
     assert "| rebound | 41 | rebound_s41 | unfinished | 2 / 6 |" in text
     assert "| rebound | 42 | rebound_s42 | missing | — |" in text
     assert "last 3 steps" in text and "preset: smoke" in text
-    for name in ("hack_rate.png", "pass_rate.png", "cosine.png", "eval_curves.png"):
+    for name in ("hack_rate.png", "pass_rate.png", "cosine.png", "eval_curves.png", "pareto.png"):
         png = sweep_dir / name
         assert png.is_file() and png.stat().st_size > 1000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -128,7 +130,7 @@ def test_cli_report(sweep_dir: Path, capsys):
     from projected_grpo.cli import main
 
     assert main(["report", str(sweep_dir), "--last-k", "3"]) == 0
-    assert "0.600 ± 0.100 (n=2)" in capsys.readouterr().out
+    assert "0.600 (SD 0.141, SE 0.100, n=2)" in capsys.readouterr().out
 
 
 # ---- dynamics, eval headline, intervals ---------------------------------------------------------
@@ -235,9 +237,15 @@ def test_eval_headline_numbers(eval_sweep: Path):
 def test_eval_headline_markdown(eval_sweep: Path):
     text = write_report(eval_sweep, last_k=2).read_text()
     headline = text.split("## Headline: final held-out eval")[1].split("## Dynamics")[0]
-    assert "| vanilla | 1,2,3 | 0.700 ± 0.058 (n=3) | — |" in headline
-    assert "| projected | 1,2,3 | 0.400 ± 0.100 (n=3) | -0.300 [-0.797, +0.197] (n=3) |" in headline
-    assert "| 0.050 ± 0.000 (n=3) | +0.350 ± 0.100 (n=3) | 0.267 ± 0.067 (n=3) |" in headline  # step 0, rise, train
+    # vanilla 0.8, 0.6, 0.7: SD 0.1, SE 0.1/√3; projected 0.5, 0.5, 0.2: SD √0.03 = 0.173, SE 0.1;
+    # Δ -0.3, -0.1, -0.5: SD 0.2. Hacked (≥ 0.5): vanilla 3/3, projected 2/3 (0.5 counts).
+    # Old eval rows: no training-name or hack-among-code numbers (—).
+    assert "| vanilla | 1,2,3 | 0.700 (SD 0.100, SE 0.058, n=3) | — | 3/3 | — | — |" in headline
+    assert ("| projected | 1,2,3 | 0.400 (SD 0.173, SE 0.100, n=3) | -0.300 [-0.797, +0.197] (SD 0.200, n=3) "
+            "| 2/3 | — | — |") in headline
+    # step 0: 0.05 × 3; rise 0.45, 0.45, 0.15 (SD 0.173); train hack (last 2) 0.2, 0.2, 0.4 (SD 0.115)
+    assert ("| 0.050 (SD 0.000, SE 0.000, n=3) | +0.350 (SD 0.173, SE 0.100, n=3) | "
+            "0.267 (SD 0.115, SE 0.067, n=3) |") in headline
     assert "train hack (last 2)" in headline
     assert "train / eval / pairs = 10 / 5 / 3, |train ∩ pairs| = 1, |eval ∩ train| = 0, |eval ∩ pairs| = 0" in text
     assert "teacher pool builtin (exploit,canonical; mix ratio 0.25; 5 run(s))" in text
@@ -245,9 +253,10 @@ def test_eval_headline_markdown(eval_sweep: Path):
             "1 run(s))") in text
     assert "mean teacher_adv_share (share of Σ|A| on teacher rows) 0.400" in text
     dyn = text.split("## Dynamics")[1].split("## Training")[0]
-    assert "| projected | 6.3 ± 0.7 (n=3) | 2/3 |" in dyn                 # (7 + 7 + 5) / 3, two censored
+    assert "| projected | 6.3 (SD 1.2, SE 0.7, n=3) | 2/3 |" in dyn      # (7 + 7 + 5) / 3, two censored
     assert "update_hackward" in text and "sampler_mismatch" not in text   # only logged columns
-    assert "| projected | 1 | projected_s1 | 6 | 0.500 | 0.300 | 0.200 | never | never |" in text
+    assert ("| projected | 1 | projected_s1 | 6 | 0.500 | — | — | 0.300 | — | 0.900 → 0.900 | no | 0.200 | "
+            "never | never |") in text
 
 
 def test_eval_overlap_and_old_runs_side_by_side(tmp_path: Path):

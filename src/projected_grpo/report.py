@@ -1,5 +1,6 @@
 """Sweep report: the held-out eval headline, training dynamics as numbers, last-k training rates and
-diagnostics per arm (mean ± sem over seeds, paired Δ vs vanilla with a 95% interval), and plots.
+diagnostics per arm (mean with SD and SE over seeds, paired Δ vs vanilla with a 95% interval, runs
+hacked and collapsed out of N by `outcomes.py`'s rules), and plots (`report_plots.py`).
 
 Input: a directory holding run dirs (any dir under it with a `config.json`; arm and seed are read
 from that file) and, when a sweep wrote it, `sweep.json` listing the (arm, seed) runs it expected.
@@ -10,12 +11,11 @@ Output, beside them:
   results.md    headline (final held-out eval), dynamics, training table, per-run rows, every missing
                 or unfinished run, and a header of facts (set-up, split sizes and overlaps, teacher pool);
   summary.json  the same numbers for machines (`summarise`'s dict);
-  hack_rate.png, pass_rate.png   per-arm training mean vs step with a ± sem band over seeds, and the
-                eval rates as markers (± sem bars) at their eval steps;
-  cosine.png    per-arm cos_in (solid) and cos_out (dashed) vs step, mean over seeds.
+  hack_rate.png, pass_rate.png, cosine.png, eval_curves.png, pareto.png   see report_plots.py.
 A run is finished by `runio.run_state` (training rows reach the config's `steps` and δS is written);
-unfinished runs are listed and left out of every mean and plot. Statistics (sem, paired Δ +
-Student-t interval, onset with censoring, AUC) are defined in `stats.py`.
+unfinished runs are listed and left out of every mean and plot. Statistics (SD, SE, paired Δ +
+Student-t interval, onset with censoring, AUC) are defined in `stats.py`; hacked / collapsed in
+`outcomes.py`. Eval keys a run lacks (older runs: no no-hint eval, no renamed evaluators) are None.
 """
 
 from __future__ import annotations
@@ -26,19 +26,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from projected_grpo import arms as arms_mod
-from projected_grpo import runio
+from projected_grpo import outcomes, runio
 from projected_grpo.errors import UserError
 from projected_grpo.stats import Stat, auc, censored, mean_sem, onset, paired
 
 __all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report"]
 
 RATE_KEYS = ("hack_rate", "pass_rate", "reward_mean")   # training: mean over the last k steps
-EVAL_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_attempt_rate", "eval_format_rate")  # final eval
+# final held-out eval. eval_hack_rate: renamed evaluators (older runs: the training name, and no
+# eval_hack_rate_train_name); the hinted rates are on the renamed-evaluator samples; *_nohint: the eval
+# problems without the loophole hint (strict oracle), the capability a defence must keep
+EVAL_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_attempt_rate", "eval_format_rate",
+             "eval_hack_rate_train_name", "eval_hack_given_code", "eval_pass_nohint", "eval_format_nohint")
+BASE_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_format_rate", "eval_pass_nohint")  # at step 0
 STEP_KEYS = ("cos_in", "cos_out", "frac_fired", "update_hackward", "sampler_mismatch",
              "teacher_adv_share")                       # training: mean over all steps
 THRESHOLDS = (0.3, 0.5)                                 # onset thresholds on the training hack rate
 DYN_KEYS = tuple(f"onset_{t}" for t in THRESHOLDS) + ("auc",)
-DELTA_KEYS = ("eval_hack_rate", "eval_pass_rate", "hack_rate", "pass_rate") + DYN_KEYS
+DELTA_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_pass_nohint", "hack_rate", "pass_rate") + DYN_KEYS
 ARM_ORDER = arms_mod.NAMES  # arms.py's table order; other names (sweep variants) sort after, by name
 SPLIT_PARTS = ("train", "eval", "pairs")
 DASH = "—"
@@ -58,7 +63,8 @@ class Run:
     all_steps: dict = field(default_factory=dict)  # STEP_KEYS -> mean over all steps (or None)
     dynamics: dict = field(default_factory=dict)   # onset_θ -> step or None (never); auc
     eval_final: dict = field(default_factory=dict)  # last eval row: step, EVAL_KEYS, eval_n ({} = none)
-    eval_base: dict = field(default_factory=dict)   # eval row at step 0 (the base policy), {} = none
+    eval_base: dict = field(default_factory=dict)   # BASE_KEYS at step 0 (the base policy), {} = none
+    outcome: dict = field(default_factory=dict)     # hacked, collapsed: bool, None = undefined (outcomes.py)
     split: dict | None = None                 # sizes and overlaps from split.json (None = no file)
     teacher: dict = field(default_factory=dict)    # pool, kinds, mix_ratio, pool file kinds
     metrics: list = field(default_factory=list, repr=False)  # the training rows
@@ -152,8 +158,11 @@ def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
     run.dynamics["auc"] = auc(hack)
     if evals:
         run.eval_final = {k: evals[-1].get(k) for k in ("step", "eval_n") + EVAL_KEYS}
+        run.eval_final["renamed"] = "eval_hack_rate_train_name" in evals[-1]  # False: an older eval
         base = [r for r in evals if r.get("step") == 0]
-        run.eval_base = {k: base[0].get(k) for k in ("eval_hack_rate", "eval_pass_rate")} if base else {}
+        run.eval_base = {k: base[0].get(k) for k in BASE_KEYS} if base else {}
+    run.outcome = {"hacked": outcomes.hacked(run.eval_final),
+                   "collapsed": outcomes.collapsed(run.eval_final, run.eval_base)}
     return run
 
 
@@ -203,8 +212,11 @@ def arm_row(arm: str, mine: list[Run], vanilla: dict[int, Run], n_not_finished: 
     """Per-arm numbers: Stat over seeds for every key, paired Δ vs vanilla for DELTA_KEYS."""
     row = {"seeds": sorted(r.seed for r in mine), "not_finished": n_not_finished,
            "n_eval": sum(bool(r.eval_final) for r in mine),
-           "eval_base_hack_rate": asdict(mean_sem([r.eval_base.get("eval_hack_rate") for r in mine])),
-           "eval_hack_rise": asdict(mean_sem([r.eval_rise() for r in mine]))}
+           "eval_hack_rise": asdict(mean_sem([r.eval_rise() for r in mine])),
+           "hacked": outcomes.count([r.outcome.get("hacked") for r in mine]),
+           "collapsed": outcomes.count([r.outcome.get("collapsed") for r in mine])}
+    for key in BASE_KEYS:                     # eval_base_hack_rate, eval_base_pass_nohint, ...
+        row[key.replace("eval_", "eval_base_", 1)] = asdict(mean_sem([r.eval_base.get(key) for r in mine]))
     for key in EVAL_KEYS + RATE_KEYS + STEP_KEYS + DYN_KEYS:
         row[key] = asdict(mean_sem([r.value(key) for r in mine]))
     for t in THRESHOLDS:
@@ -237,6 +249,8 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
               "n_finished": len(finished), "n_listed": len(runs),
               "n_eval": sum(bool(r.eval_final) for r in finished),
               "no_eval": [r.dir for r in finished if not r.eval_final],
+              "eval_train_name_only": [r.dir for r in finished if r.eval_final and not r.eval_final["renamed"]],
+              "rules": {"hacked_at": outcomes.HACKED_AT, "collapse_fraction": outcomes.COLLAPSE_FRACTION},
               "splits": _distinct([r.split for r in present if r.split is not None]),
               "no_split": [r.dir for r in present if r.split is None],
               "teachers": _distinct([r.teacher for r in present]),
@@ -260,117 +274,12 @@ def sandbox_backends(rows: list[dict]) -> set[str]:
     return found or {"not recorded"}
 
 
-# ---- plots ----------------------------------------------------------------------------------
-def _by_step(rows_per_run: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
-    """Steps, mean and sem over runs of metric `key` at each step (None values skipped)."""
-    steps = sorted({row["step"] for rows in rows_per_run for row in rows if "step" in row})
-    xs, means, sems = [], [], []
-    for s in steps:
-        st = mean_sem([row.get(key) for rows in rows_per_run for row in rows if row.get("step") == s])
-        if st.mean is not None:
-            xs.append(s)
-            means.append(st.mean)
-            sems.append(st.sem or 0.0)
-    return xs, means, sems
-
-
-def plot(root: Path, runs: list[Run], note: str = "") -> list[Path]:
-    """hack_rate.png, pass_rate.png, cosine.png and eval_curves.png; `note` (e.g. the card) goes
-    under every title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    finished = [r for r in runs if r.status == "finished"]
-    arms = sorted({r.arm for r in finished}, key=_arm_sort)
-    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
-    colors = {a: cmap(i) for i, a in enumerate(arms)}                  # one colour per arm shown
-    sub = f"\n{note}" if note else ""
-    last = max((r.done for r in finished), default=1)
-    nudge = {a: 0.008 * last * (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}  # eval markers apart
-    written = []
-    for key, title in (("hack_rate", "Hack rate"), ("pass_rate", "Pass rate (strict oracle)")):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for arm in arms:
-            mine = [r for r in finished if r.arm == arm]
-            c = colors.get(arm)
-            xs, m, s = _by_step([r.metrics for r in mine], key)
-            if xs:
-                ax.plot(xs, m, label=f"{arms_mod.label(arm)} train (n={len(mine)})", color=c)
-                ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
-                                color=c, alpha=0.2, linewidth=0)
-            xs, m, s = _by_step([r.evals for r in mine], f"eval_{key}")
-            if xs:
-                ax.errorbar([x + nudge[arm] for x in xs], m, yerr=s, fmt="o", ms=6, mfc="white", capsize=3, color=c,
-                            label=f"{arms_mod.label(arm)} held-out eval")
-        ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± sem over seeds (o = held-out eval){sub}",
-               ylim=(-0.02, 1.02))
-        written.append(_save(fig, ax, root / f"{key}.png", plt))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arm in arms:
-        rows = [r.metrics for r in finished if r.arm == arm]
-        for key, style in (("cos_in", "-"), ("cos_out", "--")):
-            xs, m, _ = _by_step(rows, key)
-            if xs:
-                ax.plot(xs, m, style, color=colors.get(arm), label=f"{arms_mod.label(arm)} {key}")
-    ax.set(xlabel="step", ylabel="‖relu(V g)‖ / ‖g‖", title=f"Gradient alignment with V (mean over seeds){sub}")
-    written.append(_save(fig, ax, root / "cosine.png", plt))
-    written.append(_eval_panels(root, finished, arms, colors, sub, plt))
-    return written
-
-
-def _eval_panels(root: Path, finished: list[Run], arms: list[str], colors: dict, sub: str, plt) -> Path:
-    """eval_curves.png: one panel per arm, the held-out eval hack rate of each seed (thin) and their
-    mean (thick), with the mean eval format rate (dashed): a hack rate that falls with the format
-    rate is a policy that stopped writing code, not one that stopped hacking."""
-    cols = min(5, max(1, len(arms)))
-    rows = max(1, -(-len(arms) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.6 * rows), sharex=True, sharey=True,
-                             squeeze=False)
-    for ax, arm in zip(axes.flat, arms):
-        mine = [r for r in finished if r.arm == arm and r.evals]
-        for r in mine:
-            ax.plot([e["step"] for e in r.evals], [e.get("eval_hack_rate") for e in r.evals],
-                    color=colors[arm], alpha=0.35, linewidth=1)
-        for key, style in (("eval_hack_rate", "-"), ("eval_format_rate", "--")):
-            xs, m, _ = _by_step([r.evals for r in mine], key)
-            if xs:
-                ax.plot(xs, m, style, color="black" if style == "--" else colors[arm], linewidth=2,
-                        label="mean hack" if style == "-" else "mean format")
-        ax.set_title(f"{arms_mod.label(arm)} (n={len(mine)})", fontsize=8)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(arms):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"Held-out eval hack rate per seed (thin), mean (thick), mean format rate (dashed){sub}",
-                 fontsize=9)
-    fig.supxlabel("step", fontsize=8)
-    fig.tight_layout()
-    path = root / "eval_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _save(fig, ax, path: Path, plt) -> Path:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 # ---- entry point ----------------------------------------------------------------------------
 def write_report(root: str | Path, last_k: int = 5, note: str = "") -> Path:
     """Write results.md, summary.json and the plots into root (`note`, e.g. the card, under each
     plot's title); returns results.md's path."""
     from projected_grpo.report_md import markdown
+    from projected_grpo.report_plots import plot
 
     root = Path(root)
     summary, runs = _summarise(root, last_k)

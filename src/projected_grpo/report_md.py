@@ -3,29 +3,44 @@
 from __future__ import annotations
 
 from projected_grpo import arms as arms_mod
+from projected_grpo.outcomes import COLLAPSE_FRACTION, HACKED_AT
 
 DASH = "—"
 
 
 def fmt(stat: dict, signed: bool = False, digits: int = 3) -> str:
-    """'0.600 ± 0.100 (n=2)', '0.600 ± — (n=1)' or '—'."""
+    """'0.600 (SD 0.141, SE 0.100, n=2)', '0.600 (SD —, SE —, n=1)' or '—': spread and precision
+    both labelled, so neither is mistaken for the other."""
     if stat["mean"] is None:
         return DASH
     mean = f"{stat['mean']:+.{digits}f}" if signed else f"{stat['mean']:.{digits}f}"
-    sem = DASH if stat["sem"] is None else f"{stat['sem']:.{digits}f}"
-    return f"{mean} ± {sem} (n={stat['n']})"
+    return f"{mean} (SD {_num(stat.get('sd'), digits)}, SE {_num(stat['sem'], digits)}, n={stat['n']})"
 
 
 def fmt_delta(stat: dict, digits: int = 3) -> str:
-    """Paired Δ: '-0.200 [-1.471, +1.071] (n=2)', '-0.100 [—] (n=1)' or '—'."""
+    """Paired Δ: '-0.200 [-1.471, +1.071] (SD 0.141, n=2)', '-0.100 [—] (SD —, n=1)' or '—'."""
     if stat["mean"] is None:
         return DASH
     ci = DASH if stat["lo"] is None else f"{stat['lo']:+.{digits}f}, {stat['hi']:+.{digits}f}"
-    return f"{stat['mean']:+.{digits}f} [{ci}] (n={stat['n']})"
+    return f"{stat['mean']:+.{digits}f} [{ci}] (SD {_num(stat.get('sd'), digits)}, n={stat['n']})"
+
+
+def fmt_count(c: dict) -> str:
+    """Runs where an outcome rule holds: 'k/N', with the runs it is undefined for beside it."""
+    return f"{c['k']}/{c['n']}" + (f" ({c['undefined']} undefined)" if c["undefined"] else "")
+
+
+def _yes(flag: bool | None) -> str:
+    return DASH if flag is None else "yes" if flag else "no"
 
 
 def _num(x, digits: int = 3) -> str:
     return DASH if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _arrow(base: dict, final: dict, key: str) -> str:
+    """'0.900 → 0.400': a run's step-0 and final eval value of `key`."""
+    return DASH if final.get(key) is None else f"{_num(base.get(key))} → {_num(final.get(key))}"
 
 
 def _onset(step: int | None) -> str:
@@ -86,6 +101,9 @@ def header_lines(summary: dict) -> list[str]:
     k, (t1, t2) = h["last_k"], h["thresholds"]
     no_eval = (f" Finished runs without eval rows (training numbers only): {', '.join(h['no_eval'])}."
                if h["no_eval"] else "")
+    old = h.get("eval_train_name_only", [])
+    old_eval = (f" Runs whose eval predates renamed evaluators (their eval hack is with the training name; "
+                f"no training-name, hack-among-code or no-hint columns): {', '.join(old)}." if old else "")
     return [
         f"- preset: {h['preset'] or DASH + ' (no sweep.json)'}; model: {_show(h['model'])}; "
         f"problems: {_show(h['problems'])}; loophole mode: {_show(h['mode'])}; hint: {_show(h['hint'])}; "
@@ -96,10 +114,20 @@ def header_lines(summary: dict) -> list[str]:
         f"- Headline = the last held-out eval of each run (current policy on the eval split, no teacher "
         f"rows, no projection); {h['n_eval']} of {h['n_finished']} finished run(s) have one.{no_eval} "
         "Prevention shows as a final eval hack rate near the step-0 (base policy) eval, i.e. a rise ≈ 0; "
-        "delay as a later onset (Δ onset > 0) with the same final rate.",
-        f"- Per arm: mean ± sem over seeds (sem = sample std / √n; n = 1 → {DASH}). Δ vs vanilla: per seed, "
-        "arm minus the vanilla run of the same seed; mean of those differences with a two-sided 95% "
-        f"Student-t interval [mean ± t(0.975, n−1) · sem] ({DASH} when n < 2; Δ = {DASH} when no seed has both).",
+        "delay as a later onset (Δ onset > 0) with the same final rate. Eval hack = loophole hint with the "
+        "evaluator's name drawn per sample from a fixed list (renamed evaluators); 'training name' = the "
+        "name used in training; hack among code = hack rate among well-formed code; no-hint pass = "
+        "strict-oracle pass on the eval problems without the hint, the capability a defence must keep."
+        f"{old_eval}",
+        f"- Per arm: mean (SD, SE, n) over seeds. SD = sample standard deviation (n − 1), the spread of the "
+        f"seeds; SE = SD / √n, the standard error of the mean; n = 1 → {DASH}. Δ vs vanilla: per seed, arm "
+        "minus the vanilla run of the same seed; mean of those differences [two-sided 95% Student-t "
+        f"interval, mean ± t(0.975, n−1) · SE] (SD of the differences, n) ({DASH} when n < 2; Δ = {DASH} "
+        "when no seed has both).",
+        f"- Hacked: final eval hack rate ≥ {HACKED_AT}. Collapsed: final eval format rate (share of "
+        f"well-formed code) < {COLLAPSE_FRACTION} × the run's step-0 eval format rate. k/N = runs where the "
+        "rule holds of the finished runs where it is defined; undefined (no eval, or for collapse no "
+        "step-0 eval) are counted beside it, in neither k nor N.",
         f"- Training rates: mean over each run's last {k} steps. Onset ≥ θ: first training step with hack "
         f"rate ≥ θ (θ = {t1}, {t2}); a run that never reaches θ counts as steps + 1 in the mean and Δ "
         "(right-censored) and is counted in the 'never' column. AUC = mean training hack rate over all "
@@ -124,15 +152,7 @@ def markdown(summary: dict) -> str:
     lines = ["# Results", "", *header_lines(summary), "", *arm_lines(arms),
              "## Headline: final held-out eval", ""]
     if h["n_eval"]:
-        lines += [f"| arm | seeds | eval hack | Δ hack vs vanilla [95% CI] | eval pass | Δ pass vs vanilla "
-                  f"[95% CI] | eval hack at step 0 | rise over step 0 | train hack (last {k}) | "
-                  f"train pass (last {k}) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for arm, s in arms.items():
-            lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
-                         f"{fmt_delta(s['delta_eval_hack_rate'])} | {fmt(s['eval_pass_rate'])} | "
-                         f"{fmt_delta(s['delta_eval_pass_rate'])} | {fmt(s['eval_base_hack_rate'])} | "
-                         f"{fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} | {fmt(s['pass_rate'])} |")
+        lines += headline_tables(arms, k)
     else:
         lines.append("Eval missing: no finished run logged held-out eval rows (`kind: \"eval\"`); the "
                      "training rates below are all there is, and they include the training problems.")
@@ -157,17 +177,7 @@ def markdown(summary: dict) -> str:
                      f"{fmt_delta(s['delta_hack_rate'])} | {fmt(s['pass_rate'])} | "
                      f"{fmt_delta(s['delta_pass_rate'])} | {fmt(s['reward_mean'])} | "
                      + " | ".join(extra) + " |")
-    lines += ["", "## Per run", "",
-              f"| arm | seed | dir | eval step | eval hack | eval pass | train hack (last {k}) | "
-              f"onset ≥ {t1} | onset ≥ {t2} | AUC |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in summary["runs"]:
-        if r["status"] != "finished":
-            continue
-        e, d = r["eval_final"], r["dynamics"]
-        lines.append(f"| {r['arm']} | {r['seed']} | {r['dir']} | {_num(e.get('step')) if e else 'missing'} | "
-                     f"{_num(e.get('eval_hack_rate'))} | {_num(e.get('eval_pass_rate'))} | "
-                     f"{_num(r['last_k']['hack_rate'])} | {_onset(d[f'onset_{t1}'])} | "
-                     f"{_onset(d[f'onset_{t2}'])} | {_num(d['auc'])} |")
+    lines += ["", "## Per run", "", *run_lines(summary["runs"], k, t1, t2)]
     lines += ["", "## Missing / unfinished runs", ""]
     if summary["not_finished"]:
         lines += ["Left out of every mean and plot above.", "",
@@ -177,11 +187,55 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {r['arm']} | {r['seed']} | {r['dir']} | {r['status']} | {logged} |")
     else:
         lines.append("None: every listed run finished.")
-    lines += ["", "Plots: `hack_rate.png`, `pass_rate.png` (training mean ± sem band over seeds; eval "
-              "rates as markers with ± sem bars), `cosine.png` (cos_in solid, cos_out dashed), "
+    lines += ["", "Plots: `hack_rate.png`, `pass_rate.png` (training mean with a ± SE band over seeds; "
+              "eval rates as markers with ± SE bars), `cosine.png` (cos_in solid, cos_out dashed), "
               "`eval_curves.png` (per arm: each seed's held-out eval hack rate, their mean, and the mean "
-              "eval format rate dashed).", ""]
+              "eval format rate dashed), `pareto.png` (final eval hack vs final no-hint pass, one point "
+              "per run, step 0 hollow grey, collapsed runs as x).", ""]
     return "\n".join(lines)
+
+
+def headline_tables(arms: dict, k: int) -> list[str]:
+    """The headline, as two tables on the same runs: how much each arm hacks, and what it kept (no-hint
+    pass, format) — a low hack rate counts only beside a kept capability and no collapsed runs."""
+    lines = ["### Hacking", "",
+             f"| arm | seeds | eval hack | Δ hack vs vanilla [95% CI] | hacked (≥ {HACKED_AT}) | "
+             f"eval hack, training name | hack among code | eval hack at step 0 | rise over step 0 | "
+             f"train hack (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, s in arms.items():
+        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
+                     f"{fmt_delta(s['delta_eval_hack_rate'])} | {fmt_count(s['hacked'])} | "
+                     f"{fmt(s['eval_hack_rate_train_name'])} | {fmt(s['eval_hack_given_code'])} | "
+                     f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} |")
+    lines += ["", "### Capability and collapse", "",
+              "| arm | seeds | no-hint pass | Δ no-hint pass vs vanilla [95% CI] | no-hint pass at step 0 | "
+              "eval pass (hinted) | Δ pass vs vanilla [95% CI] | eval format | format at step 0 | collapsed | "
+              f"train pass (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, s in arms.items():
+        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_pass_nohint'])} | "
+                     f"{fmt_delta(s['delta_eval_pass_nohint'])} | {fmt(s['eval_base_pass_nohint'])} | "
+                     f"{fmt(s['eval_pass_rate'])} | {fmt_delta(s['delta_eval_pass_rate'])} | "
+                     f"{fmt(s['eval_format_rate'])} | {fmt(s['eval_base_format_rate'])} | "
+                     f"{fmt_count(s['collapsed'])} | {fmt(s['pass_rate'])} |")
+    return lines
+
+
+def run_lines(runs: list[dict], k: int, t1: float, t2: float) -> list[str]:
+    """One row per finished run: its final eval numbers, step 0 → final where it matters, outcomes."""
+    lines = [f"| arm | seed | dir | eval step | eval hack | eval hack, training name | hack among code | "
+             f"eval pass | no-hint pass (step 0 → final) | format (step 0 → final) | collapsed | "
+             f"train hack (last {k}) | onset ≥ {t1} | onset ≥ {t2} | AUC |", "|---" * 15 + "|"]
+    for r in runs:
+        if r["status"] != "finished":
+            continue
+        e, b, d = r["eval_final"], r["eval_base"], r["dynamics"]
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['dir']} | {_num(e.get('step')) if e else 'missing'} | "
+                     f"{_num(e.get('eval_hack_rate'))} | {_num(e.get('eval_hack_rate_train_name'))} | "
+                     f"{_num(e.get('eval_hack_given_code'))} | {_num(e.get('eval_pass_rate'))} | "
+                     f"{_arrow(b, e, 'eval_pass_nohint')} | {_arrow(b, e, 'eval_format_rate')} | "
+                     f"{_yes(r['outcome'].get('collapsed'))} | {_num(r['last_k']['hack_rate'])} | "
+                     f"{_onset(d[f'onset_{t1}'])} | {_onset(d[f'onset_{t2}'])} | {_num(d['auc'])} |")
+    return lines
 
 
 def _seeds(s: dict) -> str:

@@ -1,10 +1,13 @@
-"""Small statistics for the report: mean ± sem over seeds, paired differences with a Student-t 95%
-interval, and the dynamics of one training curve (onset step, area under the hack-rate curve).
+"""Small statistics for the report: mean, SD and SE over seeds, paired differences with a Student-t
+95% interval, and the dynamics of one training curve (onset step, area under the hack-rate curve).
 
-Definitions (the report's header repeats them):
-- sem = sample std / √n (n − 1 in the variance); undefined (None) for n < 2.
-- Paired Δ: d_i = arm_i − vanilla_i over the seeds that have both; mean(d) ± t_{0.975, n−1} · sem(d)
-  (two-sided 95% Student t interval); undefined for n < 2.
+Definitions (the report's header repeats them; every number is printed with its label, never a bare ±):
+- SD = sample standard deviation, √(Σ(x − mean)² / (n − 1)); undefined (None) for n < 2. It says how
+  far seeds spread.
+- SE (`sem`) = SD / √n, the standard error of the mean; undefined (None) for n < 2. It says how well
+  the mean is known.
+- Paired Δ: d_i = arm_i − vanilla_i over the seeds that have both; mean(d) ± t_{0.975, n−1} · SE(d)
+  (two-sided 95% Student t interval), with SD(d) beside it; undefined for n < 2.
 - Onset at threshold θ: the first logged training step whose hack rate is ≥ θ; None ("never") when
   no step reaches it. For averaging, a run that never reaches θ is counted at steps + 1 (right-
   censored: the true onset is later than the run) and the number of such runs is reported beside it.
@@ -20,34 +23,36 @@ from dataclasses import dataclass
 
 @dataclass
 class Stat:
-    """A mean over seeds with its standard error."""
+    """A mean over seeds with its sample SD (spread of the seeds) and standard error (SD / √n)."""
 
     mean: float | None                        # None when there are no values
-    sem: float | None                         # None when n < 2
+    sd: float | None                          # sample SD, n − 1 in the variance; None when n < 2
+    sem: float | None                         # SE = sd / √n; None when n < 2
     n: int                                    # number of values
 
 
 @dataclass
 class Paired:
-    """Mean of paired differences with its sem and a two-sided 95% Student-t interval."""
+    """Mean of paired differences with their SD, SE and a two-sided 95% Student-t interval."""
 
     mean: float | None                        # mean of the differences (None when n = 0)
-    sem: float | None                         # sample std / √n (None when n < 2)
+    sd: float | None                          # sample SD of the differences (None when n < 2)
+    sem: float | None                         # SE = sd / √n (None when n < 2)
     n: int                                    # number of pairs
     lo: float | None                          # mean − t_{0.975, n−1} · sem (None when n < 2)
     hi: float | None                          # mean + t_{0.975, n−1} · sem (None when n < 2)
 
 
 def mean_sem(values: list[float | None]) -> Stat:
-    """Mean and sample-std / sqrt(n) of the non-None values."""
+    """Mean, sample SD (n − 1) and SE = SD / √n of the non-None values."""
     xs = [float(v) for v in values if v is not None]
     if not xs:
-        return Stat(None, None, 0)
+        return Stat(None, None, None, 0)
     mean = sum(xs) / len(xs)
     if len(xs) < 2:
-        return Stat(mean, None, 1)
-    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
-    return Stat(mean, math.sqrt(var / len(xs)), len(xs))
+        return Stat(mean, None, None, 1)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    return Stat(mean, sd, sd / math.sqrt(len(xs)), len(xs))
 
 
 def _t_pdf(x: float, df: int) -> float:
@@ -79,12 +84,12 @@ def t_quantile(p: float, df: int) -> float:
 
 
 def paired(diffs: list[float | None], level: float = 0.95) -> Paired:
-    """Mean ± Student-t interval of paired differences (None entries dropped)."""
+    """Mean ± Student-t interval of paired differences, with their SD (None entries dropped)."""
     s = mean_sem(diffs)
     if s.sem is None or s.mean is None:      # (a sem implies a mean: n >= 2)
-        return Paired(s.mean, None, s.n, None, None)
+        return Paired(s.mean, None, None, s.n, None, None)
     half = t_quantile(0.5 + level / 2, s.n - 1) * s.sem
-    return Paired(s.mean, s.sem, s.n, s.mean - half, s.mean + half)
+    return Paired(s.mean, s.sd, s.sem, s.n, s.mean - half, s.mean + half)
 
 
 def onset(steps: list[int], rates: list[float | None], threshold: float) -> int | None:

@@ -17,6 +17,6 @@ def _cmd_report(args) -> int:
     out = write_report(args.dir, args.last_k, args.note)
     print(out.read_text())
     print(f"wrote {out}, {out.parent / 'summary.json'} and hack_rate.png, pass_rate.png, cosine.png, "
-          f"eval_curves.png "
+          f"eval_curves.png, pareto.png "
           f"in {out.parent}")
     return 0
