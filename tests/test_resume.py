@@ -213,7 +213,6 @@ def test_a_corrupt_log_is_refused_naming_its_line_and_rewrites_nothing_but_a_tor
     """Issue 25: with line 2 of metrics.jsonl garbled and no δS file, --resume cut the file to its
     first row (training rows 1-3 lost), then crashed. Corruption is refused before anything is
     rewritten; a torn last line is what a crash leaves, and is dropped."""
-    import shutil
 
     out = tmp_path / "run"
     shutil.copytree(reference, out)
