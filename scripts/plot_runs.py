@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+import matplotlib.pyplot as plt
 
 PANELS = (("train", "hack_rate", "training hack rate"), ("eval", "eval_hack_rate", "eval hack (renamed evaluators)"),
           ("eval", "eval_format_rate", "eval format rate"), ("eval", "eval_pass_nohint", "eval no-hint pass"))
