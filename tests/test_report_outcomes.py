@@ -23,7 +23,7 @@ def eval_row(step: int, hack: float, fmt_rate: float, nohint: float, **more) -> 
     return {"kind": "eval", "step": step, "eval_hack_rate": hack, "eval_format_rate": fmt_rate,
             "eval_pass_nohint": nohint, "eval_pass_rate": 0.2, "eval_attempt_rate": hack,
             "eval_hack_rate_train_name": None, "eval_hack_given_code": None, "eval_format_nohint": 0.9,
-            "eval_n": 20, **more}
+            "eval_evaluators": "renamed", "eval_n": 20, **more}
 
 
 def write_run(root: Path, arm: str, seed: int, evals: list[dict]) -> Path:
@@ -141,12 +141,14 @@ def test_report_files_show_labels_counts_and_pareto(runs26: Path):
 
 def test_old_eval_rows_are_named_and_leave_the_new_columns_empty(tmp_path: Path):
     """A run logged before renamed evaluators: its eval hack is the training-name rate, said so in the
-    header; the new numbers are — (not 0), and the outcome rules still apply to what it logged."""
+    header; the new numbers are — (not 0), and the outcome rules still apply to what it logged. A new
+    run evaluated without renaming (eval_evaluators "train") is named too."""
     old = [{"kind": "eval", "step": s, "eval_hack_rate": h, "eval_pass_rate": 0.2, "eval_attempt_rate": h,
             "eval_format_rate": f, "eval_n": 20} for s, h, f in ((0, 0.0, 0.8), (STEPS, 0.7, 0.3))]
     write_run(tmp_path, "vanilla", 1, old)
+    write_run(tmp_path, "projected", 1, [eval_row(STEPS, 0.2, 0.9, 0.5, eval_evaluators="train")])
     s = summarise(tmp_path, last_k=2)
-    assert s["header"]["eval_train_name_only"] == ["vanilla_s1"]
+    assert s["header"]["eval_train_name_only"] == ["projected_s1", "vanilla_s1"]
     van = s["arms"]["vanilla"]
     assert van["eval_pass_nohint"]["mean"] is None and van["eval_hack_rate_train_name"]["mean"] is None
     assert van["hacked"]["k"] == 1 and van["collapsed"] == {"k": 1, "n": 1, "undefined": 0}  # 0.3 < 0.4

@@ -33,9 +33,9 @@ from projected_grpo.stats import Stat, auc, censored, mean_sem, onset, paired
 __all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report"]
 
 RATE_KEYS = ("hack_rate", "pass_rate", "reward_mean")   # training: mean over the last k steps
-# final held-out eval. eval_hack_rate: renamed evaluators (older runs: the training name, and no
-# eval_hack_rate_train_name); the hinted rates are on the renamed-evaluator samples; *_nohint: the eval
-# problems without the loophole hint (strict oracle), the capability a defence must keep
+# final held-out eval. eval_hack_rate: renamed evaluators when the row's eval_evaluators is "renamed"
+# (else, and in older runs, the training name); the hinted rates are on those same samples; *_nohint:
+# the eval problems without the loophole hint (strict oracle), the capability a defence must keep
 EVAL_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_attempt_rate", "eval_format_rate",
              "eval_hack_rate_train_name", "eval_hack_given_code", "eval_pass_nohint", "eval_format_nohint")
 BASE_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_format_rate", "eval_pass_nohint")  # at step 0
@@ -158,7 +158,8 @@ def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
     run.dynamics["auc"] = auc(hack)
     if evals:
         run.eval_final = {k: evals[-1].get(k) for k in ("step", "eval_n") + EVAL_KEYS}
-        run.eval_final["renamed"] = "eval_hack_rate_train_name" in evals[-1]  # False: an older eval
+        # evaluate.py says which names eval_hack_rate is under; older rows lack it: the training name
+        run.eval_final["renamed"] = evals[-1].get("eval_evaluators") == "renamed"
         base = [r for r in evals if r.get("step") == 0]
         run.eval_base = {k: base[0].get(k) for k in BASE_KEYS} if base else {}
     run.outcome = {"hacked": outcomes.hacked(run.eval_final),

@@ -102,8 +102,9 @@ def header_lines(summary: dict) -> list[str]:
     no_eval = (f" Finished runs without eval rows (training numbers only): {', '.join(h['no_eval'])}."
                if h["no_eval"] else "")
     old = h.get("eval_train_name_only", [])
-    old_eval = (f" Runs whose eval predates renamed evaluators (their eval hack is with the training name; "
-                f"no training-name, hack-among-code or no-hint columns): {', '.join(old)}." if old else "")
+    old_eval = (f" Runs whose eval hack is with the training name, not renamed evaluators (eval_evaluators "
+                f"≠ renamed: renaming off, or logged before it existed; the new columns are {DASH} where not "
+                f"logged): {', '.join(old)}." if old else "")
     return [
         f"- preset: {h['preset'] or DASH + ' (no sweep.json)'}; model: {_show(h['model'])}; "
         f"problems: {_show(h['problems'])}; loophole mode: {_show(h['mode'])}; hint: {_show(h['hint'])}; "
