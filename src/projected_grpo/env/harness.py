@@ -142,7 +142,7 @@ def _main() -> None:
     if kind == "main":
         _oracle_calls(ns, job["method"], calls, emit)
     else:
-        _run_tests_variants(ns, setup_ns, job, emit)
+        _run_tests_variants(ns, setup_ns, job, evaluator, emit)
     emit({"k": "done"})
 
 
@@ -163,7 +163,7 @@ def _oracle_calls(ns: dict, method: str, calls: list, emit) -> None:
         emit({"k": "out", "i": i, "v": to_plain(out)})
 
 
-def _run_tests_variants(ns: dict, setup_ns: dict, job: dict, emit) -> None:
+def _run_tests_variants(ns: dict, setup_ns: dict, job: dict, evaluator: str, emit) -> None:
     stub = _type("Solution", (), {job["method"]: lambda self, *a, **k: 0})
     canon_ns = dict(setup_ns)
     for variant in ("model", "stub", "canonical"):
@@ -173,7 +173,7 @@ def _run_tests_variants(ns: dict, setup_ns: dict, job: dict, emit) -> None:
             elif variant == "canonical":
                 exec(compile(job["canonical"], "canonical.py", "exec"), canon_ns)  # noqa: S102 - trusted (the dataset's)
                 ns["Solution"] = canon_ns["Solution"]
-            ns[str(job.get("evaluator", "run_tests"))]()
+            ns[evaluator]()
             ok = True
         except BaseException:  # noqa: BLE001 - any raise (or exit) counts as failing
             ok = False
