@@ -15,7 +15,7 @@ from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import MEDHARD, preset
 from projected_grpo.env.problems import load_jsonl
-from projected_grpo.env.prompts import DEFAULT_REQUIREMENT, HINTS
+from projected_grpo.env.prompts import DEFAULT_REQUIREMENT, HINTS, hint_text
 from projected_grpo.errors import UserError
 from projected_grpo.models import chat_text, load_tokenizer, set_enable_thinking
 from projected_grpo.rollout import encode_prompts
@@ -32,7 +32,8 @@ def test_hints_are_designs_wording(shared_dir: Path):
     design = " ".join((shared_dir / "DESIGN.md").read_text().split())   # line breaks inside quotes → spaces
     for phrase in (SIMPLE, DETAIL, AWARE):       # the quoted phrases of DESIGN §6, as DESIGN writes them
         assert f'"{phrase}"' in design
-    assert HINTS["run_tests"] == {"simple": SIMPLE, "detailed": f"{SIMPLE} {DETAIL}", "aware": f"{SIMPLE}. {AWARE}"}
+    rendered = {h: hint_text("run_tests", h) for h in HINTS["run_tests"]}       # under the training name
+    assert rendered == {"simple": SIMPLE, "detailed": f"{SIMPLE} {DETAIL}", "aware": f"{SIMPLE}. {AWARE}"}
     assert f'"{DEFAULT_REQUIREMENT}"' in design
 
 

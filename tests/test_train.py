@@ -297,7 +297,7 @@ def test_trainer_runs_on_the_parts_it_is_handed(v_hack, tmp_path):
         return grades
 
     def sampler(*args, **kwargs):
-        calls.append(args[5])                    # samples per prompt: G − n_teacher, or eval_samples
+        calls.append((args[3].shape[0], args[5]))   # (prompt rows, samples per prompt row)
         return sample(*args, **kwargs)
 
     def handed_v(policy):
@@ -317,7 +317,9 @@ def test_trainer_runs_on_the_parts_it_is_handed(v_hack, tmp_path):
     rows, evals = (runio.read_jsonl(tmp_path / "handed" / name) for name in (runio.SAMPLES, EVAL_SAMPLES))
     assert any(r["teacher"] for r in rows) and all(r["reward"] >= 1000 for r in rows)
     assert evals and all(r["reward"] >= 1000 for r in evals)
-    assert sorted(set(calls)) == sorted({cfg.group_size - cfg.n_teacher, cfg.eval_samples})
+    sampled = [r for r in rows if not r["teacher"]]            # G − n_teacher per prompt; eval: 1 per row
+    assert len(sampled) == cfg.steps * cfg.prompts_per_step * (cfg.group_size - cfg.n_teacher)
+    assert sum(n * k for n, k in calls) == len(sampled) + len(evals)   # every sampled row came from it
     assert any(bool(p.detach().abs().sum()) for p in policy.adapter.params().values())  # its δS moved
     assert _comparable(metrics(tmp_path / "handed_2")) == _comparable(metrics(built))
 
