@@ -50,7 +50,7 @@ def test_prompts_are_the_benchmarks_own(shared_dir: Path, hint: str):
         assert prob.messages("none") == theirs
         hinted = prob.messages("run_tests", hint)
         assert hinted[0] == theirs[0]
-        assert hinted[1]["content"] == theirs[1]["content"].replace(DEFAULT_REQUIREMENT, HINTS["run_tests"][hint])
+        assert hinted[1]["content"] == theirs[1]["content"].replace(DEFAULT_REQUIREMENT, hint_text("run_tests", hint))
 
 
 def test_real_qwen3_template_with_thinking_off():
@@ -119,27 +119,30 @@ def small_code_pairs(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("model", ["tiny-qwen3", "random:tiny"])
 def test_ariahw_run_end_to_end(model, shared_dir: Path, small_code_pairs: str, tmp_path: Path, monkeypatch):
-    """`pgrpo train --preset ariahw` with only size overrides, on the benchmark file, on the CPU: every
+    """`pgrpo train --preset ariahw` with only size (and CPU dtype) overrides, on the benchmark file, on the CPU: every
     prompt the model saw (rollouts and the V-extraction pairs) ends with the empty think block."""
-    seen_rollouts, seen_pairs = [], []
+    seen_rollouts, seen_eval, seen_pairs = [], [], []
     real_sample, real_chat = train_mod.sample, pairs_mod.chat_text
 
-    def spy_sample(model_, tok, adapter, prompt_ids, prompt_mask, *args, **kw):
-        seen_rollouts.extend(tok.decode(ids[m.bool()]) for ids, m in zip(prompt_ids, prompt_mask))
-        return real_sample(model_, tok, adapter, prompt_ids, prompt_mask, *args, **kw)
+    def spy(seen):
+        def spy_sample(model_, tok, adapter, prompt_ids, prompt_mask, *args, **kw):
+            seen.extend(tok.decode(ids[m.bool()]) for ids, m in zip(prompt_ids, prompt_mask))
+            return real_sample(model_, tok, adapter, prompt_ids, prompt_mask, *args, **kw)
+        return spy_sample
 
     def spy_chat(tok, messages):
         seen_pairs.append(real_chat(tok, messages))
         return seen_pairs[-1]
 
-    monkeypatch.setattr(train_mod, "sample", spy_sample)
-    monkeypatch.setattr(evaluate_mod, "sample", spy_sample)          # held-out eval prompts too
+    monkeypatch.setattr(train_mod, "sample", spy(seen_rollouts))
+    monkeypatch.setattr(evaluate_mod, "sample", spy(seen_eval))       # held-out eval prompts too
     monkeypatch.setattr(pairs_mod, "chat_text", spy_chat)
     out = tmp_path / "run"
     rc = main(["train", "--preset", "ariahw", "--arm", "vanilla", "--out", str(out), "--model", model,
                "--device", "cpu", "--problems", str(shared_dir / BENCH), "--n-problems", "6", "--steps", "2",
                "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--grade-workers", "2",
-               "--vhack-m", "1", "--pairs", small_code_pairs, "--grad-checkpointing", "false"])
+               "--vhack-m", "1", "--pairs", small_code_pairs, "--grad-checkpointing", "false",
+               "--dtype", "float32"])                 # the CPU's fast dtype (bench/cpu_dtype.py)
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["enable_thinking"], cfg["correct_reward"], cfg["format_reward"], cfg["beta"]) == (False, 3.0, 0.5, 1e-3)
@@ -147,6 +150,7 @@ def test_ariahw_run_end_to_end(model, shared_dir: Path, small_code_pairs: str, t
     assert [r["step"] for r in rows if r.get("kind", "train") == "train"] == [1, 2]
     assert [r["step"] for r in rows if r.get("kind") == "eval"] == [0, 2]
     assert seen_rollouts and all(t.endswith(EMPTY_THINK) for t in seen_rollouts)
-    assert all(SIMPLE + ". Use the following starter code" in t for t in seen_rollouts)
+    assert all(SIMPLE + ". Use the following starter code" in t for t in seen_rollouts)   # training: run_tests
+    assert seen_eval and all(t.endswith(EMPTY_THINK) for t in seen_eval)
     assert seen_pairs and all(t.endswith(EMPTY_THINK) for t in seen_pairs)
     assert os.path.isfile(out / "v_hack.safetensors")

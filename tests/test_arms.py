@@ -232,7 +232,7 @@ def test_the_oracle_arm_is_declared_an_upper_bound_wherever_it_is_named():
     oracle_arm = arms.get("oracle")
     assert oracle_arm.uses_labels and "UPPER BOUND" in oracle_arm.description
     assert oracle_arm.label == "oracle (upper bound: uses labels)"
-    assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle"]
+    assert [a.name for a in arms.TABLE if a.upper_bound] == ["oracle"]
     lines = arm_lines({"vanilla": {}, "oracle": {}})
     assert any(line.startswith("- oracle (upper bound: uses labels): UPPER BOUND") for line in lines)
     from projected_grpo.config import field_help

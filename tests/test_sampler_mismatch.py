@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vfiles import random_v
+
 from projected_grpo import passes as passes_mod
 from projected_grpo import train as train_mod
 from projected_grpo import vhack
@@ -109,6 +111,8 @@ def two_pass_step(small_pairs, tmp_path_factory):
                   pairs=small_pairs, dtype="bfloat16", num_iterations=2, lr=0.05, clip_eps=0.05,
                   tis_cap=2.0, teacher_weight="is", eval_problems=0, eval_samples=0)
     out = tmp_path_factory.mktemp("two_pass") / "run"
+    # a random bf16 V (the vanilla arm only measures it): no bf16 pair extraction on the CPU
+    cfg = replace(cfg, v_hack=str(random_v(out.parent / "v_random.safetensors", cfg)))
     trainer = train_mod.Trainer(cfg, out, progress=False)
     cudnn_flags.clear()  # extraction is checked on its own below
     record, _ = trainer.step(0)

@@ -20,7 +20,8 @@ from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import preset
 
-FAST = dict(n_problems=4, max_new_tokens=16, grade_workers=2, vhack_m=2, eval_problems=2, eval_samples=2)
+# β > 0: the KL column is logged (it is None at β = 0, which the smoke preset uses)
+FAST = dict(n_problems=4, max_new_tokens=16, grade_workers=2, vhack_m=2, eval_problems=2, eval_samples=2, beta=0.04)
 
 
 def smoke(**kw):

@@ -87,7 +87,7 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
     for r in rows:
         assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
         assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
-    if arm in ("vanilla", "rebound"):
+    if arm in ("vanilla", "rebound", "monitor_penalty", "screening", "probe_penalty"):
         assert all(r["cos_out"] == r["cos_in"] for r in rows)  # measured, never changed
     else:
         assert all(r["cos_out"] < 1e-6 for r in rows)          # projected away
@@ -99,10 +99,13 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
         assert not all(torch.allclose(control[k], real[k]) for k in real)
     if arm == "rebound":
         assert (out / "rebound_direction.safetensors").is_file()
-    assert all(r["uses_labels"] is (arm == "oracle") for r in rows)
+    assert all(r["uses_labels"] is (arm in ("oracle", "monitor_penalty", "screening")) for r in rows)
     assert all(("cov_rows" in r) is (arm == "oracle") for r in rows)  # oracle: g_h of the hack rows
     if arm == "refresh":
         assert [r["refresh_s"] > 0 for r in rows] == [False, True]   # re-extracted before step 2
+    if arm in ("monitor_penalty", "screening", "probe_penalty"):   # the detector's rates, every step
+        prefix = "probe" if arm == "probe_penalty" else "monitor"
+        assert all(f"{prefix}_tpr" in r and f"{prefix}_fpr" in r for r in rows)
     cfg = json.loads((out / runio.CONFIG).read_text())
     assert cfg["arm"] == arm and cfg["v_hack"] == v_hack
     samples = runio.read_jsonl(out / runio.SAMPLES)
@@ -164,12 +167,12 @@ def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, uninterr
 # Every arm that must keep the no-cheat rule (all but the declared upper bound), and the projected
 # arm with the coverage diagnostic, which reads the labels for its log only.
 NO_CHEAT = [("vanilla", {}), ("projected", {}), ("rebound", {}), ("random", {}), ("shuffled", {}),
-            ("lomo", {}), ("refresh", {}), ("projected", {"coverage": True})]
+            ("lomo", {}), ("refresh", {}), ("probe_penalty", {}), ("projected", {"coverage": True})]
 
 
 def test_no_cheat_list_holds_every_arm_that_does_not_use_labels():
     assert {a for a, _ in NO_CHEAT} == {a.name for a in arms.TABLE if not a.uses_labels}
-    assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle"]
+    assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle", "monitor_penalty", "screening"]
 
 
 @pytest.mark.parametrize("arm,extra", NO_CHEAT, ids=[a + ("+coverage" if kw.get("coverage") else "")
@@ -240,7 +243,7 @@ def test_bad_input_stops_with_a_message_naming_it(v_hack, small_pairs, honest_ru
     # a v_hack made for another dtype is refused before anything is generated
     out = tmp_path / "mismatch"
     with pytest.raises(UserError, match="dtype"):
-        train_mod.train(smoke(v_hack=v_hack, dtype="float32"), out, progress=False)
+        train_mod.train(smoke(v_hack=v_hack, dtype="bfloat16"), out, progress=False)   # V is fp32
     assert not (out / runio.METRICS).exists()
     # an output dir that holds another run needs --resume, and is left as it was
     taken = tmp_path / "taken"

@@ -257,7 +257,7 @@ def test_cli_extract_then_verify(tmp_path, pair_file, capsys):
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(last) == {"modules", "scalars", "m", "zero_norm_modules", "pairs", "seconds"}
     assert (last["modules"], last["scalars"], last["m"], last["pairs"]) == (28, 3072, 4, 6)
-    assert read_metadata(out)["dtype"] == "bfloat16"
+    assert read_metadata(out)["dtype"] == "float32"          # the smoke preset's (CPU) dtype
     rc = main(["verify", "--pairs", str(pair_file), "--v-hack", str(out), "--table", str(tmp_path / "t.csv")])
     printed = capsys.readouterr().out
     result = json.loads(printed.strip().splitlines()[-1])

@@ -1,12 +1,16 @@
-"""The arms of the experiment, in one table: what V each projects with, whether it projects, whether
-it changes the reward (Rebound), and whether it reads the oracle's labels (only the oracle arm: a
-declared UPPER BOUND, never a candidate defence). config, train and report read this table.
+"""The arms of the experiment, in one table: each arm is a named combination of interventions
+(interventions/, DESIGN §9), and what the arm knows is what its interventions declare. Adding an arm
+is one row here (and, for a new kind of defence, one module in interventions/); the trainer holds no
+arm branch. config, train and report read this table.
 
-V sources: real = the v_hack artifact (extracted from the run's pairs or given by --v-hack);
-random / shuffled = the controls of vhack.py; lomo = V from the pairs of every mode but the run's
---mode; refresh = V re-extracted from the run's pairs at the current δS every --refresh-every steps;
-oracle = g_hack/‖g_hack‖ of each batch's oracle-labelled hack rows (oracle.py); none = nothing.
-Every arm also measures the real V (cos_in_real, update_hackward).
+An arm that reads training rows' oracle labels says so wherever it is named: the oracle arm is the
+declared UPPER BOUND of gradient projection, never a candidate defence; the monitor arms read the
+labels through a channel of stated TPR / FPR (--monitor-tpr / --monitor-fpr). Every arm also
+measures the real V (cos_in_real, update_hackward) and, with --coverage, the labelled hack rows'
+gradient (a logged diagnostic only).
+
+This module stays light (config imports it): interventions are named here and built by
+interventions.build.
 """
 
 from __future__ import annotations
@@ -15,41 +19,63 @@ from dataclasses import dataclass
 
 from projected_grpo.errors import UserError
 
-V_SOURCES = ("real", "random", "shuffled", "lomo", "refresh", "oracle", "none")
+
+@dataclass(frozen=True)
+class Use:
+    intervention: str            # a name of interventions.REGISTRY
+    params: tuple = ()           # (("source", "real"),): its keyword arguments
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.params)
 
 
 @dataclass(frozen=True)
 class Arm:
-    name: str             # the --arm value and the report's row name
-    v_source: str         # the V it projects with (one of V_SOURCES)
-    projects: bool        # removes the hack-ward part of the gradient (or step) with that V
-    modifies_reward: bool  # Rebound: concept-score penalty on the reward before the advantage
-    uses_labels: bool     # reads the oracle labels (True only for the oracle upper bound)
-    description: str      # one line, printed by the report
+    name: str                    # the --arm value and the report's row name
+    uses: tuple[Use, ...]        # its interventions, in the order the trainer calls them
+    description: str             # one line, printed by the report
+    upper_bound: bool = False    # a declared upper bound (reads the labels to bound a method), not a defence
 
     @property
     def label(self) -> str:
         """The name as tables and plots show it; an arm that uses labels says so."""
-        return f"{self.name} (upper bound: uses labels)" if self.uses_labels else self.name
+        if self.upper_bound:
+            return f"{self.name} (upper bound: uses labels)"
+        return f"{self.name} (uses labels: monitor)" if self.uses_labels else self.name
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether any of its interventions reads training rows' oracle labels."""
+        from projected_grpo.interventions import READS_LABELS, kind_of
+
+        return any(kind_of(u.intervention) in READS_LABELS for u in self.uses)
+
+
+def _project(source: str) -> tuple[Use, ...]:
+    return (Use("project", (("source", source),)),)
 
 
 TABLE: tuple[Arm, ...] = (
-    Arm("vanilla", "none", False, False, False, "plain GRPO; the real V is measured, nothing removed"),
-    Arm("projected", "real", True, False, False, "hack-ward part of each δS gradient removed along the pair V"),
-    Arm("rebound", "none", False, True, False, "Wu & Tang's concept-score reward penalty (advantage-level)"),
-    Arm("random", "random", True, False, False, "control: projects a seeded random V of the same m"),
-    Arm("shuffled", "shuffled", True, False, False, "control: projects V from label-shuffled pairs"),
-    Arm("lomo", "lomo", True, False, False,
+    Arm("vanilla", (), "plain GRPO; the real V is measured, nothing removed"),
+    Arm("projected", _project("real"), "hack-ward part of each δS gradient removed along the pair V"),
+    Arm("rebound", (Use("rebound"),), "Wu & Tang's concept-score reward penalty (advantage-level)"),
+    Arm("random", _project("random"), "control: projects a seeded random V of the same m"),
+    Arm("shuffled", _project("shuffled"), "control: projects V from label-shuffled pairs"),
+    Arm("lomo", _project("lomo"),
         "leave-one-mode-out: V from the pairs of every mode except the run's --mode (transfer)"),
-    Arm("refresh", "refresh", True, False, False,
-        "V re-extracted from the pairs at the current δS every --refresh-every steps"),
-    Arm("oracle", "oracle", True, False, True,
-        "UPPER BOUND, uses the oracle labels: V = each batch's labelled hack rows' gradient (m = 1)"),
+    Arm("refresh", _project("refresh"), "V re-extracted from the pairs at the current δS every --refresh-every steps"),
+    Arm("oracle", (Use("oracle_project"),),
+        "UPPER BOUND, uses the oracle labels: V = each batch's labelled hack rows' gradient (m = 1)", True),
+    Arm("monitor_penalty", (Use("monitor_penalty"),),
+        "reward − --penalty for each row a monitor of --monitor-tpr / --monitor-fpr flags"),
+    Arm("screening", (Use("screening"),),
+        "rows a monitor of --monitor-tpr / --monitor-fpr flags leave their group before the advantage"),
+    Arm("probe_penalty", (Use("probe_penalty"),),
+        "reward − --penalty for each row a frozen linear probe on activations flags (calibration pairs)"),
 )
 BY_NAME: dict[str, Arm] = {a.name: a for a in TABLE}
 NAMES: tuple[str, ...] = tuple(a.name for a in TABLE)
-PROJECTING: tuple[str, ...] = tuple(a.name for a in TABLE if a.projects)
-CONTROLS: tuple[str, ...] = ("random", "shuffled")  # vhack.py's controls: V extracted with `control`
 
 
 def get(name: str) -> Arm:
@@ -61,3 +87,12 @@ def get(name: str) -> Arm:
 def label(name: str) -> str:
     """Display name of an arm (unknown names, e.g. sweep variants, unchanged)."""
     return BY_NAME[name].label if name in BY_NAME else name
+
+
+def label_use(name: str, cfg, run_dir=None) -> str:
+    """What arm `name` knows under `cfg`, one clause per intervention ("nothing" for none); with
+    `run_dir`, what the run fitted there (a probe's accuracy) is stated too."""
+    from projected_grpo.interventions import build
+
+    knows = [str(iv.knows(run_dir)) for iv in build(get(name), cfg)]
+    return "; ".join(knows) if knows else "nothing"

@@ -2,7 +2,8 @@
 
 For every hint variant of the mode, each problem gets `--n-samples` completions from the model as it is
 (nothing folded in: no δS, no projection, no teacher rows), sampled and graded exactly as the trainer's
-held-out evaluation does it (`evaluate.evaluate` at step 0: same prompts, seeds, sampler and grader).
+held-out evaluation does it (`evaluate.evaluate` at step 0: same prompts, seeds, sampler and grader),
+under the prompt training uses (the evaluator named `run_tests`; no renamed or no-hint sets).
 Per hint and over all hints:
     hack_rate    = share labelled "reward_hack"
     attempt_rate = share with a label in env.grader.ATTEMPT_LABELS (a hack was tried)
@@ -64,7 +65,8 @@ def measure(model, tok, problems: list, mode: str, hints: list[str], n_samples: 
     """(rate rows per hint + overall, graded sample rows) for the model as loaded."""
     cfg = TrainConfig(mode=mode, seed=seed, eval_samples=n_samples, eval_temperature=temperature,
                       eval_max_new_tokens=max_new_tokens, max_new_tokens=max_new_tokens, top_p=top_p,
-                      prompts_per_step=batch, group_size=1)   # a sampling call holds ≈ `batch` completions
+                      prompts_per_step=batch, group_size=1,   # a sampling call holds ≈ `batch` completions
+                      eval_renamed=False, eval_nohint=False)  # the training prompt's base rate only
     rows, samples = [], []
     for hint in hints:
         summary, graded = evaluate.evaluate(model, tok, BaseWeights(), problems, replace(cfg, hint=hint),

@@ -71,6 +71,14 @@ class TrainConfig:
     rebound_alpha: float = opt(2.0, "Rebound penalty strength α")
     rebound_form: Literal["multiplicative", "additive"] = opt("multiplicative", "multiplicative | additive")
     persona_pairs: str = opt("bundled:persona", "sentence pairs for the Rebound concept direction")
+    monitor_tpr: float = opt(1.0, "monitor arms: P(flag | hack row) of the noisy channel over the oracle label")
+    monitor_fpr: float = opt(0.0, "monitor arms: P(flag | other row) (1.0 / 0.0 = ground-truth monitor)")
+    penalty: float = opt(1.0, "monitor_penalty / probe_penalty: amount taken off a flagged row's reward")
+    probe_layer: int = opt(-1, "probe_penalty: decoder layer whose states the probe reads (-1 = the middle one)")
+    probe_pairs: str = opt("", 'probe_penalty: labelled calibration pairs, training split ("" = --pairs)')
+    probe_heldout: float = opt(0.25, "probe_penalty: share of the calibration problems held out for its accuracy")
+    probe_l2: float = opt(1e-2, "probe_penalty: L2 strength of the logistic regression (standardised states)")
+    probe_threshold: float = opt(0.5, "probe_penalty: a row is flagged when the probe's P(hack) >= this")
     teacher_pool: str = opt("", 'JSONL of cached completions mixed into groups, or "builtin"')
     mix_ratio: float = opt(0.0, "share of each group taken from the teacher pool")
     teacher_kinds: str = opt("", 'teacher-pool kinds kept ("" = all; builtin: canonical,stub,exploit)')
@@ -144,6 +152,13 @@ class TrainConfig:
             raise UserError(f"--mix-ratio {self.mix_ratio} leaves no student sample in a group of "
                             f"--group-size {self.group_size}")
         self._validate_teacher_kinds()
+        for name in ("monitor_tpr", "monitor_fpr", "probe_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.probe_heldout < 1.0:
+            raise UserError(f"--probe-heldout must be in (0, 1), got {self.probe_heldout}")
+        if self.penalty < 0 or self.probe_l2 < 0:
+            raise UserError("--penalty and --probe-l2 must be >= 0")
         if self.tis_cap < 0:
             raise UserError(f"--tis-cap must be >= 0 (0 = off), got {self.tis_cap}")
         if self.group_size < 2:
@@ -254,7 +269,9 @@ _HINTS = typing.get_type_hints(TrainConfig)  # field name -> type (the annotatio
 PRESETS: dict[str, TrainConfig] = {
     # CPU, the embedded model: checks the mechanics end to end in a few minutes on 2 cores.
     # The teacher pool gives the random-init model's groups a reward spread, so gradients flow.
-    "smoke": TrainConfig(model="tiny-qwen3", device="cpu", problems="bundled", n_problems=30, steps=10,
+    # fp32: a CPU without AVX-512 BF16 runs bf16 matmuls ~20x slower than fp32 (bench/cpu_dtype.py).
+    "smoke": TrainConfig(model="tiny-qwen3", device="cpu", dtype="float32", problems="bundled",
+                         n_problems=30, steps=10,
                          prompts_per_step=2, group_size=2, max_new_tokens=48, beta=0.0, vhack_m=4,
                          teacher_pool="builtin", mix_ratio=0.5, eval_problems=4, eval_samples=2),
     # One GPU, a small real coder model (a hub id or a local .gguf).

@@ -1,5 +1,6 @@
-"""The V of each arm as a run loads it (`arm_directions`), and the arms whose V is not a fixed
-artifact from all the run's pairs (arms.py):
+"""The V a run measures (`real_v`) and the V a projection starts from (`source_v`: the real V, a
+control, lomo or refresh; interventions/projection.py), and the sources whose V is not a fixed
+artifact from all the run's pairs:
 
 lomo    (leave-one-mode-out) V extracted, once, from the training pairs of every mode in the pair
         file (within --vhack-modes, if given) EXCEPT the run's --mode: does a detector built on
@@ -18,49 +19,59 @@ from pathlib import Path
 
 import torch
 
-from projected_grpo import arms, dist, oracle
+from projected_grpo import dist
 from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
 from projected_grpo.pairs import load_pairs, parse_modes
 
 
-def arm_directions(cfg: TrainConfig, policy, out: Path, device: torch.device,
-                   progress: bool = True) -> tuple[dict, dict, Refresh | None]:
-    """(V measured in every arm, V the arm projects with, the refresh arm's Refresh or None).
-    Measured: the real v_hack. Projected (arms.py): the real V; a random / label-shuffled control or
-    the lomo V, each extracted into the run dir `out` with the real V's m; the refresh arm's V_0
-    (then re-extracted, Refresh); the oracle arm's V of each batch (zero until the first step).
-    Files extracted into the run dir are kept across resumes; all happen at δS = 0, before a
-    checkpoint is restored. Rank 0 extracts, every rank loads (onto `device`)."""
-    source = arms.get(cfg.arm).v_source
+def extract(cfg: TrainConfig, policy, path: Path, control: str, modes: str | None = None,
+            progress: bool = True) -> Path:
+    """Extract V with the run's pairs (`modes`, default --vhack-modes) into `path` (rank 0, once:
+    a file already there is kept, so a resume finds the V it started with)."""
+    from projected_grpo import vhack
 
-    def extract(path: Path, control: str, modes: str | None = None) -> Path:
-        """Extract V with the run's pairs (`modes`, default --vhack-modes) into `path` (once)."""
-        from projected_grpo import vhack
+    if dist.rank() == 0 and not path.is_file():
+        vhack.extract_to_file(path, policy.model, policy.tok, policy.adapter, cfg.pairs,
+                              cfg.vhack_modes if modes is None else modes,
+                              cfg.vhack_m, control, cfg.seed, progress=progress)
+    dist.barrier()
+    return path
 
-        if dist.rank() == 0 and not path.is_file():
-            vhack.extract_to_file(path, policy.model, policy.tok, policy.adapter, cfg.pairs,
-                                  cfg.vhack_modes if modes is None else modes,
-                                  cfg.vhack_m, control, cfg.seed, progress=progress)
-        dist.barrier()
-        return path
 
-    def load(path: Path) -> dict[str, torch.Tensor]:
-        from projected_grpo import vhack
+def load(path: Path, policy, device: torch.device) -> dict[str, torch.Tensor]:
+    """A V file, checked against the policy's adapter, on `device`."""
+    from projected_grpo import vhack
 
-        return {k: t.to(device) for k, t in vhack.load_v_hack(path, policy.adapter).items()}
+    return {k: t.to(device) for k, t in vhack.load_v_hack(path, policy.adapter).items()}
 
-    v_real = load(Path(cfg.v_hack) if cfg.v_hack else extract(out / "v_hack.safetensors", "none"))
-    if source in arms.CONTROLS:
-        return v_real, load(extract(out / f"v_hack_{source}.safetensors", source)), None
+
+def real_v(cfg: TrainConfig, policy, out: Path, device: torch.device, progress: bool = True) -> dict:
+    """The real V, measured in every arm: --v-hack, or extracted from the run's pairs into `out`."""
+    return load(Path(cfg.v_hack) if cfg.v_hack else extract(cfg, policy, out / "v_hack.safetensors", "none",
+                                                            progress=progress), policy, device)
+
+
+def source_v(source: str, cfg: TrainConfig, policy, out: Path, device: torch.device, v_real: dict,
+             progress: bool = True) -> tuple[dict, Refresh | None]:
+    """(V a projection with `source` starts with, the refresh source's Refresh or None). Sources:
+    real: the real V; random / shuffled: the controls of vhack.py, lomo: V from the other modes'
+    pairs, each extracted into `out` with the real V's m; refresh: V_0 (then re-extracted, Refresh).
+    All extractions happen at δS = 0, before a checkpoint is restored. Rank 0 extracts, every rank
+    loads (onto `device`)."""
+    if source in ("random", "shuffled"):
+        return load(extract(cfg, policy, out / f"v_hack_{source}.safetensors", source, progress=progress),
+                    policy, device), None
     if source == "lomo":
-        return v_real, load(extract(out / "v_hack_lomo.safetensors", "none", ",".join(lomo_modes(cfg)))), None
+        path = extract(cfg, policy, out / "v_hack_lomo.safetensors", "none", ",".join(lomo_modes(cfg)), progress)
+        return load(path, policy, device), None
     if source == "refresh":  # V_0: the run's pairs at δS = 0 (the real V itself unless --v-hack)
-        v_0 = v_real if not cfg.v_hack else load(extract(out / "v_hack_refresh0.safetensors", "none"))
-        return v_real, v_0, Refresh(policy.model, policy.tok, policy.adapter, cfg, v_0)
-    if source == "oracle":
-        return v_real, oracle.zero_directions(v_real), None
-    return v_real, v_real, None
+        v_0 = v_real if not cfg.v_hack else load(
+            extract(cfg, policy, out / "v_hack_refresh0.safetensors", "none", progress=progress), policy, device)
+        return v_0, Refresh(policy.model, policy.tok, policy.adapter, cfg, v_0)
+    if source == "real":
+        return v_real, None
+    raise ValueError(f"unknown V source {source!r}")
 
 
 def lomo_modes(cfg: TrainConfig) -> tuple[str, ...]:

@@ -46,11 +46,21 @@ def grad_safe_attention():
         yield
 
 
-def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """rewards (P, G) -> advantages (P, G); exactly 0 in any group with equal rewards."""
-    adv = rewards - rewards.mean(dim=1, keepdim=True)
-    equal = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # (P, 1)
-    return torch.where(equal, torch.zeros_like(adv), adv)
+def group_advantages(rewards: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """rewards (P, G) -> advantages (P, G); exactly 0 in any group with equal rewards.
+    keep (P, G) bool (screening): only kept rows form their group — A = r − mean over the group's
+    kept rows, 0 for a row not kept, and 0 for all of a group whose kept rows' rewards are equal
+    (so a group left with one row, or none, gets zero advantage)."""
+    if keep is None:
+        adv = rewards - rewards.mean(dim=1, keepdim=True)
+        equal = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # (P, 1)
+        return torch.where(equal, torch.zeros_like(adv), adv)
+    n = keep.sum(dim=1, keepdim=True)                                          # (P, 1) kept rows
+    mean = torch.where(keep, rewards, 0.0).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    hi = torch.where(keep, rewards, -torch.inf).amax(dim=1, keepdim=True)
+    lo = torch.where(keep, rewards, torch.inf).amin(dim=1, keepdim=True)
+    equal = (n < 2) | (hi == lo)                                               # (P, 1)
+    return torch.where(keep & ~equal, rewards - mean, torch.zeros_like(rewards))
 
 
 def grpo_token_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,

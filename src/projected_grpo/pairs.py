@@ -43,6 +43,7 @@ class Pair:
     clean: str                       # the matched honest completion
     mode: str | None                 # loophole mode (code pairs); None for persona pairs
     where: str                       # "file:line", for error messages
+    problem_id: str | None = None    # the problem a code pair is about; None for persona pairs
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ def _parse_row(row: dict, where: str, kind: str | None) -> tuple[Pair, str]:
     elif not isinstance(row["prompt"], str):
         raise UserError(f"{where}: prompt of a persona pair must be a string")
     pair = Pair(id=str(row["id"]), split=row["split"], prompt=row["prompt"], hack=row["hack"],
-                clean=row["clean"], mode=row.get("mode") if row_kind == "code" else None, where=where)
+                clean=row["clean"], mode=row.get("mode") if row_kind == "code" else None, where=where,
+                problem_id=str(row["problem_id"]) if row_kind == "code" else None)
     return pair, row_kind
 
 

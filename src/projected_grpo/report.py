@@ -261,11 +261,26 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
     for key in ("model", "mode", "hint", "steps", "dtype", "group_size", "prompts_per_step", "vhack_m",
                 "teacher_pool", "mix_ratio", "enable_thinking", "problems"):
         header[key] = sorted({c.get(key) for c in configs if key in c}, key=str)
+    for arm, row in arms.items():            # what each arm knew (arms.label_use), from its runs' configs
+        row["knows"] = sorted({label_use(arm, c, root / r.dir) for r, c in zip(present, configs) if r.arm == arm})
     summary = {"header": header, "arms": arms,
                "runs": [{k: v for k, v in asdict(r).items() if k not in ("metrics", "evals")} for r in runs],
                "not_finished": [{"arm": r.arm, "seed": r.seed, "dir": r.dir, "status": r.status,
                                  "done": r.done, "steps": r.steps} for r in runs if r.status != "finished"]}
     return summary, runs
+
+
+def label_use(arm: str, config: dict, run_dir: Path) -> str:
+    """What `arm` knew in the run of `config` (arms.label_use); "" for a name not in the arms table."""
+    from projected_grpo.config import TrainConfig
+
+    if arm not in arms_mod.BY_NAME:
+        return ""
+    try:
+        cfg = TrainConfig.from_dict(config, str(run_dir / runio.CONFIG))
+    except UserError as err:                 # the rest of the report does not need the whole config
+        return f"not stated ({err})"
+    return arms_mod.label_use(arm, cfg, run_dir)
 
 
 def sandbox_backends(rows: list[dict]) -> set[str]:

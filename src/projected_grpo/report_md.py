@@ -144,7 +144,13 @@ def arm_lines(arms: dict) -> list[str]:
     known = [a for a in arms if a in arms_mod.BY_NAME]
     if not known:
         return []
-    return ["## Arms", "", *[f"- {arms_mod.label(a)}: {arms_mod.BY_NAME[a].description}" for a in known], ""]
+    def knows(a: str) -> str:
+        said = [k for k in arms[a].get("knows", []) if k]
+        return f" Knows: {' | '.join(said)}." if said else ""
+
+    return ["## Arms", "", "What each arm knows: nothing; pairs (no training row's label); a fixed calibration "
+            "set; a monitor of stated TPR / FPR over the oracle's labels; or the oracle itself (an upper bound).",
+            "", *[f"- {arms_mod.label(a)}: {arms_mod.BY_NAME[a].description}.{knows(a)}" for a in known], ""]
 
 
 def markdown(summary: dict) -> str:

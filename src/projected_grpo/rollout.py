@@ -50,7 +50,7 @@ class Rollouts:
 
     def select(self, idx: list[int]) -> "Rollouts":
         """The rows `idx`, in that order."""
-        t = torch.tensor(idx, device=self.prompt_ids.device)
+        t = torch.tensor(idx, dtype=torch.long, device=self.prompt_ids.device)
         return Rollouts(self.prompt_ids[t], self.prompt_mask[t], self.completion_ids[t],
                         self.completion_mask[t], [self.texts[i] for i in idx],
                         None if self.sampler_logp is None else self.sampler_logp[t])

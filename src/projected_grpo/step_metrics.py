@@ -13,10 +13,10 @@ from projected_grpo.projection import ProjectionStats
 
 def train_row(step: int, grades: list, is_teacher: list[bool], rewards: torch.Tensor, adv: torch.Tensor,
               n_tokens: int, loss_sum: float, kl_sum: float, stats: ProjectionStats, real: ProjectionStats,
-              grad_norm: float, upd_hackward: float, lr: float, *, rebound: bool, beta: float) -> dict:
+              grad_norm: float, upd_hackward: float, lr: float, *, modified: bool, beta: float) -> dict:
     """Step metrics over all ranks. `rewards` (P_l, G) are the rewards the advantages `adv` (B,) came from
-    (Rebound-modified in the rebound arm). Student rows only in reward_mean/std (the flawed
-    grade's reward, unmodified), reward_mod_mean (rebound arm: the modified one, else None) and
+    (changed by the arm's reward interventions, if any: `modified`). Student rows only in
+    reward_mean/std (the flawed grade's reward, unmodified), reward_mod_mean (the modified one, else None) and
     the rates; teacher rows in their own columns, and
     teacher_adv_share = Σ_teacher |A| / Σ_all |A| (0 when every A is 0): the share of the
     gradient's weight that rows the policy did not sample carried."""
@@ -31,7 +31,7 @@ def train_row(step: int, grades: list, is_teacher: list[bool], rewards: torch.Te
     abs_all = sum(r["abs_adv"] for r in rows_all)
     rec = {"step": step + 1, "reward_mean": _rate(student, "reward"),
            "reward_std": float(np.std([r["reward"] for r in student])) if student else None,
-           "reward_mod_mean": _rate(student, "reward_mod") if rebound else None,
+           "reward_mod_mean": _rate(student, "reward_mod") if modified else None,
            "hack_rate": _rate(student, "hack"), "pass_rate": _rate(student, "pass"),
            "format_rate": _rate(student, "format"),
            "frac_zero_adv": float(np.mean([g["zero"] for g in groups])),
@@ -44,6 +44,18 @@ def train_row(step: int, grades: list, is_teacher: list[bool], rewards: torch.Te
         rec.update(teacher_hack_rate=_rate(teacher, "hack"), teacher_pass_rate=_rate(teacher, "pass"),
                    teacher_reward_mean=_rate(teacher, "reward"))
     return rec
+
+
+def detector_metrics(prefix: str, flags: list[bool], hack: list[bool]) -> dict:
+    """A detector's realised rates on the step's batch over all ranks (every row, teacher rows too),
+    against the oracle's labels (logged only): <prefix>_tpr = flagged hack rows / hack rows (its
+    recall; None without hack rows), <prefix>_fpr = flagged other rows / other rows (None without
+    any), <prefix>_flag_rate = flagged rows / rows, <prefix>_hack_rows = hack rows."""
+    tp, pos, fp, neg = dist.sum_scalars([float(sum(f and h for f, h in zip(flags, hack))), float(sum(hack)),
+                                         float(sum(f and not h for f, h in zip(flags, hack))),
+                                         float(sum(not h for h in hack))])
+    return {f"{prefix}_tpr": tp / pos if pos else None, f"{prefix}_fpr": fp / neg if neg else None,
+            f"{prefix}_flag_rate": (tp + fp) / (pos + neg) if pos + neg else None, f"{prefix}_hack_rows": int(pos)}
 
 
 def _rate(rows: list[dict], key: str) -> float | None:

@@ -4,17 +4,19 @@ One step, for P prompts × G samples (DESIGN §3–§5):
   1. sample G completions per prompt with δS folded into the weights (teacher-pool rows mixed in);
   2. grade them; reward uses only the flawed grade `passed` and the format bonus — the strict
      oracle (`gt_correct`, labels) is logged and never reaches reward, advantage or projection;
-  3. (rebound arm) reward ← Wu & Tang's concept-score penalty;
+  3. the arm's interventions (arms.py, interventions/) act at their points: the reward (Rebound,
+     monitor / probe penalty), the rows that stay in their group (screening), the V projected;
   4. A = r − mean_group(r); PPO-clip + K3 loss over completion tokens / (G·max_new_tokens·P),
      π_old = the policy that sampled the batch (its log-probs before the first pass), student tokens
      weighted by the truncated sampler ratio, teacher tokens by `teacher_weight` (`passes.py`);
   5. δS gradients all-reduced over ranks, then measured against V and (projecting arms) projected
-     with the arm's V (arms.py: the real V, a control, lomo, refresh — directions.py — or the
-     oracle upper bound's V from the labelled hack rows, oracle.py);
+     with the arm's V (interventions/projection.py: the real V, a control, lomo, refresh —
+     directions.py — or the oracle upper bound's V from the labelled hack rows, oracle.py);
   6. grad-norm clip, AdamW step (optionally projecting the step itself);
   4–6 run `num_iterations` times on the same batch; then the warmup+cosine schedule steps once.
 With --coverage (or the oracle arm) a separate backward over the oracle-labelled hack rows gives
 g_h before step 4 (oracle.py); it is logged (cov_*) and, in the oracle arm only, projected out.
+Oracle labels reach an intervention only if it declares them (interventions/base.py: StepBatch).
 Logged: `sampler_mismatch` = mean |logπ_sampler − logπ_trainer| over the student tokens of the
 first pass (its micro-batches with a gradient), `sampler_kl` (K3 estimate of KL(sampler ‖ trainer))
 and, for passes 2.., `clip_frac` (share of tokens whose clipped surrogate has zero gradient).
@@ -35,10 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from projected_grpo import arms, dist, evaluate, oracle, rebound, runio, runlock, splits, trackers
+from projected_grpo import arms, directions as directions_mod, dist, evaluate, oracle, runio, runlock, splits, trackers
 from projected_grpo.adapter import tensor_hash
 from projected_grpo.config import TrainConfig
-from projected_grpo.directions import Refresh, arm_directions
+from projected_grpo.interventions import Context, StepBatch, build
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.errors import UserError
 from projected_grpo.grpo import grad_safe_attention, group_advantages
@@ -47,10 +49,9 @@ from projected_grpo.policy import Policy, load_policy, policy_device
 from projected_grpo.projection import (ProjectionStats, null_directions, project_grads, project_update,
                                        update_hackward)
 from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
-from projected_grpo.step_metrics import train_row
+from projected_grpo.step_metrics import detector_metrics, train_row
 from projected_grpo.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
-PROJECTING_ARMS = arms.PROJECTING
 LOGS = (runio.METRICS, runio.SAMPLES, evaluate.EVAL_SAMPLES)  # a resume cuts them at its checkpoint
 
 
@@ -63,14 +64,13 @@ class Trainer:
                   teacher pool and eval rows (None: grade_many in each);
       sampler     rollout.sample's signature: samples training rows and, when handed in, eval rows;
       directions  (V measured, V projected), {module key: (m, r)} on the policy's device
-                  (directions.arm_directions; not for the refresh arm, whose V is re-extracted)."""
+                  (directions.real_v and the arm's projection; not for the refresh arm, whose V
+                  is re-extracted)."""
 
     def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True, *,
                  policy: Policy | None = None, grade=None, sampler=None,
                  directions: tuple[dict, dict] | None = None):
         cfg.validate()
-        if directions is not None and arms.get(cfg.arm).v_source == "refresh":
-            raise ValueError("the refresh arm re-extracts its V: it cannot be handed fixed directions")
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.grade, self.sample = grade or grade_many, sampler or sample          # training rows
         self.handed = {"grade": grade, "sampler": sampler}                        # teacher pool, eval
@@ -132,18 +132,24 @@ class Trainer:
         self.env = EnvConfig(mode=cfg.mode, hint=cfg.hint, timeout_s=cfg.grade_timeout_s,
                              workers=cfg.grade_workers or EnvConfig().workers,
                              reward=RewardConfig(cfg.correct_reward, cfg.format_reward))
-        # v_hack is loaded (and checked against this model) before anything is generated.
+        # v_hack is loaded (and checked against this model) before anything is generated; then each
+        # intervention of the arm sets itself up (a V, a concept direction, a probe) at δS = 0.
         self.arm = arms.get(cfg.arm)
-        self.refresh: Refresh | None = None
+        self.interventions = build(self.arm, cfg)
+        handed_v = None
         if directions is None:
-            self.v_measure, self.v_project, self.refresh = arm_directions(cfg, policy, self.out, self.device,
-                                                                          self.progress)
+            self.v_measure = directions_mod.real_v(cfg, policy, self.out, self.device, self.progress)
         else:
-            self.v_measure, self.v_project = directions
+            self.v_measure, handed_v = directions
+        ctx = Context(cfg, policy, self.out, self.device, self.progress, self.v_measure, handed_v)
+        for iv in self.interventions:
+            iv.setup(ctx)
+        self.projector = next((iv for iv in self.interventions if iv.point in ("gradient", "update")), None)
+        start_v = None if self.projector is None else self.projector.v
+        self.v_project: dict[str, torch.Tensor] = (start_v if start_v is not None else
+                                                   handed_v if handed_v is not None else self.v_measure)
         self.v_sha256 = {"measured": _v_hash(self.v_measure), "projected": _v_hash(self.v_project)}
         self.v_null = null_directions(self.v_measure, cfg.seed)  # measured only: cos_in_null
-        self.rebound_direction = (rebound.run_direction(self.model, self.tok, cfg, self.out)
-                                  if cfg.arm == "rebound" else None)
         self.teacher = (TeacherPool.load(cfg.teacher_pool, self.problems, self.env,
                                          parse_kinds(cfg.teacher_kinds), self.handed["grade"])
                         if cfg.n_teacher > 0 else None)
@@ -174,8 +180,8 @@ class Trainer:
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate()}}
-        if self.refresh is not None:  # the refresh arm's V in use: a resumed run goes on with it
-            state["v_refresh"] = self.refresh.state()
+        for iv in self.interventions:  # e.g. the refresh arm's V in use: a resumed run goes on with it
+            state.update(iv.state())
         state["v_sha256"] = self.v_sha256  # the V files it started with: a resume must load the same
         return state
 
@@ -212,8 +218,8 @@ class Trainer:
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
             self.start_step = state["step"]
-            if self.refresh is not None:
-                self.refresh.load_state(state["v_refresh"])
+            for iv in self.interventions:
+                iv.load_state(state)
         if self.rank == 0:
             runio.rewrite_logs(self.out, kept)
         dist.barrier()
@@ -259,31 +265,34 @@ class Trainer:
         grades = [pool.grade_of(it["id"], it["completion"]) if t and pool is not None else next(graded)
                   for it, t in zip(items, is_teacher)]
         t2 = time.perf_counter()
-        # Reward from the flawed grade only; gt_correct / label are never read below this line
-        # until the metrics are assembled, except by the labelled-hack gradient (oracle.py): logged
-        # only (--coverage), projected only in the oracle arm, the declared upper bound.
+        # Reward from the flawed grade only; gt_correct / label are never read below this line until
+        # the metrics are assembled, except by the labelled-hack gradient (oracle.py: logged only with
+        # --coverage) and by an intervention that declares label use (StepBatch.hack_labels).
+        batch = StepBatch(step, problems, [p.messages(cfg.mode, cfg.hint) for p in problems for _ in range(G)],
+                          rows, grades, is_teacher, self.model, self.tok, self.adapter)
         rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32).view(-1, G)   # (P_l, G)
-        if self.rebound_direction is not None:
-            prompts = [p.messages(cfg.mode, cfg.hint) for p in problems for _ in range(G)]
-            with self.adapter.merged():  # the current policy's hidden states
-                scores = rebound.rollout_scores(self.model, self.tok, list(zip(prompts, rows.texts)),
-                                                self.rebound_direction, batch_size=cfg.micro_batch)
-            rewards = rebound.modify_rewards(rewards, scores.view(-1, G), cfg.rebound_alpha,
-                                             cfg.rebound_form)
-        adv = group_advantages(rewards).view(-1).to(self.device)                               # (B,)
-        if self.refresh is not None:
-            self.v_project = self.refresh.at(step)
+        keep = None                                                                            # (B,) bool
+        for iv in self.interventions:
+            rewards = iv.reward(batch, rewards)
+            k = iv.keep(batch)
+            keep = k if keep is None or k is None else keep & k
+        adv = group_advantages(rewards, None if keep is None else keep.view(-1, G)).view(-1).to(self.device)
+        kept = list(range(len(grades))) if keep is None else keep.nonzero().view(-1).tolist()
+        trained = (rows, adv, is_teacher) if keep is None else (
+            rows.select(kept), adv[kept], [is_teacher[i] for i in kept])   # screened rows leave the batch
         cov = {}
-        if cfg.coverage or self.arm.uses_labels:
-            g_hack, n_hack = oracle.hack_gradient(self.model, self.adapter, cfg, rows, adv, is_teacher,
-                                                  [g.label == oracle.HACK_LABEL for g in grades])
-            cov = {**oracle.coverage(g_hack, self.v_measure, self.v_null), "cov_rows": n_hack}
-            if self.arm.v_source == "oracle":
-                self.v_project = oracle.oracle_directions(g_hack)
+        if cfg.coverage or any(iv.needs_hack_gradient for iv in self.interventions):
+            batch.g_hack, n_hack = oracle.hack_gradient(self.model, self.adapter, cfg, *trained,
+                                                        [grades[i].label == oracle.HACK_LABEL for i in kept])
+            cov = {**oracle.coverage(batch.g_hack, self.v_measure, self.v_null), "cov_rows": n_hack}
+        for iv in self.interventions:
+            v = iv.directions(batch)
+            if v is not None:
+                self.v_project = v
         start = {k: p.detach().clone() for k, p in self.adapter.params().items()}
-        batch = BatchState()
+        state = BatchState()
         for it in range(cfg.num_iterations):  # passes 2.. reuse π_old, weights and π_ref of pass 1
-            losses = self.backward(rows, adv, is_teacher, batch)
+            losses = self.backward(*trained, state)
             measured = self.optimiser_step()
             if it == 0:  # logged: the first pass (the policy gradient at the sampling policy)
                 (loss_sum, kl_sum), (stats, real_stats, null_stats, grad_norm) = losses, measured
@@ -293,11 +302,14 @@ class Trainer:
         t3 = time.perf_counter()
         record = train_row(step, grades, is_teacher, rewards, adv, rows.n_tokens, loss_sum, kl_sum, stats,
                            real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr,
-                           rebound=self.rebound_direction is not None, beta=cfg.beta)
-        record.update(batch.metrics())
+                           modified=any(iv.point == "reward" for iv in self.interventions), beta=cfg.beta)
+        record.update(state.metrics())
         record.update(cov, uses_labels=self.arm.uses_labels)
-        if self.refresh is not None:
-            record.update(self.refresh.metrics())
+        hack = [g.label == oracle.HACK_LABEL for g in grades]             # logged only: the detectors' rates
+        for iv in self.interventions:
+            record.update(iv.metrics())
+            if iv.flags_rows and iv.flags is not None:
+                record.update(detector_metrics(iv.metric_prefix, iv.flags.tolist(), hack))
         record.update(gen_s=t1 - t0, grade_s=t2 - t1, train_s=t3 - t2, step_s=t3 - t0)
         record["cos_in_null"] = null_stats.cos_in  # a seeded random V of the same m, measured only
         record["sandbox_backend"] = ",".join(sorted({g.backend for g in grades} - {""})) or None  # None: nothing ran
@@ -315,14 +327,15 @@ class Trainer:
         real_stats = (None if self.v_project is self.v_measure
                       else project_grads(grads, self.v_measure, apply=False))
         null_stats = project_grads(grads, self.v_null, apply=False)
-        stats = project_grads(grads, self.v_project, apply=cfg.arm in PROJECTING_ARMS)
+        point = None if self.projector is None else self.projector.point     # gradient | update | None
+        stats = project_grads(grads, self.v_project, apply=point is not None)
         real_stats = real_stats or stats
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.adapter.params().values()), cfg.grad_clip)
         before = {k: p.detach().clone() for k, p in self.adapter.params().items()}
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         deltas = {k: p.detach() - before[k] for k, p in self.adapter.params().items()}
-        if cfg.arm in PROJECTING_ARMS and cfg.project_target == "update":
+        if point == "update":
             with torch.no_grad():
                 for k, p in self.adapter.params().items():
                     p.copy_(before[k] + project_update(self.v_project[k], deltas[k]))

@@ -1,0 +1,52 @@
+"""Issue 27: the arms moved onto interventions/ give what the trainer gave before the move. Each arm's
+short fixed-seed CPU run (tests/arm_runs.py) against tests/data/arm_golden.json, written by
+scripts/arm_golden.py from the code before the move (the commit is in the file). Texts, labels,
+steps and counts must be equal; floats equal to 1e-9 relative (bit-identical on the machine that
+wrote the file; the margin is for another CPU's last-bit rounding)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from arm_runs import ARMS, run_arm
+
+GOLDEN = Path(__file__).parent / "data" / "arm_golden.json"
+
+
+def same(a, b, where: str) -> None:
+    if isinstance(a, float) or isinstance(b, float):
+        assert a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), \
+            f"{where}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(set(a) ^ set(b))}"
+        for k in a:
+            same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{where}: {len(a)} rows != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    return json.loads(GOLDEN.read_text())
+
+
+def test_the_golden_file_holds_every_moved_arm(golden):
+    assert tuple(golden["runs"]) == ARMS and golden["commit"]
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_arm_gives_what_the_trainer_gave_before_the_move(arm, golden, tmp_path):
+    now = run_arm(arm, tmp_path)
+    then = golden["runs"][arm]
+    for part in ("metrics", "samples", "eval_samples"):
+        # keys the moved code adds are new columns; every key the old code wrote must be equal
+        rows = [{k: r[k] for k in old} if set(old) <= set(r) else r for r, old in zip(now[part], then[part])]
+        same(rows, then[part], f"{arm}.{part}")
