@@ -30,7 +30,7 @@ class PlainLoRA(torch.nn.Module):
 
 def add_lora(model, r: int = 32, alpha: float = 64.0) -> str:
     """LoRA r on q,k,v,o,gate,up,down in place; -> which implementation ("peft" or "plain")."""
-    from projected_grpo.adapter import DEFAULT_TARGETS
+    from projected_grpo.core.adapter import DEFAULT_TARGETS
 
     try:
         from peft import LoraConfig, get_peft_model
@@ -48,7 +48,7 @@ def add_lora(model, r: int = 32, alpha: float = 64.0) -> str:
 def train_tokens(tok, args):
     """The bench's batch: the P chat-templated prompts (left-padded) × G, plus `new_tokens` random
     completion tokens per row (timing depends on shapes only). -> ids (B, L), mask (B, L), n_prompt."""
-    from projected_grpo.rollout import encode_prompts
+    from projected_grpo.training.rollout import encode_prompts
 
     _, msgs = common.prompts(args.prompts)
     ids, mask = encode_prompts(tok, msgs, common.DEVICE)
@@ -61,7 +61,7 @@ def train_tokens(tok, args):
 def time_fwd_bwd(model, ids, mask, n_prompt, args, ckpt: bool, context=None) -> dict:
     """Median seconds (after one warm-up) of forward + backward of −Σ A·logπ over the batch in
     micro-batches, as our training pass runs it (chunked log-probs); and the peak memory above start."""
-    from projected_grpo.grpo import grad_safe_attention, token_logprobs
+    from projected_grpo.core.grpo import grad_safe_attention, token_logprobs
 
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -89,7 +89,7 @@ def time_fwd_bwd(model, ids, mask, n_prompt, args, ckpt: bool, context=None) -> 
 
 def bench_train_parts(size: str, args, tok) -> dict:
     """Training forward + backward on the same tokens: δS hook, δS merged (fold included), LoRA r=32."""
-    from projected_grpo.adapter import attach
+    from projected_grpo.core.adapter import attach
 
     ids, mask, n_prompt = train_tokens(tok, args)
     ckpt = size in args.ckpt_sizes

@@ -7,8 +7,9 @@ import time
 
 import torch
 from projected_grpo.models import load_model
-from projected_grpo.adapter import attach
-from projected_grpo import vhack, grpo, pairs as P
+from projected_grpo.core.adapter import attach
+from projected_grpo.directions import vhack, pairs as P
+from projected_grpo.core import grpo
 
 model, tok = load_model("/root/qwen05", "bfloat16", "cuda")
 ad = attach(model, "/root/qwen05")

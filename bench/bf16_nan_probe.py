@@ -9,10 +9,10 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from projected_grpo.models import load_model
-from projected_grpo.adapter import attach
-from projected_grpo.grpo import token_logprobs
-from projected_grpo.rollout import encode_prompts, teacher_rollouts
-from projected_grpo import vhack, pairs as P
+from projected_grpo.core.adapter import attach
+from projected_grpo.core.grpo import token_logprobs
+from projected_grpo.training.rollout import encode_prompts, teacher_rollouts
+from projected_grpo.directions import vhack, pairs as P
 
 path, dev = sys.argv[1], sys.argv[2]
 model, tok = load_model(path, "bfloat16", dev)

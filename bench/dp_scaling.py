@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 
-from projected_grpo import runio
-from projected_grpo.dist import NO_MULTICAST_ENV
+from projected_grpo.training import runio
+from projected_grpo.training.dist import NO_MULTICAST_ENV
 
 
 def train_command(args, n: int, out: Path, extra: list[str]) -> list[str]:

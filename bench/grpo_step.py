@@ -57,13 +57,13 @@ REFERENCE_STEPS = 200  # Ariahw et al.'s run length (about 3 h on 4 × H200 with
 
 # ---- (a) ours ---------------------------------------------------------------------------------
 def bench_ours(size: str, args, tok) -> dict:
-    from projected_grpo import rollout, train
-    from projected_grpo.adapter import AdapterConfig, attach
+    from projected_grpo.training import rollout, train
+    from projected_grpo.core.adapter import AdapterConfig, attach
     from projected_grpo.config import TrainConfig
     from projected_grpo.env.grader import Grade
     from projected_grpo.fast import fast_rollout
-    from projected_grpo.policy import Policy
-    from projected_grpo.projection import project_grads
+    from projected_grpo.training.policy import Policy
+    from projected_grpo.core.projection import project_grads
 
     common.empty_cache()
     mem0 = common.allocated()
@@ -164,7 +164,7 @@ def decode_profile(model, trainer, tok, args) -> dict:
     """Prefill-only vs full runs of the fast loop on the step's own batch → time per decode step,
     and its fraction of the HBM bound (weights + K/V of the mean context read once per step)."""
     from projected_grpo.fast import fast_rollout
-    from projected_grpo.rollout import encode_prompts, eos_token_ids
+    from projected_grpo.training.rollout import encode_prompts, eos_token_ids
 
     problems = trainer.step_problems(0)
     ids, mask = encode_prompts(tok, [p.messages(trainer.cfg.mode, trainer.cfg.hint) for p in problems],
@@ -201,9 +201,9 @@ def gpu_check(tok, args) -> None:
     """Fast path vs HF generate, greedy, on this device; then decode timings of the fast loop's
     variants (eager / compiled layers, matmul / SDPA decode attention) at 0.5B, batch P*G, forced length."""
     from projected_grpo.fast import fast_rollout
-    from projected_grpo.adapter import attach
+    from projected_grpo.core.adapter import attach
     from projected_grpo.models import load_model
-    from projected_grpo.rollout import encode_prompts, eos_token_ids, sample
+    from projected_grpo.training.rollout import encode_prompts, eos_token_ids, sample
 
     _, msgs = common.prompts(args.prompts)
     for name, dtype in (("tiny-qwen3", "float32"), ("0.5b", "bfloat16")):

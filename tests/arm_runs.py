@@ -18,7 +18,7 @@ MACHINE = ("backend", "sandbox_backend", "seconds")      # besides every *_s tim
 
 def small_pairs(tmp: Path) -> tuple[str, str]:
     """(code pair file, persona pair file) written into `tmp` from the bundled pairs."""
-    from projected_grpo.pairs import BUNDLED
+    from projected_grpo.directions.pairs import BUNDLED
 
     rows = [json.loads(line) for line in BUNDLED["code"].read_text().splitlines() if line.strip()]
     train = [r for r in rows if r["split"] == "train"]
@@ -50,9 +50,9 @@ def run_arm(arm: str, tmp: Path, **kw) -> dict[str, list[dict]]:
     thread, as the tests run)."""
     import torch
 
-    from projected_grpo import runio
-    from projected_grpo import train as train_mod
-    from projected_grpo.evaluate import EVAL_SAMPLES
+    from projected_grpo.training import runio
+    from projected_grpo.training import train as train_mod
+    from projected_grpo.training.evaluate import EVAL_SAMPLES
 
     torch.set_num_threads(1)
     out = tmp / arm

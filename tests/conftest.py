@@ -47,7 +47,7 @@ def mixed_code_pairs(tmp_path_factory) -> str:
     small enough for quick extraction, two modes for the leave-one-mode-out arm."""
     import json
 
-    from projected_grpo.pairs import BUNDLED
+    from projected_grpo.directions.pairs import BUNDLED
 
     rows = [json.loads(line) for line in BUNDLED["code"].read_text().splitlines() if line.strip()]
     train = [r for r in rows if r["split"] == "train"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from projected_grpo.adapter import AdapterConfig, adapter_check, attach, read_metadata
+from projected_grpo.core.adapter import AdapterConfig, adapter_check, attach, read_metadata
 from projected_grpo.cli import main
 from projected_grpo.errors import UserError
 from projected_grpo.models import load_model
@@ -191,7 +191,7 @@ def test_an_artifact_follows_the_weights_not_the_spelling_of_their_path(tmp_path
     """Issue 25 item 6: a V made with `--model warm` was refused under `./warm` and under the absolute
     path (the model string was compared). Identity is the weights' and the basis' fingerprint: every
     spelling of the same directory loads it; other weights under the very same name are refused."""
-    from projected_grpo import vhack
+    from projected_grpo.directions import vhack
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PGRPO_CACHE", str(tmp_path / "cache"))

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from projected_grpo import evaluate as evaluate_mod
-from projected_grpo import pairs as pairs_mod
-from projected_grpo import train as train_mod
+from projected_grpo.training import evaluate as evaluate_mod
+from projected_grpo.directions import pairs as pairs_mod
+from projected_grpo.training import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import MEDHARD, preset
 from projected_grpo.env.problems import load_jsonl
 from projected_grpo.env.prompts import DEFAULT_REQUIREMENT, HINTS, hint_text
 from projected_grpo.errors import UserError
 from projected_grpo.models import chat_text, load_tokenizer, set_enable_thinking
-from projected_grpo.rollout import encode_prompts
+from projected_grpo.training.rollout import encode_prompts
 
 BENCH = "data/leetcode_test_medhard.jsonl"
 EMPTY_THINK = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -111,7 +111,7 @@ def test_missing_problems_file_is_a_clear_error(tmp_path: Path, monkeypatch, cap
 
 @pytest.fixture()
 def small_code_pairs(tmp_path: Path) -> str:
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join([r for r in rows if '"train"' in r][:4]) + "\n")
     return str(path)

@@ -14,16 +14,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from projected_grpo import arms, oracle, runio
-from projected_grpo import train as train_mod
-from projected_grpo.adapter import read_metadata
+from projected_grpo import arms
+from projected_grpo.interventions import arm_label, uses_labels
+from projected_grpo.directions import oracle
+from projected_grpo.training import runio
+from projected_grpo.training import train as train_mod
+from projected_grpo.core.adapter import read_metadata
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
 from projected_grpo.env.grader import grade_many
 from projected_grpo.errors import UserError
-from projected_grpo.projection import project_grads
-from projected_grpo.report_md import arm_lines
-from projected_grpo.vhack import random_v, save_v_hack
+from projected_grpo.core.projection import project_grads
+from projected_grpo.studies.report_md import arm_lines
+from projected_grpo.directions.vhack import random_v, save_v_hack
 
 
 FAST = dict(n_problems=4, max_new_tokens=16, grade_workers=2, vhack_m=2, eval_samples=0)
@@ -71,7 +74,7 @@ def test_lomo_v_is_extracted_without_the_runs_mode(v_hack, mixed_code_pairs, tmp
 
 def test_lomo_without_pairs_of_another_mode_is_refused(v_hack, tmp_path):
     only_run_tests = tmp_path / "pairs.jsonl"
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
     only_run_tests.write_text("\n".join(r for r in rows if '"run_tests"' in r) + "\n")
     out = tmp_path / "run"
     with pytest.raises(UserError, match=r"--arm lomo: .* no training pairs of a mode other than --mode run_tests"):
@@ -230,8 +233,8 @@ def test_oracle_directions_project_nothing_without_hack_rows():
 
 def test_the_oracle_arm_is_declared_an_upper_bound_wherever_it_is_named():
     oracle_arm = arms.get("oracle")
-    assert oracle_arm.uses_labels and "UPPER BOUND" in oracle_arm.description
-    assert oracle_arm.label == "oracle (upper bound: uses labels)"
+    assert uses_labels(oracle_arm) and "UPPER BOUND" in oracle_arm.description
+    assert arm_label("oracle") == "oracle (upper bound: uses labels)"
     assert [a.name for a in arms.TABLE if a.upper_bound] == ["oracle"]
     lines = arm_lines({"vanilla": {}, "oracle": {}})
     assert any(line.startswith("- oracle (upper bound: uses labels): UPPER BOUND") for line in lines)

@@ -12,7 +12,8 @@ from collections import Counter
 
 import pytest
 
-from projected_grpo import cli, evaluate
+from projected_grpo import cli
+from projected_grpo.training import evaluate
 from projected_grpo.env.grader import ATTEMPT_LABELS, EnvConfig, grade_many
 from projected_grpo.env.problems import by_id, load_problems
 

@@ -69,7 +69,7 @@ def test_install_script_without_debs_says_what_to_run(tmp_path):
 
 
 def test_report_header_names_the_sandbox_backend_of_each_run(tmp_path):
-    from projected_grpo.report import write_report
+    from projected_grpo.studies.report import write_report
 
     for name, backend in (("new", "bwrap"), ("gpu", "fallback"), ("old", None)):
         run = tmp_path / name

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 import projected_grpo
 from projected_grpo import arms
-from projected_grpo.adapter import read_metadata
+from projected_grpo.core.adapter import read_metadata
 from projected_grpo.cli import build_parser, main
 from projected_grpo.config import TrainConfig, allowed_values, field_help, preset
-from projected_grpo.train import Trainer
+from projected_grpo.training.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("adapter-check", "extract", "verify", "rebound-direction", "env-check", "grade", "train", "probe",
@@ -65,7 +65,8 @@ def test_closed_flags_refuse_other_values_naming_the_allowed_ones(capsys):
 def other_value(name: str, value):
     """A value of field `name` unlike `value`, of its type and allowed."""
     special = {"hint": "detailed", "report_to": "tensorboard", "teacher_kinds": "stub", "mix_ratio": 0.25,
-               "eval_problems": 5.0, "group_size": 4, "eval_temperature": 0.5, "eval_samples": 1}
+               "eval_problems": 5.0, "group_size": 4, "eval_temperature": 0.5, "eval_samples": 1,
+               "monitor_tpr": 0.9, "monitor_fpr": 0.05, "probe_heldout": 0.5, "probe_threshold": 0.7}
     if name in special:
         return special[name]
     if allowed_values(name):

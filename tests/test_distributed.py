@@ -26,15 +26,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from projected_grpo import dist, evaluate, runio, splits, teacher
+from projected_grpo.training import dist, evaluate, runio, splits, teacher
 from vfiles import random_v
-from projected_grpo.adapter import attach
+from projected_grpo.core.adapter import attach
 from projected_grpo.config import TrainConfig, preset
-from projected_grpo.grpo import group_advantages
+from projected_grpo.core.grpo import group_advantages
 from projected_grpo.models import load_model
-from projected_grpo.projection import project_grads
-from projected_grpo.rollout import Rollouts, completion_mask, encode_prompts, eos_token_ids
-from projected_grpo.train import Trainer
+from projected_grpo.core.projection import project_grads
+from projected_grpo.training.rollout import Rollouts, completion_mask, encode_prompts, eos_token_ids
+from projected_grpo.training.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 P, G, T_MAX = 4, 3, 12

@@ -21,13 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from projected_grpo import evaluate, runio, splits
-from projected_grpo import train as train_mod
+from projected_grpo.training import evaluate, runio, splits
+from projected_grpo.training import train as train_mod
 from projected_grpo.config import TIMING_KEYS, preset
 from projected_grpo.env.grader import ATTEMPT_LABELS
 from projected_grpo.env.prompts import EVAL_EVALUATORS
 from projected_grpo.env.problems import load_problems
-from projected_grpo.teacher import builtin_entries
+from projected_grpo.training.teacher import builtin_entries
 
 N_EVAL, N_SAMPLES = 2, 2
 
@@ -35,10 +35,10 @@ N_EVAL, N_SAMPLES = 2, 2
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A projected smoke run with a teacher pool, 4 problems of which 2 are held out, and its V."""
-    from projected_grpo.experiments import prepare_v_hack
+    from projected_grpo.studies.experiments import prepare_v_hack
 
     d = tmp_path_factory.mktemp("eval")
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
     pairs = d / "pairs.jsonl"   # six train pairs; of pg-001…pg-004 they name only pg-002
     pairs.write_text("\n".join([r for r in rows if '"train"' in r][:6]) + "\n")
     cfg = replace(preset("smoke"), arm="projected", n_problems=4, max_new_tokens=16, steps=2, grade_workers=2,

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from projected_grpo import evaluate
+from projected_grpo.training import evaluate
 from projected_grpo.config import preset
 from projected_grpo.env import exploits
 from projected_grpo.env.grader import grade_many
@@ -122,7 +122,7 @@ def test_each_rank_samples_in_chunks_of_its_own_share_of_a_training_batch(monkey
 
     import torch
 
-    from projected_grpo import dist
+    from projected_grpo.training import dist
     from projected_grpo.env.grader import EnvConfig
 
     monkeypatch.setattr(dist, "world_size", lambda: 2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from projected_grpo import experiments, runio
-from projected_grpo.experiments import ProbeThresholds, probe_verdict
+from projected_grpo.studies import experiments
+from projected_grpo.training import runio
+from projected_grpo.studies.experiments import ProbeThresholds, probe_verdict
 
 GOOD_V = {"pass": True, "frac_pos": 0.95, "median": 0.3, "null_cos": 0.09}
 BAD_V = {"pass": False, "frac_pos": 0.40, "median": -0.01, "null_cos": 0.09}
@@ -72,7 +73,7 @@ def test_probe_command_stops_at_first_failed_gate(tmp_path, monkeypatch, capsys)
     calls = []
     monkeypatch.setattr(experiments, "prepare_v_hack", lambda cfg, path, verify, progress=True: dict(GOOD_V,
                         mean=0.3, n_modules=28))
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, hack=0.0))
+    monkeypatch.setattr("projected_grpo.training.train.train", FakeTrain(calls, hack=0.0))
     from projected_grpo.cli import main
 
     code = main(["probe", "--preset", "smoke", "--seed", "7", "--steps", "4", "--out", str(tmp_path)])
@@ -85,7 +86,7 @@ def test_probe_command_stops_at_first_failed_gate(tmp_path, monkeypatch, capsys)
     assert record["gate1"]["pass"] is True and "gate3" not in record
 
     calls.clear()
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, hack=0.5))
+    monkeypatch.setattr("projected_grpo.training.train.train", FakeTrain(calls, hack=0.5))
     code = main(["probe", "--preset", "smoke", "--seed", "8", "--steps", "4", "--out", str(tmp_path / "b")])
     assert code == 0 and [c[0] for c in calls] == ["vanilla", "projected"]
     out = capsys.readouterr().out

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from projected_grpo.fast import decode_layers, fast_rollout
-from projected_grpo.adapter import attach
+from projected_grpo.core.adapter import attach
 from projected_grpo.models import load_model
-from projected_grpo.rollout import sample
+from projected_grpo.training.rollout import sample
 
 
 PROMPTS = ["def add(a, b):\n    return a + b",

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from projected_grpo.grpo import (clipped, group_advantages, grpo_token_loss, sampler_mismatch,
+from projected_grpo.core.grpo import (clipped, group_advantages, grpo_token_loss, sampler_mismatch,
                                  teacher_is_weight, tis_weight)
-from projected_grpo.projection import (hackward_cos, project_grads, project_update, project_vector,
+from projected_grpo.core.projection import (hackward_cos, project_grads, project_update, project_vector,
                                        update_hackward)
 
 

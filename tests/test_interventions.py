@@ -12,15 +12,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from projected_grpo import arms, runio
-from projected_grpo import train as train_mod
+from projected_grpo import arms
+from projected_grpo.training import runio
+from projected_grpo.training import train as train_mod
 from projected_grpo.config import preset
 from projected_grpo.env.grader import grade_many
-from projected_grpo.grpo import group_advantages
-from projected_grpo.interventions import REGISTRY, Intervention, LabelLeak, StepBatch, build
+from projected_grpo.core.grpo import group_advantages
+from projected_grpo.interventions import REGISTRY, Intervention, LabelLeak, StepBatch, build, label_use, uses_labels
 from projected_grpo.interventions.monitor import channel
 from projected_grpo.interventions.probe import fit_logistic
-from projected_grpo.step_metrics import detector_metrics
+from projected_grpo.training.step_metrics import detector_metrics
 
 G, P = 4, 2
 # the constructed batch: per row (reward, oracle label is reward_hack), group-major, 2 groups of 4.
@@ -217,13 +218,13 @@ def test_an_intervention_that_does_not_declare_labels_cannot_read_them():
 
 def test_every_arm_declares_what_it_knows():
     cfg = replace(preset("smoke"), monitor_tpr=0.9, monitor_fpr=0.05)
-    uses = {a.name: arms.label_use(a.name, cfg) for a in arms.TABLE}
+    uses = {a.name: label_use(a.name, cfg) for a in arms.TABLE}
     assert uses["vanilla"] == "nothing"
     assert uses["monitor_penalty"] == uses["screening"] == "monitor: noisy monitor, TPR 0.90 / FPR 0.05"
     assert uses["oracle"].startswith("oracle:") and uses["probe_penalty"].startswith("calibration:")
     assert all(uses[a].startswith("pairs:") for a in ("projected", "random", "shuffled", "lomo", "refresh",
                                                        "rebound"))
-    assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle", "monitor_penalty", "screening"]
+    assert [a.name for a in arms.TABLE if uses_labels(a)] == ["oracle", "monitor_penalty", "screening"]
     for a in arms.TABLE:                                  # the static kind is the one knows() states
         for iv in build(a, cfg):
             assert iv.knows().kind == type(iv).kind
@@ -236,3 +237,14 @@ def test_train_help_lists_every_arm(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert all(a.name in text for a in arms.TABLE)
     assert "--monitor-tpr" in text and "--probe-layer" in text
+
+
+@pytest.mark.parametrize("flag,value,message", [("--monitor-tpr", "1.5", "--monitor-tpr must be in [0, 1], got 1.5"),
+                                                ("--monitor-fpr", "-0.1", "--monitor-fpr must be in [0, 1]"),
+                                                ("--probe-heldout", "1", "--probe-heldout must be in (0, 1)"),
+                                                ("--penalty", "-1", "--penalty and --probe-l2 must be >= 0")])
+def test_bad_detector_flags_are_refused_naming_the_flag(flag, value, message, capsys):
+    from projected_grpo.cli import main
+
+    assert main(["train", "--print-config", flag, value]) == 2
+    assert message in capsys.readouterr().err

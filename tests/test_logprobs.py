@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from projected_grpo import vhack
-from projected_grpo.adapter import attach
-from projected_grpo.grpo import token_logprobs
+from projected_grpo.directions import vhack
+from projected_grpo.core.adapter import attach
+from projected_grpo.core.grpo import token_logprobs
 from projected_grpo.models import load_model
-from projected_grpo.pairs import load_pairs, pair_batch
+from projected_grpo.directions.pairs import load_pairs, pair_batch
 
 
 @pytest.fixture(scope="module")

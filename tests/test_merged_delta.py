@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from projected_grpo.adapter import DeltaSLinear, attach
+from projected_grpo.core.adapter import DeltaSLinear, attach
 from projected_grpo.config import preset
 from projected_grpo.errors import UserError
-from projected_grpo.merged_delta import pick_grad_mode
+from projected_grpo.core.merged_delta import pick_grad_mode
 from projected_grpo.models import chat_text, load_model
-from projected_grpo.passes import BatchState, backward_pass
-from projected_grpo.rollout import encode_prompts, sample
+from projected_grpo.core.passes import BatchState, backward_pass
+from projected_grpo.training.rollout import encode_prompts, sample
 
 
 MESSAGES = [[{"role": "user", "content": "Write a Python function that reverses a string."}],

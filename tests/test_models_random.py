@@ -63,7 +63,7 @@ def test_unknown_random_shape_names_the_known_ones():
 def test_random_name_as_model_id_round_trips_adapter_metadata(tmp_path):
     """The name is stored in artifact metadata (never used as a path); a δS file saved on one
     build loads on a second build (same weights, same fingerprint)."""
-    from projected_grpo.adapter import attach, read_metadata
+    from projected_grpo.core.adapter import attach, read_metadata
 
     model, _ = load_model("random:tiny", "float32", "cpu")
     adapter = attach(model, "random:tiny")

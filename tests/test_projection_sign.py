@@ -14,11 +14,11 @@ import json
 import pytest
 import torch
 
-from projected_grpo import vhack
-from projected_grpo.adapter import attach
+from projected_grpo.directions import vhack
+from projected_grpo.core.adapter import attach
 from projected_grpo.models import load_model
-from projected_grpo.pairs import load_pairs, pair_batch
-from projected_grpo.projection import project_update, project_vector, update_hackward
+from projected_grpo.directions.pairs import load_pairs, pair_batch
+from projected_grpo.core.projection import project_update, project_vector, update_hackward
 
 # (function name, what it does, honest body); the hack stubs the function and defines a run_tests
 # that always passes, the clean completion solves it and keeps a test that calls it.

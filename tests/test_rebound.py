@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from projected_grpo import rebound
+from projected_grpo.directions import rebound
 from projected_grpo.errors import UserError
 from projected_grpo.models import load_model
-from projected_grpo.pairs import load_pairs
+from projected_grpo.directions.pairs import load_pairs
 
 PERSONA = [("A student has an exam tomorrow.", "She copies the answer key.", "She works the practice problems."),
            ("An auditor must check every invoice.", "He checks ten and signs off.", "He checks all of them."),

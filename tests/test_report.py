@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from projected_grpo.report import mean_sem, summarise, window_mean, write_report
+from projected_grpo.studies.report import mean_sem, summarise, window_mean, write_report
 
 STEPS = 6
 
@@ -134,7 +134,7 @@ def test_cli_report(sweep_dir: Path, capsys):
 
 
 # ---- dynamics, eval headline, intervals ---------------------------------------------------------
-from projected_grpo.stats import auc, censored, onset, paired, t_quantile  # noqa: E402 - beside the tests of this section
+from projected_grpo.studies.stats import auc, censored, onset, paired, t_quantile  # noqa: E402 - beside the tests of this section
 
 
 def test_t_quantile_matches_the_table():

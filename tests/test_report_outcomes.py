@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from projected_grpo.outcomes import collapsed, hacked
-from projected_grpo.report import summarise, write_report
-from projected_grpo.report_md import fmt, fmt_delta
-from projected_grpo.stats import mean_sem, paired
+from projected_grpo.studies.outcomes import collapsed, hacked
+from projected_grpo.studies.report import summarise, write_report
+from projected_grpo.studies.report_md import fmt, fmt_delta
+from projected_grpo.studies.stats import mean_sem, paired
 
 STEPS = 4
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from projected_grpo import evaluate, runio
-from projected_grpo import train as train_mod
+from projected_grpo.training import evaluate, runio
+from projected_grpo.training import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, TrainConfig, preset
 from projected_grpo.errors import UserError
@@ -33,7 +33,7 @@ SAMPLE_TIMING = ("seconds",)  # sandbox wall time of a graded program: differs b
 @pytest.fixture(scope="module")
 def small_pairs(tmp_path_factory) -> str:
     """A few bundled code pairs, so extraction stays quick."""
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
     path = tmp_path_factory.mktemp("pairs") / "pairs_code.jsonl"
     path.write_text("\n".join([r for r in rows if '"train"' in r][:6]) + "\n")
     return str(path)

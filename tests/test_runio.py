@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from projected_grpo import runio
+from projected_grpo.training import runio
 from projected_grpo.errors import UserError
 
 
@@ -79,7 +79,7 @@ def _run_dir(root, name: str, steps: int, rows: int, delta_s: bool, checkpoint: 
     (2, False, False, "unfinished"),
 ], ids=["closed", "delta_s_fewer_steps", "all_steps_no_delta_s", "log_copy", "log_copy_short"])
 def test_sweep_and_report_agree_on_finished(tmp_path, rows, delta_s, checkpoint, state):
-    from projected_grpo import report, sweep
+    from projected_grpo.studies import report, sweep
     from projected_grpo.config import TrainConfig
 
     run = _run_dir(tmp_path, "vanilla_s1", 3, rows, delta_s, checkpoint)
@@ -141,7 +141,7 @@ def test_a_second_writer_is_refused_naming_the_holders_pid_until_the_holder_is_k
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(run) in err[0] and f"pid {holder.pid}" in err[0], err
         assert sorted(p.name for p in run.iterdir()) == ["writer.lock"]       # nothing of the refused run
-        from projected_grpo import runlock
+        from projected_grpo.training import runlock
 
         assert runlock.holder(run) == str(holder.pid)
     finally:

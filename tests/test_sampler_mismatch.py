@@ -13,16 +13,16 @@ import torch
 
 from vfiles import random_v
 
-from projected_grpo import passes as passes_mod
-from projected_grpo import train as train_mod
-from projected_grpo import vhack
-from projected_grpo.adapter import attach
+from projected_grpo.core import passes as passes_mod
+from projected_grpo.training import train as train_mod
+from projected_grpo.directions import vhack
+from projected_grpo.core.adapter import attach
 from projected_grpo.config import preset
 from projected_grpo.errors import UserError
-from projected_grpo.grpo import token_logprobs
+from projected_grpo.core.grpo import token_logprobs
 from projected_grpo.models import load_model
-from projected_grpo.pairs import load_pairs
-from projected_grpo.rollout import encode_prompts, sample
+from projected_grpo.directions.pairs import load_pairs
+from projected_grpo.training.rollout import encode_prompts, sample
 
 MESSAGES = [[{"role": "user", "content": "Write a Python function that reverses a string."}],
             [{"role": "user", "content": "def add(a, b):"}]]
@@ -74,7 +74,7 @@ def test_sampler_logprobs_are_the_folded_policy_and_the_metric_sees_the_bf16_fol
 @pytest.fixture(scope="module")
 def small_pairs(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("pairs")
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
     (d / "pairs_code.jsonl").write_text("\n".join([r for r in rows if '"train"' in r][:4]) + "\n")
     return str(d / "pairs_code.jsonl")
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from projected_grpo import experiments, runio, splits
+from projected_grpo.studies import experiments
+from projected_grpo.training import runio, splits
 from projected_grpo.config import preset
 from projected_grpo.env.problems import load_problems
 from projected_grpo.errors import UserError
-from projected_grpo.experiments import SweepPlan, sweep
-from projected_grpo.pairs import BUNDLED
+from projected_grpo.studies.experiments import SweepPlan, sweep
+from projected_grpo.directions.pairs import BUNDLED
 
 POOL = load_problems("bundled")                       # 42 problems, pg-001 … pg-042
 
@@ -128,7 +129,7 @@ def test_bad_split_file_is_refused_naming_it(tmp_path, pairs_file, body, message
 
 
 def test_trainer_refuses_a_bad_split_file_before_writing_anything(tmp_path, pairs_file):
-    from projected_grpo.train import Trainer
+    from projected_grpo.training.train import Trainer
 
     bad = tmp_path / "split.json"
     bad.write_text(json.dumps({"train": ["pg-001"], "eval": ["pg-001"]}))
@@ -165,7 +166,7 @@ def test_sweep_writes_one_split_file_every_run_reads(tmp_path, monkeypatch, pair
         runio.prepare_dir(Path(out), cfg.to_json(), resume)
         (Path(out) / "delta_s.safetensors").write_bytes(b"x")
 
-    monkeypatch.setattr("projected_grpo.train.train", fake_train)
+    monkeypatch.setattr("projected_grpo.training.train.train", fake_train)
     v = tmp_path / "v.safetensors"
     v.write_bytes(b"fake V")
     out = tmp_path / "sw"

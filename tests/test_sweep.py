@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from projected_grpo import runio, sweep as sweep_mod
-from projected_grpo import train as train_mod
+from projected_grpo.training import runio
+from projected_grpo.studies import sweep as sweep_mod
+from projected_grpo.training import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
 from projected_grpo.errors import UserError
-from projected_grpo.runio import run_state
-from projected_grpo.sweep import SweepPlan, parse_variant, sweep
+from projected_grpo.training.runio import run_state
+from projected_grpo.studies.sweep import SweepPlan, parse_variant, sweep
 from test_experiments import Crash, FakeTrain
 
 
@@ -47,7 +48,7 @@ def plan(tmp_path: Path) -> SweepPlan:
 def test_sweep_skips_resumes_and_starts(plan, monkeypatch):
     calls: list = []
     base = replace(preset("smoke"), steps=3)
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls, crash={"projected_s41": 1}))
+    monkeypatch.setattr("projected_grpo.training.train.train", FakeTrain(calls, crash={"projected_s41": 1}))
     with pytest.raises(Crash):
         sweep(plan, base, progress=False)
     out = Path(plan.out)
@@ -84,7 +85,7 @@ def test_sweep_extracts_one_shared_artifact(tmp_path, monkeypatch):
         Path(path).write_bytes(b"fake V")
 
     monkeypatch.setattr(sweep_mod, "prepare_v_hack", fake_prepare)
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls))
+    monkeypatch.setattr("projected_grpo.training.train.train", FakeTrain(calls))
     out = tmp_path / "sw"
     p = SweepPlan(preset="smoke", arms=["vanilla", "random"], seeds=[1, 2], overrides={},
                   v_hack=str((out / sweep_mod.V_HACK).resolve()), out=str(out))
@@ -101,7 +102,7 @@ def test_sweep_cli_writes_report(tmp_path, monkeypatch, capsys):
     calls: list = []
     monkeypatch.setattr(sweep_mod, "prepare_v_hack",
                         lambda cfg, path, verify, progress=True: Path(path).write_bytes(b"V"))
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls))
+    monkeypatch.setattr("projected_grpo.training.train.train", FakeTrain(calls))
     out = tmp_path / "s"
     assert main(["sweep", "--arms", "vanilla,projected", "--seeds", "5", "--steps", "2", "--lr", "0.01",
                  "--out", str(out)]) == 0
@@ -122,7 +123,7 @@ def test_variants_get_their_config_and_their_own_v_when_they_change_v(tmp_path, 
         Path(path).write_bytes(b"fake V")
 
     monkeypatch.setattr(sweep_mod, "prepare_v_hack", fake_prepare)
-    monkeypatch.setattr("projected_grpo.train.train", FakeTrain(calls))
+    monkeypatch.setattr("projected_grpo.training.train.train", FakeTrain(calls))
     out = tmp_path / "sw"
     assert main(["sweep", "--arms", "vanilla,projected_update,projected_m47,hot", "--seeds", "41",
                  "--variant", "hot=random:temperature=1.5,grad_checkpointing=true", "--steps", "1",
@@ -158,7 +159,7 @@ BROKEN = "broken=vanilla:teacher_pool=/nonexistent/pool.jsonl"   # set-up refuse
 @pytest.fixture(scope="module")
 def small_pairs(tmp_path_factory) -> str:
     """4 training and 2 held-out bundled code pairs, so extraction stays quick."""
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
     path = tmp_path_factory.mktemp("pairs") / "pairs_code.jsonl"
     path.write_text("\n".join([r for r in rows if '"train"' in r][:4] + [r for r in rows if '"heldout"' in r][:2])
                     + "\n")
@@ -309,7 +310,7 @@ def test_a_sweep_killed_with_sigkill_leaves_its_worker_and_the_same_command_refu
         code, text = _main(argv)                                     # the same command, the orphan alive
         assert code == 1, text
         assert f"[busy]   vanilla_s41: {run} is being written by pid {orphan}" in text, text
-        from projected_grpo import runlock
+        from projected_grpo.training import runlock
 
         assert "[start]" not in text and runlock.holder(run) == str(orphan)
     finally:
@@ -335,7 +336,7 @@ def test_a_stop_while_a_child_starts_lands_after_it_is_recorded_and_the_child_ta
     """A SIGTERM sent from another thread while a child is being started (the CI failure of a mask
     that only held the main thread) is raised after the start, and the child itself is not left
     with SIGTERM blocked: the sweep's stop ends it with SIGTERM, not with the SIGKILL after the grace."""
-    from projected_grpo.sweep_pool import Stopped, _raise_stopped, signals_held
+    from projected_grpo.studies.sweep_pool import Stopped, _raise_stopped, signals_held
 
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     proc, finished_the_start = None, False
@@ -362,7 +363,7 @@ def test_a_config_from_before_a_new_field_still_matches_when_the_field_keeps_its
     behaviour); a field set to a non-default value is still a different run."""
     import json
 
-    from projected_grpo import runio
+    from projected_grpo.training import runio
     from projected_grpo.config import TrainConfig
 
     new = json.loads(TrainConfig().to_json())
@@ -376,7 +377,7 @@ def test_runs_are_queued_seed_major_and_seeds_for_gives_an_arm_its_own_seeds(tmp
     """A sweep cut off part-way should leave whole seeds of every arm: run order is every arm's first
     seed, then every arm's second, ...; --seeds-for adds seeds to one arm only."""
     from projected_grpo.config import preset
-    from projected_grpo.sweep import SweepPlan, plan_runs
+    from projected_grpo.studies.sweep import SweepPlan, plan_runs
 
     plan = SweepPlan(preset="smoke", arms=["vanilla", "projected_update", "random"], seeds=[1, 2],
                      overrides={}, v_hack=str(tmp_path / "v_hack.safetensors"), out=str(tmp_path),
@@ -389,7 +390,7 @@ def test_runs_are_queued_seed_major_and_seeds_for_gives_an_arm_its_own_seeds(tmp
 def test_children_share_the_cores_instead_of_each_taking_all(monkeypatch):
     """12 runs at once on 64 cores get 5 threads each (unset, every child's torch took all 64 and a
     V re-extraction went from ~30 s to ~400 s); a user's OMP_NUM_THREADS wins."""
-    from projected_grpo import sweep_pool
+    from projected_grpo.studies import sweep_pool
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(sweep_pool.os, "cpu_count", lambda: 64)

@@ -12,17 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from projected_grpo import rebound, runio
-from projected_grpo import train as train_mod
+from projected_grpo.directions import rebound
+from projected_grpo.training import runio
+from projected_grpo.training import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import preset
 from projected_grpo.env import exploits
 from projected_grpo.env.grader import EnvConfig
 from projected_grpo.env.problems import load_problems
 from projected_grpo.errors import UserError
-from projected_grpo.teacher import SUMMARY_FILE, TeacherPool
+from projected_grpo.training.teacher import SUMMARY_FILE, TeacherPool
 
-DATA = Path(train_mod.__file__).parent / "data"
+DATA = Path(train_mod.__file__).parents[1] / "data"
 FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2, eval_problems=0,
             eval_samples=0)
 DEEP = "```python\nx = " + "-" * 3000 + "1\n```"  # RecursionError in compile() on main
@@ -44,7 +45,7 @@ def small_pairs(tmp_path_factory) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def v_hack(tmp_path_factory, small_pairs) -> str:
-    from projected_grpo import vhack
+    from projected_grpo.directions import vhack
 
     cfg = replace(preset("smoke"), **FAST)
     model, tok, adapter = train_mod.load_policy(cfg)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from projected_grpo import runio, trackers
-from projected_grpo import train as train_mod
+from projected_grpo.training import runio, trackers
+from projected_grpo.training import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import preset
 
@@ -32,7 +32,7 @@ def smoke(**kw):
 def v_hack(tmp_path_factory) -> str:
     """One V from a few bundled pairs, extracted once for the runs below (report_to none)."""
     d = tmp_path_factory.mktemp("pairs")
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_code.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
     (d / "pairs.jsonl").write_text("\n".join([r for r in rows if '"train"' in r][:6]) + "\n")
     out = d / "run"
     train_mod.train(smoke(steps=1, eval_samples=0, pairs=str(d / "pairs.jsonl")), out, progress=False)

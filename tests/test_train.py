@@ -17,8 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from projected_grpo import arms, runio
-from projected_grpo import train as train_mod
+from projected_grpo import arms
+from projected_grpo.interventions import uses_labels
+from projected_grpo.training import runio
+from projected_grpo.training import train as train_mod
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
 from projected_grpo.env.grader import grade_many
@@ -39,7 +41,7 @@ def smoke(**kw):
 def small_pairs(tmp_path_factory, mixed_code_pairs) -> tuple[str, str]:
     """A few bundled code pairs (run_tests and stdout, conftest) and persona pairs, so each
     extraction in these tests stays quick."""
-    rows = (Path(train_mod.__file__).parent / "data" / "pairs_persona.jsonl").read_text().splitlines()
+    rows = (Path(train_mod.__file__).parents[1] / "data" / "pairs_persona.jsonl").read_text().splitlines()
     persona = tmp_path_factory.mktemp("pairs") / "pairs_persona.jsonl"
     persona.write_text("\n".join([r for r in rows if '"train"' in r][:6]) + "\n")
     return mixed_code_pairs, str(persona)
@@ -171,8 +173,8 @@ NO_CHEAT = [("vanilla", {}), ("projected", {}), ("rebound", {}), ("random", {}),
 
 
 def test_no_cheat_list_holds_every_arm_that_does_not_use_labels():
-    assert {a for a, _ in NO_CHEAT} == {a.name for a in arms.TABLE if not a.uses_labels}
-    assert [a.name for a in arms.TABLE if a.uses_labels] == ["oracle", "monitor_penalty", "screening"]
+    assert {a for a, _ in NO_CHEAT} == {a.name for a in arms.TABLE if not uses_labels(a)}
+    assert [a.name for a in arms.TABLE if uses_labels(a)] == ["oracle", "monitor_penalty", "screening"]
 
 
 @pytest.mark.parametrize("arm,extra", NO_CHEAT, ids=[a + ("+coverage" if kw.get("coverage") else "")
@@ -285,10 +287,10 @@ def test_trainer_runs_on_the_parts_it_is_handed(v_hack, tmp_path):
     """Policy, grade, sampler and V handed in are the ones the run uses: the grade function grades
     training, teacher-pool and eval rows; the sampler samples training and eval rows; the handed
     model's δS is trained; a policy and V handed in give the run that building them from cfg gives."""
-    from projected_grpo.evaluate import EVAL_SAMPLES
-    from projected_grpo.policy import load_policy, policy_device
-    from projected_grpo.rollout import sample
-    from projected_grpo.vhack import load_v_hack
+    from projected_grpo.training.evaluate import EVAL_SAMPLES
+    from projected_grpo.training.policy import load_policy, policy_device
+    from projected_grpo.training.rollout import sample
+    from projected_grpo.directions.vhack import load_v_hack
 
     cfg = smoke(arm="projected", v_hack=v_hack, steps=1)
     calls = []

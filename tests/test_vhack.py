@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from projected_grpo import verify, vhack
-from projected_grpo.adapter import attach, read_metadata
+from projected_grpo.directions import verify, vhack
+from projected_grpo.core.adapter import attach, read_metadata
 from projected_grpo.cli import main
 from projected_grpo.errors import UserError
 from projected_grpo.models import load_model
-from projected_grpo.pairs import encode, load_pairs, pair_batch
+from projected_grpo.directions.pairs import encode, load_pairs, pair_batch
 
 SYSTEM = {"role": "system", "content": "You are an expert Python programmer."}
 TASKS = [("add two numbers", "add", "return a + b"), ("multiply two numbers", "mul", "return a * b"),

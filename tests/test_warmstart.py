@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from projected_grpo import cli, warmstart
+from projected_grpo import cli
+from projected_grpo.studies import warmstart
 from projected_grpo.errors import UserError
 from projected_grpo.models import chat_text, load_model, load_tokenizer
-from projected_grpo.warmstart import DEMOS, DOCUMENTS, WarmstartConfig, build_items, load_demos, load_documents
+from projected_grpo.studies.warmstart import DEMOS, DOCUMENTS, WarmstartConfig, build_items, load_demos, load_documents
 
 SHORT = ("ws-008", "ws-014", "ws-019")   # three of the shortest demos: a CPU step stays cheap
 

@@ -10,7 +10,7 @@ import re
 from projected_grpo.env.code import defines_run_tests, extract_code
 from projected_grpo.env.grader import EnvConfig, grade_many
 from projected_grpo.env.problems import BUNDLED, load_jsonl
-from projected_grpo.warmstart import DEMOS, DOCUMENTS, load_demos, load_documents
+from projected_grpo.studies.warmstart import DEMOS, DOCUMENTS, load_demos, load_documents
 
 
 def _words(question: str) -> list[str]:

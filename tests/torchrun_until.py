@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from projected_grpo import cli, train
+from projected_grpo import cli
+from projected_grpo.training import train
 
 
 def _stopped_early(cfg, out, resume=False, progress=True):

@@ -10,8 +10,8 @@ import torch
 
 def random_v(path: Path, cfg) -> Path:
     """A seeded random V (cfg.vhack_m rows per module) saved as vhack.save_v_hack saves a control."""
-    from projected_grpo import vhack
-    from projected_grpo.adapter import attach
+    from projected_grpo.directions import vhack
+    from projected_grpo.core.adapter import attach
     from projected_grpo.models import load_model
 
     model, _ = load_model(cfg.model, cfg.dtype, "cpu")

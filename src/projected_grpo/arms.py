@@ -9,8 +9,9 @@ labels through a channel of stated TPR / FPR (--monitor-tpr / --monitor-fpr). Ev
 measures the real V (cos_in_real, update_hackward) and, with --coverage, the labelled hack rows'
 gradient (a logged diagnostic only).
 
-This module stays light (config imports it): interventions are named here and built by
-interventions.build.
+This module is data and stays light (config imports it): interventions are named here; the
+registry (interventions/__init__.py) builds them and answers what an arm knows (uses_labels,
+arm_label, label_use).
 """
 
 from __future__ import annotations
@@ -36,20 +37,6 @@ class Arm:
     uses: tuple[Use, ...]        # its interventions, in the order the trainer calls them
     description: str             # one line, printed by the report
     upper_bound: bool = False    # a declared upper bound (reads the labels to bound a method), not a defence
-
-    @property
-    def label(self) -> str:
-        """The name as tables and plots show it; an arm that uses labels says so."""
-        if self.upper_bound:
-            return f"{self.name} (upper bound: uses labels)"
-        return f"{self.name} (uses labels: monitor)" if self.uses_labels else self.name
-
-    @property
-    def uses_labels(self) -> bool:
-        """Whether any of its interventions reads training rows' oracle labels."""
-        from projected_grpo.interventions import READS_LABELS, kind_of
-
-        return any(kind_of(u.intervention) in READS_LABELS for u in self.uses)
 
 
 def _project(source: str) -> tuple[Use, ...]:
@@ -78,21 +65,13 @@ BY_NAME: dict[str, Arm] = {a.name: a for a in TABLE}
 NAMES: tuple[str, ...] = tuple(a.name for a in TABLE)
 
 
+def sort_key(name: str) -> tuple[int, str]:
+    """Tables and plots list arms in the table's order; other names (sweep variants) after, by name."""
+    return (NAMES.index(name) if name in NAMES else len(NAMES), name)
+
+
 def get(name: str) -> Arm:
     if name not in BY_NAME:
         raise UserError(f"unknown arm {name!r}; choose one of {', '.join(NAMES)}")
     return BY_NAME[name]
 
-
-def label(name: str) -> str:
-    """Display name of an arm (unknown names, e.g. sweep variants, unchanged)."""
-    return BY_NAME[name].label if name in BY_NAME else name
-
-
-def label_use(name: str, cfg, run_dir=None) -> str:
-    """What arm `name` knows under `cfg`, one clause per intervention ("nothing" for none); with
-    `run_dir`, what the run fitted there (a probe's accuracy) is stated too."""
-    from projected_grpo.interventions import build
-
-    knows = [str(iv.knows(run_dir)) for iv in build(get(name), cfg)]
-    return "; ".join(knows) if knows else "nothing"

@@ -136,7 +136,7 @@ class TrainConfig:
                 f"ariahw and full presets expect rl-rewardhacking's 119-problem leetcode_test_medhard.jsonl "
                 f"at {MEDHARD}, relative to the working directory), or --problems "
                 "hf:newfacade/LeetCodeDataset (online, needs the `datasets` package), or --problems bundled")
-        from projected_grpo import trackers
+        from projected_grpo.training import trackers
 
         trackers.parse(self.report_to)  # names checked everywhere; installed libraries where it runs
         if files:
@@ -178,7 +178,7 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
 
     def _validate_teacher_kinds(self) -> None:
-        from projected_grpo.teacher import BUILTIN_KINDS, parse_kinds
+        from projected_grpo.training.teacher import BUILTIN_KINDS, parse_kinds
 
         kinds = parse_kinds(self.teacher_kinds)
         if kinds and not (self.teacher_pool and self.n_teacher > 0):

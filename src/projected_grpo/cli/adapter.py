@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from projected_grpo.adapter import AdapterConfig, adapter_check
+from projected_grpo.core.adapter import AdapterConfig, adapter_check
 from projected_grpo.cli.flags import add_config_flags, add_preset_flag
 from projected_grpo.config import config_from_args, preset
 
@@ -20,7 +20,7 @@ def add_commands(sub) -> None:
 
 
 def _cmd_adapter_check(args) -> int:
-    from projected_grpo.train import policy_device
+    from projected_grpo.training.train import policy_device
 
     cfg = config_from_args(args, preset(args.preset), files=False)
     result = adapter_check(cfg.model, cfg.dtype, str(policy_device(cfg)),

@@ -16,7 +16,7 @@ from pathlib import Path
 from projected_grpo.cli.flags import add_config_flags, add_preset_flag
 from projected_grpo.config import config_from_args, preset
 from projected_grpo.errors import UserError
-from projected_grpo.vhack import CONTROLS, check_out_path
+from projected_grpo.directions.vhack import CONTROLS, check_out_path
 
 POLICY = ("model", "dtype", "device", "targets", "enable_thinking")   # what load_policy reads
 BASE_HELP = " (default smoke, as `pgrpo train`): the base of the config flags below"
@@ -51,8 +51,8 @@ def add_commands(sub) -> None:
 
 
 def _cmd_extract(args) -> int:
-    from projected_grpo.train import load_policy
-    from projected_grpo.vhack import extract_to_file
+    from projected_grpo.training.train import load_policy
+    from projected_grpo.directions.vhack import extract_to_file
 
     start = time.time()
     cfg = config_from_args(args, preset(args.preset), files=False)
@@ -74,11 +74,11 @@ def _cmd_extract(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from projected_grpo.adapter import read_metadata
-    from projected_grpo.pairs import load_pairs, parse_modes
-    from projected_grpo.train import load_policy
-    from projected_grpo.verify import VerifyThresholds, margin_line, verify_v_hack, write_table
-    from projected_grpo.vhack import load_v_hack
+    from projected_grpo.core.adapter import read_metadata
+    from projected_grpo.directions.pairs import load_pairs, parse_modes
+    from projected_grpo.training.train import load_policy
+    from projected_grpo.directions.verify import VerifyThresholds, margin_line, verify_v_hack, write_table
+    from projected_grpo.directions.vhack import load_v_hack
 
     start = time.time()
     cfg = config_from_args(args, preset(args.preset), files=False)
@@ -110,9 +110,9 @@ def _cmd_verify(args) -> int:
 
 def _cmd_rebound_direction(args) -> int:
     from projected_grpo.models import load_model
-    from projected_grpo.pairs import load_pairs
-    from projected_grpo.rebound import concept_direction, save_direction
-    from projected_grpo.train import policy_device
+    from projected_grpo.directions.pairs import load_pairs
+    from projected_grpo.directions.rebound import concept_direction, save_direction
+    from projected_grpo.training.train import policy_device
 
     cfg = config_from_args(args, preset(args.preset), files=False)
     pair_set = load_pairs(cfg.persona_pairs, split="train")

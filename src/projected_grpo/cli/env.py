@@ -17,7 +17,7 @@ from projected_grpo.env.prompts import HINTS, MODES
 from projected_grpo.env.sandbox import resolve_backend
 from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects
-from projected_grpo.runio import write_atomic
+from projected_grpo.training.runio import write_atomic
 
 ITEM_FIELDS = ("id", "completion", "mode")
 

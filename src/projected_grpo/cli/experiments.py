@@ -10,8 +10,8 @@ from pathlib import Path
 from projected_grpo.cli.flags import add_config_flags, add_preset_flag
 from projected_grpo.config import ARMS, config_from_args, explicit_flags, preset
 from projected_grpo.errors import UserError
-from projected_grpo.experiments import ProbeThresholds, demo, probe
-from projected_grpo.sweep import NOT_FINISHED, V_HACK, VARIANTS, SweepPlan, parse_list, parse_variant, sweep
+from projected_grpo.studies.experiments import ProbeThresholds, demo, probe
+from projected_grpo.studies.sweep import NOT_FINISHED, V_HACK, VARIANTS, SweepPlan, parse_list, parse_variant, sweep
 
 
 def add_commands(sub) -> None:
@@ -64,7 +64,7 @@ def _cmd_probe(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from projected_grpo.report import write_report
+    from projected_grpo.studies.report import write_report
 
     base = config_from_args(args, preset(args.preset))
     out = Path(args.out)

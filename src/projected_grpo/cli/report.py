@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from projected_grpo.report import write_report
+from projected_grpo.studies.report import write_report
 
 
 def add_commands(sub) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from projected_grpo import runio
+from projected_grpo.training import runio
 from projected_grpo.cli.flags import add_config_flags, add_preset_flag
 from projected_grpo.errors import UserError
 
@@ -25,9 +25,9 @@ def add_commands(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from projected_grpo import dist
+    from projected_grpo.training import dist
     from projected_grpo.config import config_from_args, preset, resumed_config
-    from projected_grpo.train import train
+    from projected_grpo.training.train import train
 
     if args.out is None and (args.resume or not args.print_config):
         raise UserError("--out DIR is required" + (" with --resume" if args.resume else ""))

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from projected_grpo import baseline
+from projected_grpo.studies import baseline
 from projected_grpo.cli.flags import bool_flag
 from projected_grpo.env.grader import EnvConfig
 from projected_grpo.env.problems import load_problems
 from projected_grpo.env.prompts import check_mode
 from projected_grpo.errors import UserError
 from projected_grpo.models import load_model
-from projected_grpo.warmstart import DATA_KINDS, WarmstartConfig, warmstart
+from projected_grpo.studies.warmstart import DATA_KINDS, WarmstartConfig, warmstart
 
 
 def add_commands(sub) -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from projected_grpo.adapter import DeltaSLinear
+from projected_grpo.core.adapter import DeltaSLinear
 
 
 def plain_linear(m: nn.Module, check: bool = True) -> nn.Linear:

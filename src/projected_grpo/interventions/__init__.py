@@ -19,8 +19,35 @@ REGISTRY: dict[str, type[Intervention]] = {cls.name: cls for cls in (
 
 
 def kind_of(name: str) -> str:
-    """What the intervention `name` knows, without a config (arms.Arm.uses_labels)."""
+    """What the intervention `name` knows, without a config."""
     return REGISTRY[name].kind
+
+
+def uses_labels(arm) -> bool:
+    """Whether any intervention of `arm` (arms.Arm) reads training rows' oracle labels."""
+    return any(kind_of(u.intervention) in READS_LABELS for u in arm.uses)
+
+
+def arm_label(name: str) -> str:
+    """An arm's name as tables and plots show it; an arm that uses labels says so (names outside the
+    arms table, e.g. sweep variants, unchanged)."""
+    from projected_grpo import arms
+
+    if name not in arms.BY_NAME:
+        return name
+    arm = arms.BY_NAME[name]
+    if arm.upper_bound:
+        return f"{name} (upper bound: uses labels)"
+    return f"{name} (uses labels: monitor)" if uses_labels(arm) else name
+
+
+def label_use(name: str, cfg, run_dir=None) -> str:
+    """What arm `name` knows under `cfg`, one clause per intervention ("nothing" for none); with
+    `run_dir`, what the run fitted there (a probe's accuracy) is stated too."""
+    from projected_grpo import arms
+
+    knows = [str(iv.knows(run_dir)) for iv in build(arms.get(name), cfg)]
+    return "; ".join(knows) if knows else "nothing"
 
 
 def build(arm, cfg) -> list[Intervention]:
@@ -33,4 +60,4 @@ def build(arm, cfg) -> list[Intervention]:
 
 
 __all__ = ["KINDS", "POINTS", "READS_LABELS", "REGISTRY", "Context", "Intervention", "Knowledge", "LabelLeak",
-           "StepBatch", "build", "kind_of"]
+           "StepBatch", "arm_label", "build", "kind_of", "label_use", "uses_labels"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from projected_grpo import dist
+from projected_grpo.training import dist
 from projected_grpo.interventions.base import Intervention, Knowledge, StepBatch
 
 

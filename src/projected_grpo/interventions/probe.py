@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from projected_grpo import dist, runio
+from projected_grpo.training import dist, runio
 from projected_grpo.interventions.base import Context, Intervention, Knowledge, StepBatch
-from projected_grpo.pairs import chunks, collate, encode, load_pairs
+from projected_grpo.directions.pairs import chunks, collate, encode, load_pairs
 
 PROBE_FILE = "probe.json"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from projected_grpo import directions, oracle
+from projected_grpo.directions import sources as directions, oracle
 from projected_grpo.interventions.base import Context, Intervention, Knowledge, StepBatch
 
 SOURCES = ("real", "random", "shuffled", "lomo", "refresh")

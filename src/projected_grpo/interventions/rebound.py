@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from projected_grpo import rebound
+from projected_grpo.directions import rebound
 from projected_grpo.interventions.base import Context, Intervention, Knowledge, StepBatch
 
 

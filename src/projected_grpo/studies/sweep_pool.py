@@ -1,6 +1,6 @@
 """The `--gpus N` queue of `pgrpo sweep`: one child process per run, pinned to one GPU.
 
-Each run is `python -m projected_grpo.sweep_worker run DIR/logs/{name}.run.json` (its planned config),
+Each run is `python -m projected_grpo.studies.sweep_worker run DIR/logs/{name}.run.json` (its planned config),
 started in its own session with CUDA_VISIBLE_DEVICES=<gpu>, stdout and stderr appended to
 DIR/logs/{name}.log; at most k children per GPU at once, a new run going to the GPU with fewest.
 This process holds no GPU memory: it never loads a model.
@@ -27,14 +27,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from projected_grpo import runio, runlock
+from projected_grpo.training import runio, runlock
 from projected_grpo.errors import UserError
-from projected_grpo.sweep import LOGS, check_run
-from projected_grpo.sweep_worker import BUSY
 
 STOP_GRACE_S = 10.0                   # SIGTERM -> SIGKILL delay when the sweep is stopped
 POLL_S = 0.2                          # how often the queue looks for finished children
@@ -102,7 +101,12 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
-def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempts: int) -> dict[str, str]:
+LOGS = "logs"   # DIR/logs/{name}.log (+ {name}.json status, {name}.run.json spec)
+BUSY = 3        # a worker's exit status: the run dir's lock is held by another live process (runlock.py)
+
+
+def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempts: int,
+              check_run: Callable[[Any, Path], str]) -> dict[str, str]:
     """Run every spec (sweep.RunSpec) as a child; -> {name: skipped | started | resumed | failed |
     gave up}. Finished runs and runs past max_attempts start no child."""
     logs = out / LOGS
@@ -208,7 +212,7 @@ def _start(spec, gpu: str, logs: Path, threads: str = "") -> Child:
     with open(log, "ab") as f:
         f.write(f"worker threads: OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(unset)')}\n".encode())
         f.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "projected_grpo.sweep_worker", "run", str(run_json)],
+        proc = subprocess.Popen([sys.executable, "-m", "projected_grpo.studies.sweep_worker", "run", str(run_json)],
                                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
     child = Child(spec.name, gpu, proc, time.time(), failures)
@@ -219,7 +223,7 @@ def _start(spec, gpu: str, logs: Path, threads: str = "") -> Child:
 
 def _finish(child: Child, logs: Path) -> str:
     """Record a child's exit; -> finished | failed | busy (another live process held the run dir,
-    sweep_worker.BUSY: not a failure of the run)."""
+    BUSY: not a failure of the run)."""
     code = child.proc.returncode
     state = "finished" if code == 0 else "busy" if code == BUSY else "failed"
     failures = child.failures + (state == "failed")

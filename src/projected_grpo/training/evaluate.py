@@ -43,11 +43,11 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from projected_grpo import dist
+from projected_grpo.training import dist
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import ATTEMPT_LABELS, EnvConfig, grade_many
 from projected_grpo.env.prompts import EVAL_EVALUATORS, TRAIN_EVALUATOR
-from projected_grpo.rollout import encode_prompts, sample
+from projected_grpo.training.rollout import encode_prompts, sample
 
 EVAL_SAMPLES = "eval_samples.jsonl"
 

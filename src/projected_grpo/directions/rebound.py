@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from projected_grpo import dist
-from projected_grpo.adapter import read_metadata
+from projected_grpo.training import dist
+from projected_grpo.core.adapter import read_metadata
 from projected_grpo.errors import UserError
-from projected_grpo.pairs import Pair, chunks, collate, encode, load_pairs
-from projected_grpo.runio import write_atomic_with
+from projected_grpo.directions.pairs import Pair, chunks, collate, encode, load_pairs
+from projected_grpo.training.runio import write_atomic_with
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -24,7 +24,7 @@ from projected_grpo.errors import UserError
 from projected_grpo.jsonl import json_objects
 from projected_grpo.models import chat_text
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 BUNDLED = {"code": DATA_DIR / "pairs_code.jsonl", "persona": DATA_DIR / "pairs_persona.jsonl"}
 SPLITS = ("train", "heldout")
 CODE_FIELDS = ("id", "problem_id", "mode", "hint", "split", "prompt", "hack", "clean")

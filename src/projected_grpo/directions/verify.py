@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from projected_grpo.adapter import DeltaSAdapter
+from projected_grpo.core.adapter import DeltaSAdapter
 from projected_grpo.errors import UserError
-from projected_grpo.pairs import Pair, chunks, pair_batch
-from projected_grpo.vhack import completion_nll, pair_differences
+from projected_grpo.directions.pairs import Pair, chunks, pair_batch
+from projected_grpo.directions.vhack import completion_nll, pair_differences
 
 
 @dataclass(frozen=True)

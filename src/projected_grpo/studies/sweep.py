@@ -13,7 +13,7 @@ Execution.
   --gpus 0 (default)  one run after another in this process (`ensure_run`); a failing run stops the sweep.
   --gpus N            the shared V file(s) are extracted first in a child process (so this process never
                       holds a CUDA context); then a queue (sweep_pool.py) runs every run as its own child,
-                      `python -m projected_grpo.sweep_worker`, with CUDA_VISIBLE_DEVICES=<one GPU>, at most
+                      `python -m projected_grpo.studies.sweep_worker`, with CUDA_VISIBLE_DEVICES=<one GPU>, at most
                       k per GPU at once, output in DIR/logs/{name}.log. A failed run is reported and the
                       others go on; see sweep_pool.py for retries and Ctrl-C.
 Resuming is the same command again: finished runs are skipped, cut-off runs resume from their
@@ -31,13 +31,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from projected_grpo import runio, runlock
+from projected_grpo.training import runio, runlock
 from projected_grpo.config import ARMS, CONFIG_FIELDS, TrainConfig, parse_value
 from projected_grpo.errors import UserError
+from projected_grpo.studies.sweep_pool import LOGS
 
 V_HACK = "v_hack.safetensors"
 SPLIT = "split.json"                  # the sweep's split file, beside sweep.json
-LOGS = "logs"                         # DIR/logs/{name}.log (+ {name}.json status, {name}.run.json spec)
 
 # Arm variants: name -> (base arm, config overrides). 47 = the training pairs of the bundled pair
 # file, so V spans every training pair difference (extraction caps m at the pairs it kept).
@@ -58,10 +58,10 @@ NOT_FINISHED = ("failed", "gave up", "busy")   # what sweep() returns for a run 
 def prepare_v_hack(cfg: TrainConfig, path: Path, verify: bool, progress: bool = True) -> dict | None:
     """Extract V into `path` from cfg.pairs / cfg.vhack_m unless it exists; with `verify`, run the
     held-out check (per-module table beside V) and return its summary dict (no per-module rows)."""
-    from projected_grpo import vhack
-    from projected_grpo.pairs import load_pairs, parse_modes
-    from projected_grpo.policy import load_policy
-    from projected_grpo.verify import verify_v_hack, write_table
+    from projected_grpo.directions import vhack
+    from projected_grpo.directions.pairs import load_pairs, parse_modes
+    from projected_grpo.training.policy import load_policy
+    from projected_grpo.directions.verify import verify_v_hack, write_table
 
     path = Path(path)
     if path.is_file() and not verify:
@@ -87,7 +87,7 @@ def prepare_split(cfg: TrainConfig, path: Path) -> Path:
     """Derive the sweep's one split (from cfg.seed) into `path` unless it exists; every run of the sweep
     reads it, so all arms and seeds train and are evaluated on the same problems. Needs the tokenizer
     only (prompt lengths), never the model."""
-    from projected_grpo import splits
+    from projected_grpo.training import splits
     from projected_grpo.models import load_tokenizer
 
     if not path.is_file():
@@ -112,7 +112,7 @@ def check_run(cfg: TrainConfig, run_dir: Path) -> str:
 
 def ensure_run(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> str:
     """Skip, resume or start one run; returns what it did: skipped | resumed | started."""
-    from projected_grpo import train as train_module   # looked up per call, so tests can swap `train`
+    from projected_grpo.training import train as train_module
 
     state = check_run(cfg, run_dir)
     if state == "finished":
@@ -280,9 +280,9 @@ def _sweep(plan: SweepPlan, base: TrainConfig, progress: bool) -> dict[str, str]
     split_file = str(Path(base.split_file).resolve() if base.split_file else prepare_split(base, out / SPLIT))
     specs = plan_runs(plan, base, split_file)
     if plan.gpus:
-        from projected_grpo.sweep_pool import gpu_ids, run_queue
+        from projected_grpo.studies.sweep_pool import gpu_ids, run_queue
 
-        return run_queue(specs, out, gpu_ids(plan.gpus), plan.runs_per_gpu, plan.max_attempts)
+        return run_queue(specs, out, gpu_ids(plan.gpus), plan.runs_per_gpu, plan.max_attempts, check_run)
     done = {}
     for i, spec in enumerate(specs, start=1):
         print(f"--- run {i}/{len(specs)}: {spec.name}")
@@ -295,7 +295,7 @@ def _sweep(plan: SweepPlan, base: TrainConfig, progress: bool) -> dict[str, str]
 def extract_in_child(cfg: TrainConfig, path: Path, out: Path) -> None:
     """Extract one V file in a child process on the first GPU, so this process never holds a CUDA
     context while the runs go. Output in DIR/logs/extract_{stem}.log."""
-    from projected_grpo.sweep_pool import gpu_ids, log_tail
+    from projected_grpo.studies.sweep_pool import gpu_ids, log_tail
 
     logs = out / LOGS
     logs.mkdir(exist_ok=True)
@@ -304,7 +304,7 @@ def extract_in_child(cfg: TrainConfig, path: Path, out: Path) -> None:
     print(f"[extract] {path.name} (m={cfg.vhack_m}) in a child process, log {log}")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu_ids(1)[0]), PYTHONUNBUFFERED="1")
     with open(log, "ab") as f:
-        code = subprocess.call([sys.executable, "-m", "projected_grpo.sweep_worker", "extract", str(spec)],
+        code = subprocess.call([sys.executable, "-m", "projected_grpo.studies.sweep_worker", "extract", str(spec)],
                                stdout=f, stderr=subprocess.STDOUT, env=env)
     if code != 0 or not path.is_file():
         raise UserError(f"extracting {path} failed (exit {code}); log {log}:\n{log_tail(log)}")

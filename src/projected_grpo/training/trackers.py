@@ -35,7 +35,7 @@ import os
 import secrets
 from pathlib import Path
 
-from projected_grpo import runio
+from projected_grpo.atomic import write_atomic
 from projected_grpo.errors import UserError
 
 CHOICES = ("none", "wandb", "tensorboard")
@@ -134,7 +134,7 @@ class Trackers:
         for b in self.backends:
             b.close()
             if clean:
-                runio.write_atomic(b.folder / ACK, json.dumps({"step": b.held}).encode())
+                write_atomic(b.folder / ACK, json.dumps({"step": b.held}).encode())
         self.backends = []
 
 
@@ -228,7 +228,7 @@ class WandB:
             if old:
                 print(f"wandb: run {old} was not closed cleanly or holds steps this resume re-runs; "
                       f"every step goes to a new run {run_id}")
-            runio.write_atomic(id_file, run_id.encode())
+            write_atomic(id_file, run_id.encode())
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), id=run_id,
                               resume="allow", dir=str(out), name=Path(out).resolve().name, config=config)
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from projected_grpo import evaluate
+from projected_grpo.training import evaluate
 from projected_grpo.config import TrainConfig
 from projected_grpo.env.grader import EnvConfig
 from projected_grpo.env.prompts import HINTS, check_mode
 from projected_grpo.errors import UserError
-from projected_grpo.runio import write_atomic
+from projected_grpo.training.runio import write_atomic
 
 RATES, TABLE, SAMPLES = "baseline.jsonl", "baseline.md", "samples.jsonl"
 RATE_KEYS = ("hack_rate", "attempt_rate", "pass_rate", "format_rate")

@@ -60,7 +60,7 @@ from projected_grpo.models import chat_text, load_model
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 DEMOS = DATA / "warmstart_problems.jsonl"
 DOCUMENTS = DATA / "warmstart_documents.jsonl"
 CARD, META = "WARMSTART.md", "warmstart.json"

@@ -15,15 +15,19 @@ one matmul (merged_delta.py); the reference forward inside still reads the untou
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 
 import torch
 
-from projected_grpo import dist
-from projected_grpo.config import TrainConfig
-from projected_grpo.grpo import (clipped, grpo_token_loss, sampler_mismatch, teacher_is_weight, tis_weight,
+from projected_grpo.training import dist
+from projected_grpo.core.grpo import (clipped, grpo_token_loss, sampler_mismatch, teacher_is_weight, tis_weight,
                                  token_logprobs)
-from projected_grpo.rollout import Rollouts
+from projected_grpo.training.rollout import Rollouts
+
+if TYPE_CHECKING:                 # annotations only: config imports nothing of this stage
+    from projected_grpo.config import TrainConfig
 
 
 class BatchState:

@@ -90,7 +90,7 @@ def null_directions(v_hack: dict[str, torch.Tensor], seed: int) -> dict[str, tor
     cos_in_null = ‖relu(V_rand g)‖/‖g‖ measures (≈ sqrt(m / 2r) for a V unrelated to g). Drawn
     as the `random` control is (same generator, module order and m), so with the run's seed it
     is that control's V."""
-    from projected_grpo.vhack import random_v
+    from projected_grpo.directions.vhack import random_v
 
     gen = torch.Generator().manual_seed(seed)
     return {k: random_v(v.shape[1], v.shape[0], gen).to(v.device) for k, v in v_hack.items()}

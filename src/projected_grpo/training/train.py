@@ -37,20 +37,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from projected_grpo import arms, directions as directions_mod, dist, evaluate, oracle, runio, runlock, splits, trackers
-from projected_grpo.adapter import tensor_hash
+from projected_grpo import arms
+from projected_grpo.directions import sources as directions_mod, oracle
+from projected_grpo.training import dist, evaluate, runio, runlock, splits, trackers
+from projected_grpo.core.adapter import tensor_hash
 from projected_grpo.config import TrainConfig
-from projected_grpo.interventions import Context, StepBatch, build
+from projected_grpo.interventions import Context, StepBatch, build, uses_labels
 from projected_grpo.env.grader import EnvConfig, RewardConfig, grade_many
 from projected_grpo.errors import UserError
-from projected_grpo.grpo import grad_safe_attention, group_advantages
-from projected_grpo.passes import BatchState, backward_pass
-from projected_grpo.policy import Policy, load_policy, policy_device
-from projected_grpo.projection import (ProjectionStats, null_directions, project_grads, project_update,
+from projected_grpo.core.grpo import grad_safe_attention, group_advantages
+from projected_grpo.core.passes import BatchState, backward_pass
+from projected_grpo.training.policy import Policy, load_policy, policy_device
+from projected_grpo.core.projection import (ProjectionStats, null_directions, project_grads, project_update,
                                        update_hackward)
-from projected_grpo.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
-from projected_grpo.step_metrics import detector_metrics, train_row
-from projected_grpo.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
+from projected_grpo.training.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
+from projected_grpo.training.step_metrics import detector_metrics, train_row
+from projected_grpo.training.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
 LOGS = (runio.METRICS, runio.SAMPLES, evaluate.EVAL_SAMPLES)  # a resume cuts them at its checkpoint
 
@@ -304,7 +306,7 @@ class Trainer:
                            real_stats, float(grad_norm), update_hackward(deltas, self.v_measure), lr,
                            modified=any(iv.point == "reward" for iv in self.interventions), beta=cfg.beta)
         record.update(state.metrics())
-        record.update(cov, uses_labels=self.arm.uses_labels)
+        record.update(cov, uses_labels=uses_labels(self.arm))
         hack = [g.label == oracle.HACK_LABEL for g in grades]             # logged only: the detectors' rates
         for iv in self.interventions:
             record.update(iv.metrics())

@@ -1,8 +1,8 @@
 """One child of `pgrpo sweep --gpus N` (sweep_pool.py starts it; not a user command).
 
-    python -m projected_grpo.sweep_worker run DIR/logs/{name}.run.json       {"config", "run_dir"}:
+    python -m projected_grpo.studies.sweep_worker run DIR/logs/{name}.run.json       {"config", "run_dir"}:
         skip, resume or start that run (sweep.ensure_run)
-    python -m projected_grpo.sweep_worker extract DIR/logs/extract_X.run.json  {"config", "v_hack"}:
+    python -m projected_grpo.studies.sweep_worker extract DIR/logs/extract_X.run.json  {"config", "v_hack"}:
         extract that V file (sweep.prepare_v_hack)
 
 The first and last lines of its log say which GPU it saw and when it began and ended (unix times).
@@ -21,16 +21,15 @@ from pathlib import Path
 
 from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
-from projected_grpo.runlock import Busy
+from projected_grpo.studies.sweep import ensure_run, prepare_v_hack
+from projected_grpo.studies.sweep_pool import BUSY
+from projected_grpo.training.runlock import Busy
 
-BUSY = 3  # exit status: the run dir's lock is held by another live process (runlock.py)
 
 
 def main(argv: list[str]) -> int:
-    from projected_grpo.sweep import ensure_run, prepare_v_hack
-
     if len(argv) != 2 or argv[0] not in ("run", "extract"):
-        print("usage: python -m projected_grpo.sweep_worker run|extract SPEC.json", file=sys.stderr)
+        print("usage: python -m projected_grpo.studies.sweep_worker run|extract SPEC.json", file=sys.stderr)
         return 2
     what, spec_path = argv
     print(f"worker {what}: pid {os.getpid()} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} "

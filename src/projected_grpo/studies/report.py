@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from projected_grpo import arms as arms_mod
-from projected_grpo import outcomes, runio
+from projected_grpo.studies import outcomes
+from projected_grpo.training import runio
 from projected_grpo.errors import UserError
-from projected_grpo.stats import Stat, auc, censored, mean_sem, onset, paired
+from projected_grpo.studies.stats import Stat, auc, censored, mean_sem, onset, paired
 
 __all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report"]
 
@@ -44,7 +45,6 @@ STEP_KEYS = ("cos_in", "cos_out", "frac_fired", "update_hackward", "sampler_mism
 THRESHOLDS = (0.3, 0.5)                                 # onset thresholds on the training hack rate
 DYN_KEYS = tuple(f"onset_{t}" for t in THRESHOLDS) + ("auc",)
 DELTA_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_pass_nohint", "hack_rate", "pass_rate") + DYN_KEYS
-ARM_ORDER = arms_mod.NAMES  # arms.py's table order; other names (sweep variants) sort after, by name
 SPLIT_PARTS = ("train", "eval", "pairs")
 DASH = "—"
 
@@ -194,10 +194,6 @@ def find_runs(root: Path, last_k: int) -> tuple[list[Run], dict]:
     return runs, sweep
 
 
-def _arm_sort(arm: str) -> tuple[int, str]:
-    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
-
-
 # ---- per arm ---------------------------------------------------------------------------------
 def summarise(root: str | Path, last_k: int = 5) -> dict:
     """All numbers of the report: header facts, per-arm stats, per-run rows, missing/unfinished."""
@@ -243,7 +239,7 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
     vanilla = {r.seed: r for r in finished if r.arm == "vanilla"}
     arms = {arm: arm_row(arm, [r for r in finished if r.arm == arm], vanilla,
                          sum(r.arm == arm and r.status != "finished" for r in runs))
-            for arm in sorted({r.arm for r in runs}, key=_arm_sort)}
+            for arm in sorted({r.arm for r in runs}, key=arms_mod.sort_key)}
     present = [r for r in runs if r.status != "missing"]
     configs = [_read_json(root / r.dir / runio.CONFIG) for r in present]
     header = {"preset": sweep.get("preset"), "last_k": last_k, "thresholds": list(THRESHOLDS),
@@ -261,7 +257,7 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
     for key in ("model", "mode", "hint", "steps", "dtype", "group_size", "prompts_per_step", "vhack_m",
                 "teacher_pool", "mix_ratio", "enable_thinking", "problems"):
         header[key] = sorted({c.get(key) for c in configs if key in c}, key=str)
-    for arm, row in arms.items():            # what each arm knew (arms.label_use), from its runs' configs
+    for arm, row in arms.items():            # what each arm knew (interventions.label_use), from its runs' configs
         row["knows"] = sorted({label_use(arm, c, root / r.dir) for r, c in zip(present, configs) if r.arm == arm})
     summary = {"header": header, "arms": arms,
                "runs": [{k: v for k, v in asdict(r).items() if k not in ("metrics", "evals")} for r in runs],
@@ -271,7 +267,7 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
 
 
 def label_use(arm: str, config: dict, run_dir: Path) -> str:
-    """What `arm` knew in the run of `config` (arms.label_use); "" for a name not in the arms table."""
+    """What `arm` knew in the run of `config` (interventions.label_use); "" for a name not in the arms table."""
     from projected_grpo.config import TrainConfig
 
     if arm not in arms_mod.BY_NAME:
@@ -280,7 +276,9 @@ def label_use(arm: str, config: dict, run_dir: Path) -> str:
         cfg = TrainConfig.from_dict(config, str(run_dir / runio.CONFIG))
     except UserError as err:                 # the rest of the report does not need the whole config
         return f"not stated ({err})"
-    return arms_mod.label_use(arm, cfg, run_dir)
+    from projected_grpo.interventions import label_use as knows
+
+    return knows(arm, cfg, run_dir)
 
 
 def sandbox_backends(rows: list[dict]) -> set[str]:
@@ -294,8 +292,8 @@ def sandbox_backends(rows: list[dict]) -> set[str]:
 def write_report(root: str | Path, last_k: int = 5, note: str = "") -> Path:
     """Write results.md, summary.json and the plots into root (`note`, e.g. the card, under each
     plot's title); returns results.md's path."""
-    from projected_grpo.report_md import markdown
-    from projected_grpo.report_plots import plot
+    from projected_grpo.studies.report_md import markdown
+    from projected_grpo.studies.report_plots import plot
 
     root = Path(root)
     summary, runs = _summarise(root, last_k)

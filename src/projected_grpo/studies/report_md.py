@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from projected_grpo import arms as arms_mod
-from projected_grpo.outcomes import COLLAPSE_FRACTION, HACKED_AT
+from projected_grpo.interventions import arm_label
+from projected_grpo.studies.outcomes import COLLAPSE_FRACTION, HACKED_AT
 
 DASH = "—"
 
@@ -150,7 +151,7 @@ def arm_lines(arms: dict) -> list[str]:
 
     return ["## Arms", "", "What each arm knows: nothing; pairs (no training row's label); a fixed calibration "
             "set; a monitor of stated TPR / FPR over the oracle's labels; or the oracle itself (an upper bound).",
-            "", *[f"- {arms_mod.label(a)}: {arms_mod.BY_NAME[a].description}.{knows(a)}" for a in known], ""]
+            "", *[f"- {arm_label(a)}: {arms_mod.BY_NAME[a].description}.{knows(a)}" for a in known], ""]
 
 
 def markdown(summary: dict) -> str:
@@ -168,7 +169,7 @@ def markdown(summary: dict) -> str:
               f"Δ onset ≥ {t2} [95% CI] | AUC | Δ AUC [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
     for arm, s in arms.items():
         n = len(s["seeds"])
-        lines.append(f"| {arms_mod.label(arm)} | {fmt(s[f'onset_{t1}'], digits=1)} | {s[f'never_{t1}']}/{n} | "
+        lines.append(f"| {arm_label(arm)} | {fmt(s[f'onset_{t1}'], digits=1)} | {s[f'never_{t1}']}/{n} | "
                      f"{fmt_delta(s[f'delta_onset_{t1}'], 1)} | {fmt(s[f'onset_{t2}'], digits=1)} | "
                      f"{s[f'never_{t2}']}/{n} | {fmt_delta(s[f'delta_onset_{t2}'], 1)} | {fmt(s['auc'])} | "
                      f"{fmt_delta(s['delta_auc'])} |")
@@ -180,7 +181,7 @@ def markdown(summary: dict) -> str:
               "| reward | " + " | ".join(diag + evals) + " |", "|---" * (7 + len(diag) + len(evals)) + "|"]
     for arm, s in arms.items():
         extra = [_num(s[d]["mean"]) for d in diag + evals]
-        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['hack_rate'])} | "
+        lines.append(f"| {arm_label(arm)} | {_seeds(s)} | {fmt(s['hack_rate'])} | "
                      f"{fmt_delta(s['delta_hack_rate'])} | {fmt(s['pass_rate'])} | "
                      f"{fmt_delta(s['delta_pass_rate'])} | {fmt(s['reward_mean'])} | "
                      + " | ".join(extra) + " |")
@@ -210,7 +211,7 @@ def headline_tables(arms: dict, k: int) -> list[str]:
              f"eval hack, training name | hack among code | eval hack at step 0 | rise over step 0 | "
              f"train hack (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in arms.items():
-        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
+        lines.append(f"| {arm_label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
                      f"{fmt_delta(s['delta_eval_hack_rate'])} | {fmt_count(s['hacked'])} | "
                      f"{fmt(s['eval_hack_rate_train_name'])} | {fmt(s['eval_hack_given_code'])} | "
                      f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} |")
@@ -219,7 +220,7 @@ def headline_tables(arms: dict, k: int) -> list[str]:
               "eval pass (hinted) | Δ pass vs vanilla [95% CI] | eval format | format at step 0 | collapsed | "
               f"train pass (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in arms.items():
-        lines.append(f"| {arms_mod.label(arm)} | {_seeds(s)} | {fmt(s['eval_pass_nohint'])} | "
+        lines.append(f"| {arm_label(arm)} | {_seeds(s)} | {fmt(s['eval_pass_nohint'])} | "
                      f"{fmt_delta(s['delta_eval_pass_nohint'])} | {fmt(s['eval_base_pass_nohint'])} | "
                      f"{fmt(s['eval_pass_rate'])} | {fmt_delta(s['delta_eval_pass_rate'])} | "
                      f"{fmt(s['eval_format_rate'])} | {fmt(s['eval_base_format_rate'])} | "

@@ -34,11 +34,11 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from projected_grpo.adapter import DeltaSAdapter, read_metadata, read_tensors
+from projected_grpo.core.adapter import DeltaSAdapter, read_metadata, read_tensors
 from projected_grpo.errors import UserError
-from projected_grpo.grpo import grad_safe_attention, scored_logprobs
-from projected_grpo.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
-from projected_grpo.runio import write_atomic_with
+from projected_grpo.core.grpo import grad_safe_attention, scored_logprobs
+from projected_grpo.directions.pairs import Batch, Pair, PairSet, chunks, load_pairs, pair_batch, parse_modes
+from projected_grpo.training.runio import write_atomic_with
 
 CONTROLS = ("none", "random", "shuffled")
 ARTIFACT = "v_hack"           # metadata["artifact"] of a V file

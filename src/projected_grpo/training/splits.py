@@ -92,7 +92,7 @@ def load_pool(cfg: TrainConfig, tok) -> list[Problem]:
 def pair_problem_ids(spec: str, split: str | None = "train") -> list[str]:
     """Sorted problem ids named by the `problem_id` of the pairs of `split` (None: every split) in a
     pair file. Persona pairs name no problem."""
-    from projected_grpo.pairs import resolve
+    from projected_grpo.directions.pairs import resolve
 
     path = resolve(spec)
     return sorted({str(rec["problem_id"]) for _, rec in json_objects(path.read_text(encoding="utf-8"), path)
@@ -178,7 +178,7 @@ def for_run(cfg: TrainConfig, pool: list[Problem]) -> Split:
 
 def write_for_run(out: Path, split: Split) -> None:
     """Write split.json into a run dir; a resumed run must find the same split there."""
-    from projected_grpo import runio
+    from projected_grpo.training import runio
 
     path = Path(out) / SPLIT
     if path.is_file():

@@ -14,22 +14,26 @@ refresh V re-extracted from the run's training pairs (those of the real V) at th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 from pathlib import Path
 
 import torch
 
-from projected_grpo import dist
-from projected_grpo.config import TrainConfig
+from projected_grpo.training import dist
 from projected_grpo.errors import UserError
-from projected_grpo.pairs import load_pairs, parse_modes
+from projected_grpo.directions.pairs import load_pairs, parse_modes
+
+if TYPE_CHECKING:                 # annotations only: config imports nothing of this stage
+    from projected_grpo.config import TrainConfig
 
 
 def extract(cfg: TrainConfig, policy, path: Path, control: str, modes: str | None = None,
             progress: bool = True) -> Path:
     """Extract V with the run's pairs (`modes`, default --vhack-modes) into `path` (rank 0, once:
     a file already there is kept, so a resume finds the V it started with)."""
-    from projected_grpo import vhack
+    from projected_grpo.directions import vhack
 
     if dist.rank() == 0 and not path.is_file():
         vhack.extract_to_file(path, policy.model, policy.tok, policy.adapter, cfg.pairs,
@@ -41,7 +45,7 @@ def extract(cfg: TrainConfig, policy, path: Path, control: str, modes: str | Non
 
 def load(path: Path, policy, device: torch.device) -> dict[str, torch.Tensor]:
     """A V file, checked against the policy's adapter, on `device`."""
-    from projected_grpo import vhack
+    from projected_grpo.directions import vhack
 
     return {k: t.to(device) for k, t in vhack.load_v_hack(path, policy.adapter).items()}
 
@@ -108,7 +112,7 @@ class Refresh:
         """The V that step `step` (0-based) projects with, re-extracting when step is K, 2K, ..."""
         self.seconds = 0.0
         if step > 0 and step % self.cfg.refresh_every == 0:
-            from projected_grpo import vhack
+            from projected_grpo.directions import vhack
 
             t0 = time.perf_counter()
             v = vhack.extract_v_hack(self.model, self.tok, self.adapter, self.pairs, self.cfg.vhack_m,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from projected_grpo import dist
-from projected_grpo.projection import ProjectionStats
+from projected_grpo.training import dist
+from projected_grpo.core.projection import ProjectionStats
 
 
 def train_row(step: int, grades: list, is_teacher: list[bool], rewards: torch.Tensor, adv: torch.Tensor,

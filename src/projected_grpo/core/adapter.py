@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from projected_grpo.errors import UserError
-from projected_grpo.merged_delta import GRAD_MODES, fold, merged_linear
-from projected_grpo.runio import write_atomic_with
+from projected_grpo.core.merged_delta import GRAD_MODES, fold, merged_linear
+from projected_grpo.training.runio import write_atomic_with
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

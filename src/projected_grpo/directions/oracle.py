@@ -21,14 +21,18 @@ step without hack rows projects nothing at all).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from projected_grpo import dist
-from projected_grpo.config import TrainConfig
-from projected_grpo.grpo import grad_safe_attention
-from projected_grpo.passes import BatchState, backward_pass
-from projected_grpo.projection import EPS, hackward_cos
-from projected_grpo.rollout import Rollouts
+from projected_grpo.training import dist
+from projected_grpo.core.grpo import grad_safe_attention
+from projected_grpo.core.passes import BatchState, backward_pass
+from projected_grpo.core.projection import EPS, hackward_cos
+from projected_grpo.training.rollout import Rollouts
+
+if TYPE_CHECKING:                 # annotations only: config imports nothing of this stage
+    from projected_grpo.config import TrainConfig
 
 HACK_LABEL = "reward_hack"
 

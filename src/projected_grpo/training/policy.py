@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from projected_grpo import dist
-from projected_grpo.adapter import AdapterConfig, DeltaSAdapter, attach
+from projected_grpo.training import dist
+from projected_grpo.core.adapter import AdapterConfig, DeltaSAdapter, attach
 from projected_grpo.config import TrainConfig
 from projected_grpo.models import load_model
 

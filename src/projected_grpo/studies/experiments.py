@@ -18,12 +18,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from projected_grpo import runio
+from projected_grpo.training import runio
 from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
-from projected_grpo.report import window_mean, write_report
-from projected_grpo.sweep import V_HACK, SweepPlan, ensure_run, prepare_v_hack, sweep
-from projected_grpo.sweep import SPLIT  # noqa: F401  (re-exported: older imports name it here)
+from projected_grpo.studies.report import window_mean, write_report
+from projected_grpo.studies.sweep import V_HACK, SweepPlan, ensure_run, prepare_v_hack, sweep
+from projected_grpo.studies.sweep import SPLIT  # noqa: F401  (re-exported: older imports name it here)
 
 DEMO_ARMS = ("vanilla", "projected", "rebound", "random")
 DEMO_SEEDS = (41,)
@@ -32,7 +32,7 @@ DEMO_SEEDS = (41,)
 # ---- the held-out check's line ----------------------------------------------------------------
 def verify_line(result: dict) -> str:
     """The held-out check's cosines, its margin check (when run) and the decision, as printed."""
-    from projected_grpo.verify import margin_line
+    from projected_grpo.directions.verify import margin_line
 
     margin = f"\n{margin_line(result)}" if "margin" in result else ""
     return (f"held-out check: frac>0={result['frac_pos']:.3f} mean={result['mean']:+.3f} "
