@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from projected_grpo.training import runio
 from projected_grpo.training import train as train_mod
 from projected_grpo.config import preset
 from projected_grpo.env.grader import grade_many
+from projected_grpo.errors import UserError
 from projected_grpo.core.grpo import group_advantages
 from projected_grpo.interventions import REGISTRY, Intervention, LabelLeak, StepBatch, build, label_use, uses_labels
 from projected_grpo.interventions.monitor import channel
@@ -191,6 +193,9 @@ def test_probe_penalty_logs_its_recall_and_heldout_accuracy(tmp_path, mixed_code
     probe = json.loads((out / "probe.json").read_text())
     assert 0.0 <= row["probe_heldout_acc"] == probe["heldout_acc"] <= 1.0
     assert probe["n_fit"] > 0 and probe["n_heldout"] > 0
+    split = json.loads((out / "split.json").read_text())            # the calibration set shares no eval problem
+    assert not set(probe["fit_problems"] + probe["heldout_problems"]) & set(split["eval"])
+    assert not set(probe["fit_problems"]) & set(probe["heldout_problems"])
     assert row["probe_hack_rows"] == 5 and row["probe_tpr"] is not None
     assert row["uses_labels"] is False
 
@@ -248,3 +253,18 @@ def test_bad_detector_flags_are_refused_naming_the_flag(flag, value, message, ca
 
     assert main(["train", "--print-config", flag, value]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_probe_calibration_set_naming_an_eval_problem_is_refused(tmp_path, mixed_code_pairs, v_file):
+    """Pairs whose problems are this run's eval problems: refused with one line naming --probe-pairs,
+    and the run dir is left as it was (absent), so the corrected retry starts clean."""
+    eval_ids = json.loads((Path(v_file).parent / "split.json").read_text())["eval"]
+    rows = [json.loads(line) for line in Path(mixed_code_pairs).read_text().splitlines()]
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text("".join(json.dumps({**r, "problem_id": eval_ids[i % len(eval_ids)]}) + "\n"
+                             for i, r in enumerate(rows)))
+    out = tmp_path / "run"
+    cfg = constructed("probe_penalty", pairs=mixed_code_pairs, v_hack=v_file, probe_pairs=str(leaky))
+    with pytest.raises(UserError, match=r"--probe-pairs .*leaky.jsonl.*share no problem with eval"):
+        train_mod.Trainer(cfg, out, progress=False)
+    assert not out.exists()

@@ -55,7 +55,8 @@ class Knowledge:
 @dataclass
 class Context:
     """What set-up may use: the run's config, policy (model, tok, adapter), run dir, device, the real V
-    (measured in every arm) and, when the caller handed the trainer fixed directions, the V to project."""
+    (measured in every arm), when the caller handed the trainer fixed directions the V to project, and
+    the ids of the eval problems."""
     cfg: Any
     policy: Any
     out: Path
@@ -63,6 +64,7 @@ class Context:
     progress: bool
     v_real: dict[str, torch.Tensor]
     handed_v: dict[str, torch.Tensor] | None = None
+    eval_ids: tuple[str, ...] = ()   # the run's held-out eval problems: no calibration set may name one
 
 
 @dataclass

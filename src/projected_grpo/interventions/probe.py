@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from projected_grpo.training import dist, runio
+from projected_grpo.errors import UserError
 from projected_grpo.interventions.base import Context, Intervention, Knowledge, StepBatch
 from projected_grpo.directions.pairs import chunks, collate, encode, load_pairs
 
@@ -84,6 +85,8 @@ class Probe:
     heldout_acc: float        # its accuracy on those at threshold 0.5
     fit_acc: float
     source: str               # the calibration pair file
+    fit_problems: list[str]   # the problems of its fit pairs
+    heldout_problems: list[str]   # the problems held out for its accuracy
 
     def prob(self, h: torch.Tensor) -> torch.Tensor:
         """(N, d) states -> (N,) P(hack), fp64."""
@@ -99,7 +102,6 @@ def fit_probe(model, tok, cfg, batch_size: int = 8) -> Probe:
     random.Random(cfg.seed).shuffle(groups)
     n_out = max(1, round(cfg.probe_heldout * len(groups)))
     if len(groups) < 2:
-        from projected_grpo.errors import UserError
         raise UserError(f"--probe-pairs {spec}: its training split names {len(groups)} problem(s); the probe "
                         "needs at least 2 (one to fit, one held out for its accuracy)")
     held = set(groups[:n_out])
@@ -115,7 +117,8 @@ def fit_probe(model, tok, cfg, batch_size: int = 8) -> Probe:
     mu, sd = x_fit.mean(0), x_fit.std(0)
     sd = torch.where(sd > 0, sd, torch.ones_like(sd))
     w, b = fit_logistic((x_fit - mu) / sd, y_fit, cfg.probe_l2)
-    probe = Probe(layer, w.tolist(), b, mu.tolist(), sd.tolist(), len(y_fit), len(y_out), 0.0, 0.0, spec)
+    probe = Probe(layer, w.tolist(), b, mu.tolist(), sd.tolist(), len(y_fit), len(y_out), 0.0, 0.0, spec,
+                  sorted(set(groups) - held), sorted(held))
     probe.fit_acc = float(((probe.prob(x_fit) >= 0.5).double() == y_fit).double().mean())
     probe.heldout_acc = float(((probe.prob(x_out) >= 0.5).double() == y_out).double().mean())
     return probe
@@ -144,6 +147,11 @@ class ProbePenalty(Intervention):
             runio.write_atomic(path, json.dumps(asdict(probe)).encode())
         dist.barrier()
         self.probe = Probe(**json.loads(Path(path).read_text()))
+        shared = sorted(set(self.probe.fit_problems + self.probe.heldout_problems) & set(ctx.eval_ids))
+        if shared:
+            raise UserError(f"--probe-pairs {self.probe.source}: its training pairs name {len(shared)} of this run's "
+                            f"eval problems ({', '.join(shared[:5])}); the probe's calibration set must share no "
+                            "problem with eval. Give pairs of other problems, or fix the split (--split-file)")
 
     def reward(self, batch: StepBatch, rewards: torch.Tensor) -> torch.Tensor:
         with batch.adapter.merged():                       # the current policy's states, no gradient

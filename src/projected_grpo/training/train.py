@@ -143,7 +143,8 @@ class Trainer:
             self.v_measure = directions_mod.real_v(cfg, policy, self.out, self.device, self.progress)
         else:
             self.v_measure, handed_v = directions
-        ctx = Context(cfg, policy, self.out, self.device, self.progress, self.v_measure, handed_v)
+        ctx = Context(cfg, policy, self.out, self.device, self.progress, self.v_measure, handed_v,
+                      tuple(self.split.eval))
         for iv in self.interventions:
             iv.setup(ctx)
         self.projector = next((iv for iv in self.interventions if iv.point in ("gradient", "update")), None)
