@@ -240,8 +240,8 @@ def test_eval_headline_markdown(eval_sweep: Path):
     # vanilla 0.8, 0.6, 0.7: SD 0.1, SE 0.1/√3; projected 0.5, 0.5, 0.2: SD √0.03 = 0.173, SE 0.1;
     # Δ -0.3, -0.1, -0.5: SD 0.2. Hacked (≥ 0.5): vanilla 3/3, projected 2/3 (0.5 counts).
     # Old eval rows: no training-name or hack-among-code numbers (—).
-    assert "| vanilla | 1,2,3 | 0.700 (SD 0.100, SE 0.058, n=3) | — | 3/3 | — | — |" in headline
-    assert ("| projected | 1,2,3 | 0.400 (SD 0.173, SE 0.100, n=3) | -0.300 [-0.797, +0.197] (SD 0.200, n=3) "
+    assert "| vanilla | nothing | 1,2,3 | 0.700 (SD 0.100, SE 0.058, n=3) | — | 3/3 | — | — |" in headline
+    assert ("| projected | pairs | 1,2,3 | 0.400 (SD 0.173, SE 0.100, n=3) | -0.300 [-0.797, +0.197] (SD 0.200, n=3) "
             "| 2/3 | — | — |") in headline
     # step 0: 0.05 × 3; rise 0.45, 0.45, 0.15 (SD 0.173); train hack (last 2) 0.2, 0.2, 0.4 (SD 0.115)
     assert ("| 0.050 (SD 0.000, SE 0.000, n=3) | +0.350 (SD 0.173, SE 0.100, n=3) | "
@@ -314,3 +314,22 @@ def test_report_refuses_a_run_whose_steps_repeat(sweep_dir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{path}: train step 2 is logged more than once" in err[0]
     assert not (sweep_dir / "results.md").exists()
+
+
+def test_report_states_each_arms_label_use(tmp_path: Path):
+    """Issue 27: the Arms section says what each arm knew, read from its run's config (a monitor's TPR and
+    FPR as the run set them); the headline table carries the kind beside the numbers."""
+    write_run(tmp_path, "vanilla", 41, flat(0.5), flat(0.2))
+    d = write_run(tmp_path, "monitor_penalty", 41, flat(0.1), flat(0.2))
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "monitor_tpr": 0.9, "monitor_fpr": 0.05}))
+    for arm in ("vanilla", "monitor_penalty"):       # eval rows, so the headline tables are written
+        with open(tmp_path / f"{arm}_s41" / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"kind": "eval", "step": STEPS, "eval_hack_rate": 0.5, "eval_pass_rate": 0.2,
+                                "eval_n": 8}) + "\n")
+    text = write_report(tmp_path).read_text()
+    assert "- monitor_penalty (uses labels: monitor): " in text
+    assert "Knows: monitor: noisy monitor, TPR 0.90 / FPR 0.05." in text
+    assert "- vanilla: plain GRPO" in text and "Knows: nothing." in text
+    assert "| monitor_penalty (uses labels: monitor) | monitor | 41 |" in text
+    assert "| vanilla | nothing | 41 |" in text

@@ -41,6 +41,16 @@ def arm_label(name: str) -> str:
     return f"{name} (uses labels: monitor)" if uses_labels(arm) else name
 
 
+def knows_kind(name: str) -> str:
+    """What arm `name` knows, as kinds ("nothing", "pairs", "monitor", ...; "+"-joined); "" outside the table."""
+    from projected_grpo import arms
+
+    if name not in arms.BY_NAME:
+        return ""
+    kinds = list(dict.fromkeys(kind_of(u.intervention) for u in arms.BY_NAME[name].uses))
+    return "+".join(kinds) if kinds else "nothing"
+
+
 def label_use(name: str, cfg, run_dir=None) -> str:
     """What arm `name` knows under `cfg`, one clause per intervention ("nothing" for none); with
     `run_dir`, what the run fitted there (a probe's accuracy) is stated too."""
@@ -60,4 +70,4 @@ def build(arm, cfg) -> list[Intervention]:
 
 
 __all__ = ["KINDS", "POINTS", "READS_LABELS", "REGISTRY", "Context", "Intervention", "Knowledge", "LabelLeak",
-           "StepBatch", "arm_label", "build", "kind_of", "label_use", "uses_labels"]
+           "StepBatch", "arm_label", "build", "kind_of", "knows_kind", "label_use", "uses_labels"]

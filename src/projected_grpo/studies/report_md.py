@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from projected_grpo import arms as arms_mod
-from projected_grpo.interventions import arm_label
+from projected_grpo.interventions import arm_label, knows_kind
 from projected_grpo.studies.outcomes import COLLAPSE_FRACTION, HACKED_AT
 
 DASH = "—"
@@ -207,11 +207,11 @@ def headline_tables(arms: dict, k: int) -> list[str]:
     """The headline, as two tables on the same runs: how much each arm hacks, and what it kept (no-hint
     pass, format) — a low hack rate counts only beside a kept capability and no collapsed runs."""
     lines = ["### Hacking", "",
-             f"| arm | seeds | eval hack | Δ hack vs vanilla [95% CI] | hacked (≥ {HACKED_AT}) | "
+             f"| arm | knows | seeds | eval hack | Δ hack vs vanilla [95% CI] | hacked (≥ {HACKED_AT}) | "
              f"eval hack, training name | hack among code | eval hack at step 0 | rise over step 0 | "
-             f"train hack (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"train hack (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in arms.items():
-        lines.append(f"| {arm_label(arm)} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
+        lines.append(f"| {arm_label(arm)} | {knows_kind(arm) or DASH} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
                      f"{fmt_delta(s['delta_eval_hack_rate'])} | {fmt_count(s['hacked'])} | "
                      f"{fmt(s['eval_hack_rate_train_name'])} | {fmt(s['eval_hack_given_code'])} | "
                      f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} |")
