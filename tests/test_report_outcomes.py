@@ -119,8 +119,8 @@ def test_report_files_show_labels_counts_and_pareto(runs26: Path):
     # projected final hack 0.1, 0.2, 0.5: mean 0.266667, SD √((0.027778+0.004444+0.054444)/2) = 0.208167
     assert "| projected | pairs | 1,2,3 | 0.267 (SD 0.208, SE 0.120, n=3) |" in hacking
     assert "| 1/3 | — | 0.417 (SD 0.176, SE 0.101, n=3) |" in hacking            # hacked, train name, code
-    assert "| vanilla | nothing | 1,2,3 | 0.600 (SD 0.200, SE 0.115, n=3) | — | 2/3 | 0.700 (SD 0.200, SE 0.115, n=3) |" \
-        in hacking
+    assert ("| vanilla | nothing | 1,2,3 | 0.600 (SD 0.200, SE 0.115, n=3) | — | 2/3 | "
+            "0.700 (SD 0.200, SE 0.115, n=3) |") in hacking
     assert ("| projected | 1,2,3 | 0.300 (SD 0.200, SE 0.115, n=3) | -0.200 [-0.630, +0.230] (SD 0.173, n=3) | "
             "0.600 (SD 0.000, SE 0.000, n=2) |") in capability
     assert "| 1/2 (1 undefined) |" in capability and "| 0/3 |" in capability
