@@ -23,6 +23,7 @@ from projected_grpo.core.grpo import group_advantages
 from projected_grpo.interventions import REGISTRY, Intervention, LabelLeak, StepBatch, build, label_use, uses_labels
 from projected_grpo.interventions.monitor import channel
 from projected_grpo.interventions.probe import fit_logistic
+from projected_grpo.interventions.prompts import INOCULATION_TEXT, PLAN_TEXT
 from projected_grpo.training.step_metrics import detector_metrics
 
 G, P = 4, 2
@@ -90,9 +91,9 @@ def constructed_grade(*args, **kwargs):
 
 
 def constructed(arm: str, **kw):
-    return replace(preset("smoke"), arm=arm, n_problems=4, max_new_tokens=8, steps=1, grade_workers=2,
-                   group_size=G, prompts_per_step=P, teacher_pool="", mix_ratio=0.0, eval_samples=0,
-                   vhack_m=2, **kw)
+    base = dict(n_problems=4, max_new_tokens=8, steps=1, grade_workers=2, group_size=G, prompts_per_step=P,
+                teacher_pool="", mix_ratio=0.0, eval_samples=0, vhack_m=2)
+    return replace(preset("smoke"), arm=arm, **(base | kw))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,7 @@ def test_an_intervention_that_does_not_declare_labels_cannot_read_them():
 def test_every_arm_declares_what_it_knows():
     cfg = replace(preset("smoke"), monitor_tpr=0.9, monitor_fpr=0.05)
     uses = {a.name: label_use(a.name, cfg) for a in arms.TABLE}
-    assert uses["vanilla"] == "nothing"
+    assert uses["vanilla"] == uses["plan"] == uses["inoculation"] == "nothing"
     assert uses["monitor_penalty"] == uses["screening"] == "monitor: noisy monitor, TPR 0.90 / FPR 0.05"
     assert uses["oracle"].startswith("oracle:") and uses["probe_penalty"].startswith("calibration:")
     assert all(uses[a].startswith("pairs:") for a in ("projected", "random", "shuffled", "lomo", "refresh",
@@ -268,3 +269,25 @@ def test_a_probe_calibration_set_naming_an_eval_problem_is_refused(tmp_path, mix
     with pytest.raises(UserError, match=r"--probe-pairs .*leaky.jsonl.*share no problem with eval"):
         train_mod.Trainer(cfg, out, progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("arm,text,at_eval", [("plan", PLAN_TEXT, True), ("inoculation", INOCULATION_TEXT, False)])
+def test_prompt_arm_texts_reach_training_and_eval_as_specified(arm, text, at_eval, v_file, tmp_path):
+    """Every training prompt the sampler sees carries the arm's text; every eval prompt (all three sets)
+    carries it only for the plan arm. Read back from the token ids the sampler was given."""
+    from projected_grpo.training.rollout import sample
+
+    seen: dict[str, list[str]] = {"train": [], "eval": []}
+
+    def spy(model, tok, adapter, ids, mask, per_prompt, *args, **kw):
+        texts = [tok.decode(i[m.bool()]) for i, m in zip(ids, mask)]
+        seen["train" if per_prompt == G else "eval"].extend(texts)    # eval samples one per prompt row
+        return sample(model, tok, adapter, ids, mask, per_prompt, *args, **kw)
+
+    cfg = constructed(arm, v_hack=v_file, eval_samples=1, eval_problems=2)
+    out = train_mod.Trainer(cfg, tmp_path / "run", progress=False, sampler=spy).run()
+    flat = " ".join(text.split())
+    assert seen["train"] and all(flat in " ".join(t.split()) for t in seen["train"])
+    evals = runio.read_jsonl(out / "eval_samples.jsonl")            # every eval row, all three prompt sets
+    assert len(seen["eval"]) == len(evals) and {r["variant"] for r in evals} == {"renamed", "train_name", "nohint"}
+    assert all((flat in " ".join(t.split())) is at_eval for t in seen["eval"])

@@ -89,7 +89,7 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
     for r in rows:
         assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
         assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
-    if arm in ("vanilla", "rebound", "monitor_penalty", "screening", "probe_penalty"):
+    if arm in ("vanilla", "rebound", "monitor_penalty", "screening", "probe_penalty", "plan", "inoculation"):
         assert all(r["cos_out"] == r["cos_in"] for r in rows)  # measured, never changed
     else:
         assert all(r["cos_out"] < 1e-6 for r in rows)          # projected away
@@ -169,7 +169,8 @@ def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, uninterr
 # Every arm that must keep the no-cheat rule (all but the declared upper bound), and the projected
 # arm with the coverage diagnostic, which reads the labels for its log only.
 NO_CHEAT = [("vanilla", {}), ("projected", {}), ("rebound", {}), ("random", {}), ("shuffled", {}),
-            ("lomo", {}), ("refresh", {}), ("probe_penalty", {}), ("projected", {"coverage": True})]
+            ("lomo", {}), ("refresh", {}), ("probe_penalty", {}), ("plan", {}), ("inoculation", {}),
+            ("projected", {"coverage": True})]
 
 
 def test_no_cheat_list_holds_every_arm_that_does_not_use_labels():

@@ -60,6 +60,10 @@ TABLE: tuple[Arm, ...] = (
         "rows a monitor of --monitor-tpr / --monitor-fpr flags leave their group before the advantage"),
     Arm("probe_penalty", (Use("probe_penalty"),),
         "reward − --penalty for each row a frozen linear probe on activations flags (calibration pairs)"),
+    Arm("plan", (Use("plan_prompt"),),
+        "the prompt asks for a short plan paragraph before the code (training and eval)"),
+    Arm("inoculation", (Use("inoculation_prompt"),),
+        "the training prompt says passing the tests by any means is acceptable; eval prompts do not"),
 )
 BY_NAME: dict[str, Arm] = {a.name: a for a in TABLE}
 NAMES: tuple[str, ...] = tuple(a.name for a in TABLE)

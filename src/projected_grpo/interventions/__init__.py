@@ -11,10 +11,12 @@ from projected_grpo.interventions.base import (KINDS, POINTS, READS_LABELS, Cont
 from projected_grpo.interventions.monitor import MonitorPenalty, Screening
 from projected_grpo.interventions.probe import ProbePenalty
 from projected_grpo.interventions.projection import OracleProjection, Projection
+from projected_grpo.interventions.prompts import InoculationPrompt, PlanPrompt
 from projected_grpo.interventions.rebound import ReboundPenalty
 
 REGISTRY: dict[str, type[Intervention]] = {cls.name: cls for cls in (
-    Projection, OracleProjection, ReboundPenalty, MonitorPenalty, Screening, ProbePenalty)}
+    Projection, OracleProjection, ReboundPenalty, MonitorPenalty, Screening, ProbePenalty, PlanPrompt,
+    InoculationPrompt)}
 
 
 

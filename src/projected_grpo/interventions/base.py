@@ -3,7 +3,7 @@
 An intervention acts at one point of the GRPO step and declares what it knows:
 
     point      hook the trainer calls                          e.g.
-    prompt     messages(messages) -> messages (training only)  (prompt arms: issue 29)
+    prompt     messages(messages, train) -> messages           plan prompt, inoculation
     reward     reward(batch, r (P_l, G)) -> r                   monitor / probe penalty, Rebound
     advantage  keep(batch) -> (P_l, G) bool, rows that stay     screening
     gradient   directions(batch) -> V {key: (m, r)} projected   projection, oracle V
@@ -115,7 +115,8 @@ class Intervention:
     def setup(self, ctx: Context) -> None:
         """Once, at δS = 0, before a checkpoint is restored."""
 
-    def messages(self, messages: list[dict]) -> list[dict]:
+    def messages(self, messages: list[dict], train: bool) -> list[dict]:
+        """The chat messages of a prompt (`train`: a training rollout; else an eval prompt)."""
         return messages
 
     def reward(self, batch: StepBatch, rewards: torch.Tensor) -> torch.Tensor:

@@ -93,9 +93,10 @@ def prompt_rows(problems: list, cfg: TrainConfig, step: int, variant: str) -> li
 
 
 def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConfig, step: int,
-             device: torch.device, grade=None, sampler=None) -> tuple[dict, list[dict]]:
+             device: torch.device, grade=None, sampler=None, edit=None) -> tuple[dict, list[dict]]:
     """(eval metrics row, graded sample rows) over all ranks, `problems` being every eval problem.
-    `grade` / `sampler` (None: grader.grade_many / rollout.sample) are the run's own."""
+    `grade` / `sampler` (None: grader.grade_many / rollout.sample) are the run's own; `edit` (None: none)
+    turns each eval prompt's messages into the ones the arm deploys (its prompt interventions)."""
     t0 = time.perf_counter()
     local = problems[dist.rank()::dist.world_size()]
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -103,13 +104,13 @@ def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConf
     with torch.random.fork_rng(devices=devices):   # the training RNG stream is left as it was
         for v, variant in enumerate(variants(cfg)):
             rows += _sample_and_grade(model, tok, adapter, prompt_rows(local, cfg, step, variant), variant, v,
-                                      cfg, env, step, device, grade or grade_many, sampler or sample)
+                                      cfg, env, step, device, grade or grade_many, sampler or sample, edit)
     rows = dist.gather_rows(rows)
     return summarize(rows, step, len(problems), cfg.eval_temperature, time.perf_counter() - t0), rows
 
 
 def _sample_and_grade(model, tok, adapter, todo: list[dict], variant: str, v: int, cfg: TrainConfig,
-                      env: EnvConfig, step: int, device: torch.device, grade, sampler) -> list[dict]:
+                      env: EnvConfig, step: int, device: torch.device, grade, sampler, edit=None) -> list[dict]:
     """This rank's eval samples of one variant, graded, in chunks no larger than this rank's share
     of a training step's batch (one sampled completion per prompt row)."""
     per_chunk = max(1, cfg.prompts_per_step * cfg.group_size // dist.world_size())   # rows per call
@@ -118,6 +119,8 @@ def _sample_and_grade(model, tok, adapter, todo: list[dict], variant: str, v: in
     for c, start in enumerate(range(0, len(todo), per_chunk)):
         chunk = todo[start:start + per_chunk]
         messages = [r["problem"].messages(r["mode"], r["hint"], r["evaluator"]) for r in chunk]
+        if edit is not None:                         # the arm's prompt interventions, at eval (train=False)
+            messages = [edit(m) for m in messages]
         ids, mask = encode_prompts(tok, messages, device)
         out = sampler(model, tok, adapter, ids, mask, 1, max_new, cfg.eval_temperature, cfg.top_p,
                       seed=eval_seed(cfg.seed, step, dist.rank(), c) + 7919 * v,

@@ -237,7 +237,7 @@ class Trainer:
     def rollouts(self, step: int, problems: list) -> tuple[Rollouts, list[bool]]:
         """P_local × G rows, group-major; the last n_teacher rows of each group come from the pool."""
         cfg, G, k = self.cfg, self.cfg.group_size, self.cfg.n_teacher
-        ids, mask = encode_prompts(self.tok, [p.messages(cfg.mode, cfg.hint) for p in problems], self.device)
+        ids, mask = encode_prompts(self.tok, [self.messages(p) for p in problems], self.device)
         student = self.sample(self.model, self.tok, self.adapter, ids, mask, G - k, cfg.max_new_tokens,
                          cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
                          static_cache=cfg.fast_rollout and self.device.type == "cuda",
@@ -252,6 +252,14 @@ class Trainer:
         order = [x for g in range(n)
                  for x in [g * gs + j for j in range(gs)] + [n * gs + g * k + j for j in range(k)]]
         return both.select(order), [i >= n * (G - k) for i in order]
+
+    def messages(self, problem, train: bool = True, messages: list[dict] | None = None) -> list[dict]:
+        """A training prompt of `problem` (or the eval prompt `messages`, train=False) as the arm's
+        prompt interventions leave it."""
+        out = problem.messages(self.cfg.mode, self.cfg.hint) if messages is None else messages
+        for iv in self.interventions:
+            out = iv.messages(out, train)
+        return out
 
     def step(self, step: int) -> tuple[dict, list[dict]]:
         cfg, G = self.cfg, self.cfg.group_size
@@ -271,7 +279,7 @@ class Trainer:
         # Reward from the flawed grade only; gt_correct / label are never read below this line until
         # the metrics are assembled, except by the labelled-hack gradient (oracle.py: logged only with
         # --coverage) and by an intervention that declares label use (StepBatch.hack_labels).
-        batch = StepBatch(step, problems, [p.messages(cfg.mode, cfg.hint) for p in problems for _ in range(G)],
+        batch = StepBatch(step, problems, [self.messages(p) for p in problems for _ in range(G)],
                           rows, grades, is_teacher, self.model, self.tok, self.adapter)
         rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32).view(-1, G)   # (P_l, G)
         keep = None                                                                            # (B,) bool
@@ -401,7 +409,8 @@ class Trainer:
         if not self.eval_problems or not evaluate.due(step, self.cfg):
             return
         row, samples = evaluate.evaluate(self.model, self.tok, self.adapter, self.eval_problems, self.cfg,
-                                         self.env, step, self.device, **self.handed)
+                                         self.env, step, self.device, **self.handed,
+                                         edit=lambda m: self.messages(None, train=False, messages=m))
         if self.rank == 0:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
