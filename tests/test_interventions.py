@@ -228,6 +228,7 @@ def test_every_arm_declares_what_it_knows():
     assert uses["vanilla"] == uses["plan"] == uses["inoculation"] == "nothing"
     assert uses["monitor_penalty"] == uses["screening"] == "monitor: noisy monitor, TPR 0.90 / FPR 0.05"
     assert uses["oracle"].startswith("oracle:") and uses["probe_penalty"].startswith("calibration:")
+    assert uses["clean_subspace"].startswith("demonstrations: canonical solutions of the train problems")
     assert all(uses[a].startswith("pairs:") for a in ("projected", "random", "shuffled", "lomo", "refresh",
                                                        "rebound"))
     assert [a.name for a in arms.TABLE if uses_labels(a)] == ["oracle", "monitor_penalty", "screening"]
@@ -291,3 +292,39 @@ def test_prompt_arm_texts_reach_training_and_eval_as_specified(arm, text, at_eva
     evals = runio.read_jsonl(out / "eval_samples.jsonl")            # every eval row, all three prompt sets
     assert len(seen["eval"]) == len(evals) and {r["variant"] for r in evals} == {"renamed", "train_name", "nohint"}
     assert all((flat in " ".join(t.split())) is at_eval for t in seen["eval"])
+
+
+# ---- clean subspace --------------------------------------------------------------------------------
+def test_projection_onto_the_clean_span_keeps_what_is_inside_and_removes_what_is_orthogonal():
+    from projected_grpo.interventions.clean_subspace import project_onto, top_k_basis
+
+    gen = torch.Generator().manual_seed(1)
+    d = torch.randn(2, 7, generator=gen, dtype=torch.float64)
+    d = torch.cat([d, d[:1] * 2 + d[1:] * 0.5])                     # 3 demonstrations of rank 2
+    b = top_k_basis(d.float(), 3)
+    assert b.shape == (2, 7)                                          # K capped at the rank
+    assert torch.allclose(b.double() @ b.double().T, torch.eye(2, dtype=torch.float64), atol=1e-6)
+    inside = (torch.tensor([0.3, -1.2], dtype=torch.float64) @ d[:2]).float()
+    q, _ = torch.linalg.qr(d[:2].T)                                   # fp64 basis of span(D)
+    outside = torch.randn(7, generator=gen, dtype=torch.float64)
+    outside = (outside - q @ (q.T @ outside)).float()                 # orthogonal to span(D), by hand
+    grads = {"m": inside.clone(), "n": outside.clone()}
+    project_onto(grads, {"m": b, "n": b})
+    assert torch.allclose(grads["m"], inside, atol=1e-5)
+    assert grads["n"].abs().max() < 1e-5
+
+
+def test_clean_subspace_keeps_delta_s_inside_the_span_of_honest_gradients(v_file, tmp_path):
+    """With --project-target update, every δS step is projected onto span(B), so δS (from 0) stays there;
+    the basis came from the canonical solutions of the train problems only."""
+    from safetensors.torch import load_file
+
+    cfg = constructed("clean_subspace", v_hack=v_file, clean_k=2, project_target="update", steps=2)
+    out = train_mod.Trainer(cfg, tmp_path / "run", progress=False, grade=constructed_grade).run()
+    basis, delta = load_file(str(out / "clean_basis.safetensors")), load_file(str(out / "delta_s.safetensors"))
+    moved = [k for k in delta if delta[k].abs().max() > 0]
+    assert moved                                                      # not vacuous
+    for k in moved:
+        b, s = basis[k].double(), delta[k].double()
+        assert b.shape[0] <= 2
+        assert (s - b.T @ (b @ s)).norm() <= 1e-4 * s.norm()

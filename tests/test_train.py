@@ -91,6 +91,8 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
         assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
     if arm in ("vanilla", "rebound", "monitor_penalty", "screening", "probe_penalty", "plan", "inoculation"):
         assert all(r["cos_out"] == r["cos_in"] for r in rows)  # measured, never changed
+    elif arm == "clean_subspace":                              # onto the honest span: changed, not removed
+        assert (out / "clean_basis.safetensors").is_file() and any(r["cos_out"] != r["cos_in"] for r in rows)
     else:
         assert all(r["cos_out"] < 1e-6 for r in rows)          # projected away
         assert any(r["cos_in"] > 0 for r in rows) and any(r["frac_fired"] > 0 for r in rows)
@@ -170,6 +172,7 @@ def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, uninterr
 # arm with the coverage diagnostic, which reads the labels for its log only.
 NO_CHEAT = [("vanilla", {}), ("projected", {}), ("rebound", {}), ("random", {}), ("shuffled", {}),
             ("lomo", {}), ("refresh", {}), ("probe_penalty", {}), ("plan", {}), ("inoculation", {}),
+            ("clean_subspace", {}),
             ("projected", {"coverage": True})]
 
 

@@ -60,6 +60,8 @@ TABLE: tuple[Arm, ...] = (
         "rows a monitor of --monitor-tpr / --monitor-fpr flags leave their group before the advantage"),
     Arm("probe_penalty", (Use("probe_penalty"),),
         "reward − --penalty for each row a frozen linear probe on activations flags (calibration pairs)"),
+    Arm("clean_subspace", (Use("clean_subspace"),),
+        "δS gradient projected onto the top --clean-k span of honest demonstrations' gradients"),
     Arm("plan", (Use("plan_prompt"),),
         "the prompt asks for a short plan paragraph before the code (training and eval)"),
     Arm("inoculation", (Use("inoculation_prompt"),),

@@ -78,6 +78,7 @@ class TrainConfig:
     probe_pairs: str = opt("", 'probe_penalty: labelled calibration pairs, training split ("" = --pairs)')
     probe_heldout: float = opt(0.25, "probe_penalty: share of the calibration problems held out for its accuracy")
     probe_l2: float = opt(1e-2, "probe_penalty: L2 strength of the logistic regression (standardised states)")
+    clean_k: int = opt(8, "clean_subspace: directions kept per module from the honest demonstrations' gradients")
     probe_threshold: float = opt(0.5, "probe_penalty: a row is flagged when the probe's P(hack) >= this")
     teacher_pool: str = opt("", 'JSONL of cached completions mixed into groups, or "builtin"')
     mix_ratio: float = opt(0.0, "share of each group taken from the teacher pool")
@@ -173,7 +174,7 @@ class TrainConfig:
         if self.eval_temperature == 0 and self.eval_samples > 1:
             raise UserError("--eval-temperature 0 (greedy) gives identical samples: use --eval-samples 1")
         for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch",
-                     "num_iterations", "refresh_every"):
+                     "num_iterations", "refresh_every", "clean_k"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from projected_grpo.interventions.base import (KINDS, POINTS, READS_LABELS, Context, Intervention, Knowledge,
                                                LabelLeak, StepBatch)
+from projected_grpo.interventions.clean_subspace import CleanSubspace
 from projected_grpo.interventions.monitor import MonitorPenalty, Screening
 from projected_grpo.interventions.probe import ProbePenalty
 from projected_grpo.interventions.projection import OracleProjection, Projection
@@ -16,7 +17,7 @@ from projected_grpo.interventions.rebound import ReboundPenalty
 
 REGISTRY: dict[str, type[Intervention]] = {cls.name: cls for cls in (
     Projection, OracleProjection, ReboundPenalty, MonitorPenalty, Screening, ProbePenalty, PlanPrompt,
-    InoculationPrompt)}
+    InoculationPrompt, CleanSubspace)}
 
 
 

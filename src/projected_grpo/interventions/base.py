@@ -10,7 +10,8 @@ An intervention acts at one point of the GRPO step and declares what it knows:
     update     directions(batch), projecting the AdamW step     projection with --project-target update
 
 Knowledge (`Knowledge.kind`): "nothing"; "pairs" (contrastive pairs or persona sentences, no label of
-any training row); "calibration" (a fixed labelled set, fitted once before training, its size and
+any training row); "demonstrations" (honest solutions of training problems, no label of any
+training row); "calibration" (a fixed labelled set, fitted once before training, its size and
 held-out accuracy stated); "monitor" (the oracle's label of each training row through a noisy
 channel of stated TPR / FPR); "oracle" (the labels themselves: a declared upper bound). Only an
 intervention whose kind is "monitor" or "oracle" may read a row's label (`StepBatch.hack_labels`
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 POINTS = ("prompt", "reward", "advantage", "gradient", "update", "parameters")
-KINDS = ("nothing", "pairs", "calibration", "monitor", "oracle")
+KINDS = ("nothing", "pairs", "demonstrations", "calibration", "monitor", "oracle")
 READS_LABELS = ("monitor", "oracle")        # the kinds that see training rows' oracle labels
 HACK_LABEL = "reward_hack"
 
@@ -65,6 +66,7 @@ class Context:
     v_real: dict[str, torch.Tensor]
     handed_v: dict[str, torch.Tensor] | None = None
     eval_ids: tuple[str, ...] = ()   # the run's held-out eval problems: no calibration set may name one
+    train_problems: tuple = ()       # the run's training problems (env.problem.Problem)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Intervention:
     point: str = ""                               # one of POINTS
     kind: ClassVar[str] = "nothing"               # what it knows (KINDS); knows() states the detail
     needs_hack_gradient: ClassVar[bool] = False   # the trainer computes batch.g_hack first (oracle.py)
+    transforms: ClassVar[bool] = False            # gradient point: transform(grads) instead of projecting off V
     flags_rows: ClassVar[bool] = False            # sets self.flags (B,) each step: detector metrics
     metric_prefix: ClassVar[str] = ""             # its detector metrics: <prefix>_tpr, <prefix>_fpr, ...
 
@@ -127,6 +130,9 @@ class Intervention:
 
     def directions(self, batch: StepBatch) -> dict[str, torch.Tensor] | None:
         return None
+
+    def transform(self, grads: dict[str, torch.Tensor]) -> None:
+        """Gradient point with `transforms`: change the all-reduced δS gradients in place."""
 
     def metrics(self) -> dict:
         return {}

@@ -30,7 +30,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +144,7 @@ class Trainer:
         else:
             self.v_measure, handed_v = directions
         ctx = Context(cfg, policy, self.out, self.device, self.progress, self.v_measure, handed_v,
-                      tuple(self.split.eval))
+                      tuple(self.split.eval), tuple(self.problems))
         for iv in self.interventions:
             iv.setup(ctx)
         self.projector = next((iv for iv in self.interventions if iv.point in ("gradient", "update")), None)
@@ -339,14 +339,24 @@ class Trainer:
                       else project_grads(grads, self.v_measure, apply=False))
         null_stats = project_grads(grads, self.v_null, apply=False)
         point = None if self.projector is None else self.projector.point     # gradient | update | None
-        stats = project_grads(grads, self.v_project, apply=point is not None)
+        if self.projector is not None and self.projector.transforms:   # e.g. onto a clean subspace
+            measured = project_grads(grads, self.v_project, apply=False)
+            self.projector.transform(grads)
+            stats = replace(measured, cos_out=project_grads(grads, self.v_project, apply=False).cos_in)
+        else:
+            stats = project_grads(grads, self.v_project, apply=point is not None)
         real_stats = real_stats or stats
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.adapter.params().values()), cfg.grad_clip)
         before = {k: p.detach().clone() for k, p in self.adapter.params().items()}
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         deltas = {k: p.detach() - before[k] for k, p in self.adapter.params().items()}
-        if point == "update":
+        if point == "update" and self.projector is not None and self.projector.transforms:
+            self.projector.transform(deltas)                          # the step itself, transformed alike
+            with torch.no_grad():
+                for k, p in self.adapter.params().items():
+                    p.copy_(before[k] + deltas[k])
+        elif point == "update":
             with torch.no_grad():
                 for k, p in self.adapter.params().items():
                     p.copy_(before[k] + project_update(self.v_project[k], deltas[k]))
