@@ -1,5 +1,5 @@
-"""Why the CPU preset (`smoke`) runs in fp32: one forward+backward of the embedded tiny-qwen3 model over
-a padded batch, in bf16 and in fp32, on this machine's CPU, one torch thread (as the tests run).
+"""Why the CPU preset (`smoke`) runs in fp32: one forward + backward (to δS) of the embedded tiny-qwen3
+model over a batch, in bf16 and in fp32, on this machine's CPU, one torch thread (as the tests run).
 
     .venv/bin/python bench/cpu_dtype.py [--steps 5] [--batch 4] [--seq 96]
 
@@ -29,10 +29,13 @@ def cpu_name() -> tuple[str, bool]:
 
 
 def step_seconds(dtype: str, batch: int, seq: int, steps: int) -> float:
-    """Median seconds of one forward + backward (loss = mean logit) of tiny-qwen3 in `dtype`."""
+    """Median seconds of one forward + backward (loss = mean logit, gradient to δS as training takes it)
+    of tiny-qwen3 in `dtype`."""
+    from projected_grpo.core.adapter import attach
     from projected_grpo.models import load_model
 
     model, tok = load_model("tiny-qwen3", dtype, "cpu")
+    attach(model, "tiny-qwen3")                  # the δS adapter: its parameters take the gradient
     model.train()
     ids = torch.randint(0, len(tok), (batch, seq), generator=torch.Generator().manual_seed(0))
     times = []

@@ -270,7 +270,7 @@ _HINTS = typing.get_type_hints(TrainConfig)  # field name -> type (the annotatio
 PRESETS: dict[str, TrainConfig] = {
     # CPU, the embedded model: checks the mechanics end to end in a few minutes on 2 cores.
     # The teacher pool gives the random-init model's groups a reward spread, so gradients flow.
-    # fp32: a CPU without AVX-512 BF16 runs bf16 matmuls ~20x slower than fp32 (bench/cpu_dtype.py).
+    # fp32: a CPU without AVX-512 BF16 runs the bf16 forward+backward ~50x slower (bench/cpu_dtype.py).
     "smoke": TrainConfig(model="tiny-qwen3", device="cpu", dtype="float32", problems="bundled",
                          n_problems=30, steps=10,
                          prompts_per_step=2, group_size=2, max_new_tokens=48, beta=0.0, vhack_m=4,
