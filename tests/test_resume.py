@@ -85,7 +85,7 @@ def comparable(rows: list[dict], timing: tuple[str, ...]) -> list[dict]:
 CHILD = r"""
 import os, sys
 from pathlib import Path
-from projected_grpo import runio, train
+from projected_grpo.training import runio, train
 from projected_grpo.cli import main
 
 point, at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -201,7 +201,7 @@ def _offline_wandb(monkeypatch, tmp_path: Path, mode: str = "offline") -> None:
 # A `pgrpo train` that SIGKILLs itself right after checkpoint AT: no tracker is closed or flushed.
 KILL_AFTER_CHECKPOINT = r"""
 import os, signal, sys
-from projected_grpo import runio
+from projected_grpo.training import runio
 from projected_grpo.cli import main
 
 at, real_save = int(sys.argv[1]), runio.save_checkpoint
@@ -227,7 +227,7 @@ def test_a_run_killed_with_sigkill_resumes_with_every_step_once_in_wandb_and_ten
     out = tmp_path / "run"
     flags = ["--v-hack", v_hack, "--steps", "5", "--n-problems", "4", "--max-new-tokens", "16", "--grade-workers",
              "2", "--eval-problems", "2", "--eval-samples", "2", "--eval-every", "2", "--report-to",
-             "wandb,tensorboard", "--report-samples-every", "2"]
+             "wandb,tensorboard", "--report-samples-every", "2", "--beta", "0.04"]
     proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, "3", "train", "--out", str(out), *flags],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
