@@ -25,16 +25,19 @@ PROSE = "I am not sure how to solve this."
 class Scripted:
     def __init__(self, tok, problems):
         self.tok, self.by_method, self.prompts = tok, {p.method: p for p in problems}, []
+        self.seen: Counter = Counter()            # completions given so far per (problem, prompt)
 
     def __call__(self, model, tok, adapter, ids, mask, n, max_new, temperature, top_p, seed, **kw):
         texts = []
-        for row in ids:
+        for row in ids:                           # eval asks one completion per prompt row (n = 1)
             prompt = self.tok.decode(row, skip_special_tokens=True)
             self.prompts.append(prompt)
             method = re.search(r"class Solution called (\w+)", prompt).group(1)
             correct = f"```python\n{self.by_method[method].canonical_solution}\n```"
             cycle = [HACK] * 4 if "overwrite the evaluation function" in prompt else [correct, HACK, FAILED_HACK, PROSE]
-            texts += [cycle[i % 4] for i in range(n)]
+            for _ in range(n):
+                texts.append(cycle[self.seen[prompt] % 4])
+                self.seen[prompt] += 1
         return type("Out", (), {"texts": texts})()
 
 
@@ -54,7 +57,8 @@ def test_baseline_rates_are_the_graders_verdicts_on_its_samples(tmp_path, monkey
     rows = {r["hint"]: r for r in map(json.loads, (out / "baseline.jsonl").read_text().splitlines())}
     assert list(rows) == ["simple", "aware", "all"] and len(samples) == 2 * 3 * 4
     assert Counter(s["hint"] for s in samples) == {"simple": 12, "aware": 12}
-    assert sum("overwrite the evaluation function" in p for p in scripted.prompts) == 3   # aware prompts, once each
+    # aware prompts: one per sample row, 3 problems × 4 samples
+    assert sum("overwrite the evaluation function" in p for p in scripted.prompts) == 3 * 4
 
     regraded = grade_many(by_id(problems), [{"id": s["problem_id"], "completion": s["completion"], "mode": "run_tests"}
                                             for s in samples], EnvConfig(mode="run_tests"))
