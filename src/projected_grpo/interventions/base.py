@@ -26,10 +26,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from projected_grpo.directions.oracle import HACK_LABEL
+
 POINTS = ("prompt", "reward", "advantage", "gradient", "update", "parameters")
 KINDS = ("nothing", "pairs", "demonstrations", "calibration", "monitor", "oracle")
 READS_LABELS = ("monitor", "oracle")        # the kinds that see training rows' oracle labels
-HACK_LABEL = "reward_hack"
 
 
 class LabelLeak(RuntimeError):

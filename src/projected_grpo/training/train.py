@@ -234,10 +234,12 @@ class Trainer:
         chosen = [self.problems[(step * P + i) % n] for i in range(P)]
         return chosen[self.rank::self.world]
 
-    def rollouts(self, step: int, problems: list) -> tuple[Rollouts, list[bool]]:
-        """P_local × G rows, group-major; the last n_teacher rows of each group come from the pool."""
+    def rollouts(self, step: int, problems: list, messages: list | None = None) -> tuple[Rollouts, list[bool]]:
+        """P_local × G rows, group-major; the last n_teacher rows of each group come from the pool.
+        `messages`: each problem's training prompt (None: self.messages of each)."""
         cfg, G, k = self.cfg, self.cfg.group_size, self.cfg.n_teacher
-        ids, mask = encode_prompts(self.tok, [self.messages(p) for p in problems], self.device)
+        messages = [self.messages(p) for p in problems] if messages is None else messages
+        ids, mask = encode_prompts(self.tok, messages, self.device)
         student = self.sample(self.model, self.tok, self.adapter, ids, mask, G - k, cfg.max_new_tokens,
                          cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
                          static_cache=cfg.fast_rollout and self.device.type == "cuda",
@@ -265,7 +267,8 @@ class Trainer:
         cfg, G = self.cfg, self.cfg.group_size
         t0 = time.perf_counter()
         problems = self.step_problems(step)
-        rows, is_teacher = self.rollouts(step, problems)
+        messages = [self.messages(p) for p in problems]               # each problem's training prompt
+        rows, is_teacher = self.rollouts(step, problems, messages)
         t1 = time.perf_counter()
         pids = [p.id for p in problems for _ in range(G)]
         items = [{"id": pid, "completion": text, "mode": cfg.mode} for pid, text in zip(pids, rows.texts)]
@@ -279,7 +282,7 @@ class Trainer:
         # Reward from the flawed grade only; gt_correct / label are never read below this line until
         # the metrics are assembled, except by the labelled-hack gradient (oracle.py: logged only with
         # --coverage) and by an intervention that declares label use (StepBatch.hack_labels).
-        batch = StepBatch(step, problems, [self.messages(p) for p in problems for _ in range(G)],
+        batch = StepBatch(step, problems, [m for m in messages for _ in range(G)],
                           rows, grades, is_teacher, self.model, self.tok, self.adapter)
         rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32).view(-1, G)   # (P_l, G)
         keep = None                                                                            # (B,) bool
