@@ -98,7 +98,9 @@ class TrainConfig:
                                                 "min(π_old, 1))")
     lr: float = opt(5e-3, "AdamW learning rate for δS")
     weight_decay: float = opt(0.0, "AdamW weight decay")
-    warmup_steps: int = opt(1, "linear warmup, then cosine to 0")
+    warmup_steps: int = opt(1, "linear warm-up steps, then --lr-schedule")
+    lr_schedule: Literal["cosine", "constant"] = opt("cosine", "after the warm-up: cosine (to 0 at the last "
+                                                     "step) | constant")
     grad_clip: float = opt(1.0, "global grad-norm clip")
     micro_batch: int = opt(8, "sequences per forward/backward chunk")
     logprob_chunk: int = opt(256, "positions per lm_head chunk in the log-prob pass")

@@ -27,7 +27,6 @@ last step the current policy is evaluated on the held-out eval problems (splits.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, replace
@@ -40,6 +39,7 @@ from tqdm import tqdm
 from projected_grpo import arms
 from projected_grpo.directions import sources as directions_mod, oracle
 from projected_grpo.training import dist, evaluate, runio, runlock, splits, trackers
+from projected_grpo.training.schedule import lr_factor
 from projected_grpo.core.adapter import tensor_hash
 from projected_grpo.config import TrainConfig
 from projected_grpo.interventions import Context, StepBatch, build, uses_labels
@@ -172,10 +172,7 @@ class Trainer:
         return split, [by_id[i] for i in split.train], [by_id[i] for i in split.eval]
 
     def _lr_lambda(self, step: int) -> float:
-        warm, total = self.cfg.warmup_steps, self.cfg.steps
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return lr_factor(step, self.cfg.warmup_steps, self.cfg.steps, self.cfg.lr_schedule)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _state(self, step: int) -> dict:
