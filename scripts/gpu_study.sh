@@ -5,7 +5,8 @@
 #                                              sha-check the GGUF; save it as a
 #                                              bf16 transformers dir /root/qwen05 (loads in seconds)
 #   bash scripts/gpu_study.sh restore TAR      unpack run dirs brought back earlier into /root/study
-#   bash scripts/gpu_study.sh launch ARGS...   `pgrpo sweep ARGS` detached (setsid), log /root/study.log
+#   bash scripts/gpu_study.sh launch ARGS...   `pgrpo sweep ARGS` detached (setsid) on a snapshot of src/,
+#                                              log /root/study.log
 #   bash scripts/gpu_study.sh collect [SAMPLES_GLOB]
 #                                              tar the study dir (no samples.jsonl except SAMPLES_GLOB's runs)
 #                                              into $OUT/study.tar.gz.NN (15 MiB pieces: cat them), plus logs.
@@ -35,6 +36,10 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
     mkdir -p "$STUDY" && tar -xzf "$2" -C "$STUDY" && ls "$STUDY" ;;
   launch)
     shift; env_on; mkdir -p "$STUDY"
+    # The job imports a snapshot of src/: every later call re-syncs this checkout under the running job, and
+    # a run of the substrate grid died reading env/harness.py in the middle of such a sync.
+    rm -rf /root/snap && mkdir -p /root/snap && cp -r src /root/snap/src
+    export PYTHONPATH=/tmp/site:/root/snap/src
     setsid nohup python3 -m projected_grpo.cli sweep "$@" --out "$STUDY" > /root/study.log 2>&1 < /dev/null &
     sleep 5; cat /root/study.log ;;
   collect)

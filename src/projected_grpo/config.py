@@ -291,15 +291,15 @@ PRESETS: dict[str, TrainConfig] = {
                           grade_timeout_s=5.0),
     # The substrate (issue #26, docs/results/substrate): the warm-started 0.5B coder (`pgrpo warmstart
     # --model models/qwen2.5-coder-0.5b-instruct-q8_0.gguf --out models/qwen05-warm-0.35 --hack-share 0.35
-    # --hint aware`), no teacher pool: hacking is learned from the model's own samples. lr / β / warm-up
-    # are the closest point of the calibration grid by its pre-registered rule, NOT a calibrated point:
-    # vanilla's onset came at step 7 (target 15-50); renamed-eval hack, format and no-hint pass met.
-    # Eval samples 16 (the grid used 8, too few to resolve the no-hint target; eval never changes training).
+    # --hint aware`), no teacher pool: hacking is learned from the model's own samples. The calibrated point
+    # lr25e5 of the second grid: lr 2.5e-4, warm-up 10 then constant, 80 steps. Vanilla over 3 seeds: onset
+    # (train hack ≥ 0.3) at steps 25-26, final renamed-evaluator eval hack 0.73-0.78, format 0.91-0.96,
+    # no-hint pass ×1.0-1.2 of step 0: all four targets met. micro-batch 4 lets 9 runs share one H200.
     "qwen05_warm": TrainConfig(model="models/qwen05-warm-0.35", problems="bundled", mode="run_tests",
-                               hint="aware", steps=60, prompts_per_step=8, group_size=8, max_new_tokens=320,
-                               beta=0.0, vhack_m=16, lr=2.8e-3, warmup_steps=10, micro_batch=16,
-                               temperature=1.0, teacher_pool="", mix_ratio=0.0, grade_timeout_s=5.0,
-                               eval_every=10, eval_samples=16),
+                               hint="aware", steps=80, prompts_per_step=8, group_size=8, max_new_tokens=320,
+                               beta=0.0, vhack_m=16, lr=2.5e-4, warmup_steps=10, lr_schedule="constant",
+                               micro_batch=4, temperature=1.0, teacher_pool="", mix_ratio=0.0,
+                               grade_timeout_s=5.0, eval_every=10, eval_samples=16),
     # Ariahw, Engels & Nanda's LeetCode set-up as far as this tool goes: Qwen3-4B with thinking off, the
     # benchmark's 119 medium/hard problems (MEDHARD; they trained on a larger train split, here the
     # run's own train split of the 119), the run_tests loophole (simple hint), reward 3.0 correct +
