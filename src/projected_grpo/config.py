@@ -103,6 +103,11 @@ class TrainConfig:
                                                      "step) | constant")
     grad_clip: float = opt(1.0, "global grad-norm clip")
     micro_batch: int = opt(8, "sequences per forward/backward chunk")
+    train_batching: Literal["padded", "sorted"] = opt(
+        "padded", "training micro-batches: padded (row order, the batch's padded rectangle) | sorted (rows by "
+        "length, each micro-batch without padding, only real completion tokens scored; core/batching.py)")
+    micro_tokens: int = opt(0, "with --train-batching sorted: rows per micro-batch while rows × longest row ≤ "
+                            "this (0 = --micro-batch rows)")
     logprob_chunk: int = opt(256, "positions per lm_head chunk in the log-prob pass")
     grad_checkpointing: bool = opt(False, "activation checkpointing in the training forward")
     fast_rollout: bool = opt(True, "CUDA: static-cache compiled decode; CPU: HF generate")
@@ -175,6 +180,10 @@ class TrainConfig:
             raise UserError(f"--eval-temperature must be >= 0, got {self.eval_temperature}")
         if self.eval_temperature == 0 and self.eval_samples > 1:
             raise UserError("--eval-temperature 0 (greedy) gives identical samples: use --eval-samples 1")
+        if self.micro_tokens and self.train_batching != "sorted":
+            raise UserError("--micro-tokens needs --train-batching sorted")
+        if self.micro_tokens < 0:
+            raise UserError(f"--micro-tokens must be >= 0, got {self.micro_tokens}")
         for name in ("steps", "prompts_per_step", "max_new_tokens", "vhack_m", "micro_batch",
                      "num_iterations", "refresh_every", "clean_k"):
             if getattr(self, name) < 1:

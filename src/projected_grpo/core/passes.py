@@ -22,8 +22,8 @@ import contextlib
 import torch
 
 from projected_grpo.training import dist
-from projected_grpo.core.grpo import (clipped, grpo_token_loss, sampler_mismatch, teacher_is_weight, tis_weight,
-                                 token_logprobs)
+from projected_grpo.core.batching import micro_batches, micro_logprobs
+from projected_grpo.core.grpo import clipped, grpo_token_loss, sampler_mismatch, teacher_is_weight, tis_weight
 from projected_grpo.training.rollout import Rollouts
 
 if TYPE_CHECKING:                 # annotations only: config imports nothing of this stage
@@ -32,7 +32,8 @@ if TYPE_CHECKING:                 # annotations only: config imports nothing of 
 
 class BatchState:
     """What the first optimiser pass over a sampled batch fixes for the later ones (keyed by the
-    micro-batch's first row), and the mismatch / clipping counts logged for the step."""
+    micro-batch's index in batching.micro_batches, the same on every pass), and the mismatch /
+    clipping counts logged for the step."""
 
     def __init__(self):
         self.logp_old: dict[int, torch.Tensor] = {}         # (b, T) logπ_old, detached
@@ -62,20 +63,22 @@ def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.T
     first = not batch.logp_old
     loss_sum = kl_sum = 0.0
     model.train(cfg.grad_checkpointing)
+    groups = micro_batches(att, cfg.train_batching, cfg.micro_batch, cfg.micro_tokens)
     with adapter.merged_training() if cfg.delta_s_impl == "merged" else contextlib.nullcontext():
-        for s in range(0, ids.shape[0], cfg.micro_batch):
-            sl = slice(s, s + cfg.micro_batch)
+        for s, rows_mb in enumerate(groups):
+            sl = rows_mb.to(ids.device)                                   # (b,) rows of this micro-batch
             if not bool(adv[sl].any()) and cfg.beta == 0:
                 continue  # zero advantage, no KL: this micro-batch has zero gradient
-            logp = token_logprobs(model, ids[sl], att[sl], n_prompt, cfg.logprob_chunk)  # (b, T)
+            logp = micro_logprobs(model, ids[sl], att[sl], n_prompt, cfg.train_batching,
+                                  cfg.logprob_chunk)                      # (b, T)
             if first:
                 batch.logp_old[s] = logp_old = logp.detach()
                 batch.weight[s] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
                 batch.logp_ref[s] = None
                 if cfg.beta > 0:
                     with torch.no_grad(), adapter.reference():
-                        batch.logp_ref[s] = token_logprobs(model, ids[sl], att[sl], n_prompt,
-                                                           cfg.logprob_chunk)
+                        batch.logp_ref[s] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
+                                                           cfg.train_batching, cfg.logprob_chunk)
             else:
                 batch.clipped += float((clipped(logp.detach(), batch.logp_old[s], adv[sl], cfg.clip_eps)
                                         * cmask[sl]).sum())
@@ -89,7 +92,7 @@ def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.T
     return loss_sum, kl_sum
 
 
-def token_weights(cfg: TrainConfig, rows: Rollouts, sl: slice, logp_old: torch.Tensor,
+def token_weights(cfg: TrainConfig, rows: Rollouts, sl: torch.Tensor, logp_old: torch.Tensor,
                   teacher: torch.Tensor, cmask: torch.Tensor, batch: BatchState) -> torch.Tensor:
     """(b, T) detached w: TIS on student tokens, `teacher_weight` on teacher tokens, else 1;
     measures the sampler mismatch on the student tokens on the way."""
