@@ -80,11 +80,9 @@ class TrainConfig:
     probe_l2: float = opt(1e-2, "probe_penalty: L2 strength of the logistic regression (standardised states)")
     clean_k: int = opt(8, "clean_subspace: directions kept per module from the honest demonstrations' gradients")
     probe_threshold: float = opt(0.5, "probe_penalty: a row is flagged when the probe's P(hack) >= this")
-    route_threshold: float = opt(0.0, "routing_v / routing_random: a row trains the quarantine when its gradient's "
-                                      "signed cosine with V's top axis exceeds this; 0 = every row that moves δ "
-                                      "hack-ward (the projection's sign rule): one row's cosine is small (≈ 1/sqrt(Σ r) "
-                                      "for an unrelated V, logged as route_cos_null_rms), so calibrate a stricter "
-                                      "value on the logged route_cos_p50 / p90")
+    route_threshold: float = opt(0.0, "routing_v / routing_random: route a row when its gradient's cosine with V's top "
+                                      "axis exceeds this (0: any hack-ward row; one row's cos is small, ~1/sqrt(Σr) "
+                                      "for a random V: calibrate on the logged route_cos_p50/p90, route_cos_null_rms)")
     teacher_pool: str = opt("", 'JSONL of cached completions mixed into groups, or "builtin"')
     mix_ratio: float = opt(0.0, "share of each group taken from the teacher pool")
     teacher_kinds: str = opt("", 'teacher-pool kinds kept ("" = all; builtin: canonical,stub,exploit)')

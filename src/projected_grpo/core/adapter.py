@@ -263,10 +263,10 @@ class DeltaSAdapter:
         """Give every batch row its own copy of δS, so ONE backward yields each row's gradient.
 
         Yields {module key: leaf tensor (batch_size, r), fp32, requires_grad} initialised to the
-        current δ (DeltaSLinear.delta: δS, plus δQ under gradient routing; 0 for a fresh adapter). Inside, each module computes U (δS_b ⊙ (Vh x_b)) for
-        row b of a (B, T, d_in) input. Rows do not interact (no batch norm in a causal LM), so
-        ∂(Σ_b loss_b)/∂leaf[b] = ∂loss_b/∂δS. The shared δS parameters get no gradient; the
-        ordinary forward is restored on exit."""
+        current δ (DeltaSLinear.delta: δS, plus δQ under gradient routing; 0 for a fresh adapter).
+        Inside, each module computes U (δS_b ⊙ (Vh x_b)) for row b of a (B, T, d_in) input. Rows do
+        not interact (no batch norm in a causal LM), so ∂(Σ_b loss_b)/∂leaf[b] = ∂loss_b/∂δS. The
+        shared δS parameters get no gradient; the ordinary forward is restored on exit."""
         leaves = {k: m.delta().detach().expand(batch_size, m.rank).clone().requires_grad_(True)
                   for k, m in self.modules.items()}
         for k, m in self.modules.items():

@@ -15,6 +15,7 @@ False instead: a backward there sends ∂L/∂δ to δQ only, any other backward
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -64,5 +65,4 @@ def trains_quarantine(adapter):
 
 def norm(adapter) -> float:
     """‖δQ‖ over all modules (0.0 without a quarantine)."""
-    qs = list(params(adapter).values())
-    return float(torch.sqrt(sum((q.detach().double() ** 2).sum() for q in qs))) if qs else 0.0
+    return math.sqrt(sum(float((q.detach().double() ** 2).sum()) for q in params(adapter).values()))
