@@ -21,7 +21,8 @@ Logged each step: quarantine_norm (‖δQ‖ after the step), quarantine_grad_no
 the clip), routed_rows / routed_frac (of the trained rows, all ranks); at eval steps, beside the
 deployed eval_*: eval_hack_rate_with_quarantine, eval_pass_rate_with_quarantine,
 eval_format_rate_with_quarantine, eval_hack_given_code_with_quarantine (the headline prompt set
-only, on the deployed eval's seeds, δQ kept). The training hack_rate is already "with quarantine".
+only, on the deployed eval's seeds, δQ kept: one prompt set of up to three, so about a third more eval
+time; smoke preset 4.3 s beside 13.6 s). The training hack_rate is already "with quarantine".
 
 Routers:
   RouteByMonitor  (arm routing; knows the monitor) the rows the monitor flags: monitor.channel, the
