@@ -68,12 +68,13 @@ def random_vs(adapter, m: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 # ---- the split of the backward ---------------------------------------------------------------------
-@pytest.mark.parametrize("beta", [0.0, 0.04])
-def test_routed_rows_train_the_quarantine_only_and_the_two_gradients_add_up_to_vanilla(beta):
+@pytest.mark.parametrize("beta,impl", [(0.0, "hook"), (0.04, "hook"), (0.04, "merged")])
+def test_routed_rows_train_the_quarantine_only_and_the_two_gradients_add_up_to_vanilla(beta, impl):
     """At δS, δQ ≠ 0 (so the KL term of β > 0 has a gradient): δS's gradient is the vanilla gradient of
     the unflagged rows alone and δQ's that of the flagged rows alone, both computed on a plain adapter
-    whose δS holds δS + δQ; their sum is the vanilla gradient of all rows. Micro-batch 3 splits groups."""
-    cfg = cfg_of(beta=beta)
+    whose δS holds δS + δQ; their sum is the vanilla gradient of all rows. Micro-batch 3 splits groups;
+    `merged`: the training forward on W' folded from δS + δQ (merged_delta.py)."""
+    cfg = cfg_of(beta=beta, delta_s_impl=impl)
     routed_policy, plain = load_policy(cfg), load_policy(cfg)
     delta_q = quarantine.attach(routed_policy.adapter)
     randomise(routed_policy.adapter.params(), 1, 0.02)
