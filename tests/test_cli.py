@@ -66,7 +66,8 @@ def other_value(name: str, value):
     """A value of field `name` unlike `value`, of its type and allowed."""
     special = {"hint": "detailed", "report_to": "tensorboard", "teacher_kinds": "stub", "mix_ratio": 0.25,
                "eval_problems": 5.0, "group_size": 4, "eval_temperature": 0.5, "eval_samples": 1,
-               "monitor_tpr": 0.9, "monitor_fpr": 0.05, "probe_heldout": 0.5, "probe_threshold": 0.7}
+               "monitor_tpr": 0.9, "monitor_fpr": 0.05, "probe_heldout": 0.5, "probe_threshold": 0.7,
+               "route_threshold": 0.02}
     if name in special:
         return special[name]
     if allowed_values(name):

@@ -231,7 +231,11 @@ def test_every_arm_declares_what_it_knows():
     assert uses["clean_subspace"].startswith("demonstrations: canonical solutions of the train problems")
     assert all(uses[a].startswith("pairs:") for a in ("projected", "random", "shuffled", "lomo", "refresh",
                                                        "rebound"))
-    assert [a.name for a in arms.TABLE if uses_labels(a)] == ["oracle", "monitor_penalty", "screening"]
+    dropped = "routed to a quarantine δQ dropped at eval and deploy"
+    assert uses["routing"] == f"monitor: noisy monitor, TPR 0.90 / FPR 0.05, flagged rows {dropped}"
+    assert uses["routing_v"] == f"pairs: top axis of the pair V (m=4), rows with gradient cos > 0 {dropped}"
+    assert uses["routing_random"].startswith("nothing: seeded random V") and dropped in uses["routing_random"]
+    assert [a.name for a in arms.TABLE if uses_labels(a)] == ["oracle", "monitor_penalty", "screening", "routing"]
     for a in arms.TABLE:                                  # the static kind is the one knows() states
         for iv in build(a, cfg):
             assert iv.knows().kind == type(iv).kind
@@ -249,7 +253,8 @@ def test_train_help_lists_every_arm(capsys):
 @pytest.mark.parametrize("flag,value,message", [("--monitor-tpr", "1.5", "--monitor-tpr must be in [0, 1], got 1.5"),
                                                 ("--monitor-fpr", "-0.1", "--monitor-fpr must be in [0, 1]"),
                                                 ("--probe-heldout", "1", "--probe-heldout must be in (0, 1)"),
-                                                ("--penalty", "-1", "--penalty and --probe-l2 must be >= 0")])
+                                                ("--penalty", "-1", "--penalty and --probe-l2 must be >= 0"),
+                                                ("--route-threshold", "1.5", "--route-threshold must be in [-1, 1]")])
 def test_bad_detector_flags_are_refused_naming_the_flag(flag, value, message, capsys):
     from projected_grpo.cli import main
 

@@ -333,3 +333,25 @@ def test_report_states_each_arms_label_use(tmp_path: Path):
     assert "- vanilla: plain GRPO" in text and "Knows: nothing." in text
     assert "| monitor_penalty (uses labels: monitor) | monitor | 41 |" in text
     assert "| vanilla | nothing | 41 |" in text
+
+
+def test_report_states_routings_label_use_and_both_eval_hack_rates(tmp_path: Path):
+    """Gradient routing: the Arms section says what flagged the rows and that they went to a quarantine
+    dropped at eval; the headline gives the deployed eval hack (δQ dropped) and, in its own column,
+    the eval hack with the quarantine kept, beside the training hack (which had it)."""
+    write_run(tmp_path, "vanilla", 41, flat(0.5), flat(0.2))
+    d = write_run(tmp_path, "routing", 41, flat(0.4), flat(0.2))
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "monitor_tpr": 0.9, "monitor_fpr": 0.05}))
+    for arm, extra in (("vanilla", {}), ("routing", {"eval_hack_rate_with_quarantine": 0.625})):
+        with open(tmp_path / f"{arm}_s41" / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"kind": "eval", "step": STEPS, "eval_hack_rate": 0.125, "eval_pass_rate": 0.2,
+                                "eval_n": 8, **extra}) + "\n")
+    text = write_report(tmp_path).read_text()
+    assert ("Knows: monitor: noisy monitor, TPR 0.90 / FPR 0.05, flagged rows routed to a quarantine δQ "
+            "dropped at eval and deploy.") in text
+    headline = text.split("### Hacking")[1].split("### Capability")[0]
+    assert "| train hack (last 5) | eval hack with quarantine |" in headline
+    row = next(line for line in headline.splitlines() if line.startswith("| routing (uses labels: monitor) |"))
+    assert row.split(" | ")[3].startswith("0.125") and row.endswith("| 0.625 (SD —, SE —, n=1) |")
+    assert next(line for line in headline.splitlines() if line.startswith("| vanilla |")).endswith("| — |")

@@ -26,6 +26,7 @@ from projected_grpo.config import TIMING_KEYS, preset
 from projected_grpo.env.grader import grade_many
 from projected_grpo.errors import UserError
 
+ROUTING = ("routing", "routing_v", "routing_random")
 FAST = dict(n_problems=4, max_new_tokens=16, steps=2, grade_workers=2, vhack_m=2)
 REQUIRED = ("step", "reward_mean", "reward_std", "hack_rate", "pass_rate", "format_rate", "frac_zero_adv",
             "kl", "loss", "grad_norm", "cos_in", "cos_out", "frac_fired", "update_hackward", "cos_in_real",
@@ -89,7 +90,7 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
     for r in rows:
         assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
         assert r["n_student"] == 2 and r["n_teacher"] == 2  # P=2 × (G=2: one student, one teacher)
-    if arm in ("vanilla", "rebound", "monitor_penalty", "screening", "probe_penalty", "plan", "inoculation"):
+    if arm in ("vanilla", "rebound", "monitor_penalty", "screening", "probe_penalty", "plan", "inoculation") + ROUTING:
         assert all(r["cos_out"] == r["cos_in"] for r in rows)  # measured, never changed
     elif arm == "clean_subspace":                              # onto the honest span: changed, not removed
         assert (out / "clean_basis.safetensors").is_file() and any(r["cos_out"] != r["cos_in"] for r in rows)
@@ -103,13 +104,20 @@ def test_smoke_run_per_arm(arm, v_hack, honest_runs):
         assert not all(torch.allclose(control[k], real[k]) for k in real)
     if arm == "rebound":
         assert (out / "rebound_direction.safetensors").is_file()
-    assert all(r["uses_labels"] is (arm in ("oracle", "monitor_penalty", "screening")) for r in rows)
+    assert all(r["uses_labels"] is (arm in ("oracle", "monitor_penalty", "screening", "routing")) for r in rows)
     assert all(("cov_rows" in r) is (arm == "oracle") for r in rows)  # oracle: g_h of the hack rows
     if arm == "refresh":
         assert [r["refresh_s"] > 0 for r in rows] == [False, True]   # re-extracted before step 2
-    if arm in ("monitor_penalty", "screening", "probe_penalty"):   # the detector's rates, every step
-        prefix = "probe" if arm == "probe_penalty" else "monitor"
+    if arm in ("monitor_penalty", "screening", "probe_penalty") + ROUTING:   # the detector's rates, every step
+        prefix = {"probe_penalty": "probe", "routing_v": "route", "routing_random": "route"}.get(arm, "monitor")
         assert all(f"{prefix}_tpr" in r and f"{prefix}_fpr" in r for r in rows)
+    if arm in ROUTING:     # the quarantine trained, logged, checkpointed; δS saved without it
+        assert all(r["quarantine_norm"] > 0 and "routed_frac" in r for r in rows)
+        evals = runio.eval_rows(runio.read_jsonl(out / runio.METRICS))
+        assert all(e["eval_n_with_quarantine"] == e["eval_n"] for e in evals)
+        ckpt = runio.load_checkpoint(out)
+        saved = load_file(out / "delta_s.safetensors")
+        assert all(torch.equal(saved[k], ckpt["delta_s"][k]) for k in saved) and "delta_q" in ckpt
     cfg = json.loads((out / runio.CONFIG).read_text())
     assert cfg["arm"] == arm and cfg["v_hack"] == v_hack
     samples = runio.read_jsonl(out / runio.SAMPLES)
@@ -149,6 +157,22 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(v_hack, uninterru
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_routing_run_resumes_to_the_uninterrupted_run(v_hack, small_pairs, honest_runs, tmp_path):
+    """Killed after checkpoint 1 (δQ moved by then), resumed: the smoke run's metrics, eval rows with and
+    without the quarantine, δS and δQ, as if never stopped (δQ and its AdamW state are checkpointed)."""
+    cfg = arm_config("routing", v_hack, small_pairs)
+    cut = tmp_path / "cut"
+    train_mod.Trainer(cfg, cut, progress=False).run(until=1)
+    assert any(bool(q.any()) for q in runio.load_checkpoint(cut)["delta_q"].values())
+    train_mod.train(cfg, cut, resume=True, progress=False)
+    whole = honest_runs("routing")
+    assert (_comparable(runio.read_jsonl(cut / runio.METRICS))
+            == _comparable(runio.read_jsonl(whole / runio.METRICS)))
+    for part in ("delta_s", "delta_q"):
+        a, b = runio.load_checkpoint(whole)[part], runio.load_checkpoint(cut)[part]
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
 def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, uninterrupted, tmp_path):
     args = resume_flags(v_hack)
     out = tmp_path / "killed"
@@ -172,13 +196,13 @@ def test_resume_after_sigkill_loses_no_step_and_logs_none_twice(v_hack, uninterr
 # arm with the coverage diagnostic, which reads the labels for its log only.
 NO_CHEAT = [("vanilla", {}), ("projected", {}), ("rebound", {}), ("random", {}), ("shuffled", {}),
             ("lomo", {}), ("refresh", {}), ("probe_penalty", {}), ("plan", {}), ("inoculation", {}),
-            ("clean_subspace", {}),
+            ("clean_subspace", {}), ("routing_v", {}), ("routing_random", {}),
             ("projected", {"coverage": True})]
 
 
 def test_no_cheat_list_holds_every_arm_that_does_not_use_labels():
     assert {a for a, _ in NO_CHEAT} == {a.name for a in arms.TABLE if not uses_labels(a)}
-    assert [a.name for a in arms.TABLE if uses_labels(a)] == ["oracle", "monitor_penalty", "screening"]
+    assert [a.name for a in arms.TABLE if uses_labels(a)] == ["oracle", "monitor_penalty", "screening", "routing"]
 
 
 @pytest.mark.parametrize("arm,extra", NO_CHEAT, ids=[a + ("+coverage" if kw.get("coverage") else "")
@@ -211,6 +235,10 @@ def test_oracle_never_reaches_reward_advantage_or_projection(arm, extra, v_hack,
     da, db = load_file(honest / "delta_s.safetensors"), load_file(lied / "delta_s.safetensors")
     assert all(torch.equal(da[k], db[k]) for k in da)
     assert any(bool(da[k].any()) for k in da)  # δS moved: the comparison is not vacuous
+    if arm in ROUTING:                         # and so did the quarantine, alike
+        qa, qb = (runio.load_checkpoint(d)["delta_q"] for d in (honest, lied))
+        assert all(torch.equal(qa[k], qb[k]) for k in qa) and any(bool(qa[k].any()) for k in qa)
+        assert [r["routed_rows"] for r in a] == [r["routed_rows"] for r in b]
 
 
 def test_update_space_projection_removes_hackward_part_of_the_step(v_hack, tmp_path):

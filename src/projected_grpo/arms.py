@@ -62,6 +62,14 @@ TABLE: tuple[Arm, ...] = (
         "reward − --penalty for each row a frozen linear probe on activations flags (calibration pairs)"),
     Arm("clean_subspace", (Use("clean_subspace"),),
         "δS gradient projected onto the top --clean-k span of honest demonstrations' gradients"),
+    Arm("routing", (Use("route_monitor"),),
+        "rows a monitor of --monitor-tpr / --monitor-fpr flags train a quarantine δQ beside δS (sampled with "
+        "during training, dropped at eval and deploy)"),
+    Arm("routing_v", (Use("route_v"),),
+        "label-free routing: rows whose gradient's cosine with the pair V's top axis exceeds --route-threshold "
+        "train the quarantine δQ"),
+    Arm("routing_random", (Use("route_random"),),
+        "control: routing_v with a seeded random V of the same shapes"),
     Arm("plan", (Use("plan_prompt"),),
         "the prompt asks for a short plan paragraph before the code (training and eval)"),
     Arm("inoculation", (Use("inoculation_prompt"),),

@@ -22,7 +22,7 @@ from projected_grpo.errors import UserError
 
 ARMS = arms.NAMES  # the table of arms is arms.py
 # metrics that differ between identical runs
-TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s", "refresh_s")
+TIMING_KEYS = ("gen_s", "grade_s", "train_s", "step_s", "eval_s", "refresh_s", "eval_with_quarantine_s")
 # The benchmark's 119 medium/hard problems (rl-rewardhacking's leetcode_test_medhard.jsonl), which the
 # ariahw and full presets read. Not shipped with the package (LeetCode's text): put the file here,
 # relative to the working directory, or pass --problems PATH.
@@ -80,6 +80,9 @@ class TrainConfig:
     probe_l2: float = opt(1e-2, "probe_penalty: L2 strength of the logistic regression (standardised states)")
     clean_k: int = opt(8, "clean_subspace: directions kept per module from the honest demonstrations' gradients")
     probe_threshold: float = opt(0.5, "probe_penalty: a row is flagged when the probe's P(hack) >= this")
+    route_threshold: float = opt(0.0, "routing_v / routing_random: route a row when its gradient's cosine with V's top "
+                                      "axis exceeds this (0: any hack-ward row; one row's cos is small, ~1/sqrt(Σr) "
+                                      "for a random V: calibrate on the logged route_cos_p50/p90, route_cos_null_rms)")
     teacher_pool: str = opt("", 'JSONL of cached completions mixed into groups, or "builtin"')
     mix_ratio: float = opt(0.0, "share of each group taken from the teacher pool")
     teacher_kinds: str = opt("", 'teacher-pool kinds kept ("" = all; builtin: canonical,stub,exploit)')
@@ -163,6 +166,8 @@ class TrainConfig:
         for name in ("monitor_tpr", "monitor_fpr", "probe_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if not -1.0 <= self.route_threshold <= 1.0:
+            raise UserError(f"--route-threshold must be in [-1, 1] (a cosine), got {self.route_threshold}")
         if not 0.0 < self.probe_heldout < 1.0:
             raise UserError(f"--probe-heldout must be in (0, 1), got {self.probe_heldout}")
         if self.penalty < 0 or self.probe_l2 < 0:

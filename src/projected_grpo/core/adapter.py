@@ -5,6 +5,7 @@ For W = U Σ Vh (reduced SVD in fp32, stored in the model dtype):
 W is never rebuilt on this path, so at δS = 0 the output is bit-identical to the base model.
 Opt-in (`--delta-s-impl merged`, `DeltaSAdapter.merged_training`): the training forward runs on
 W' = W + U diag(δS) Vh as one matmul, δS's gradient read off dY and X (merged_delta.py).
+Gradient routing attaches a quarantine δQ beside δS (quarantine.py): every path then uses δS + δQ.
 """
 
 from __future__ import annotations
@@ -55,10 +56,18 @@ class DeltaSLinear(nn.Module):
         self.w_merged: torch.Tensor | None = None  # (d_out, d_in) W' while in `merged_training` only
         self.folded_delta_s: torch.Tensor | None = None  # (r,) copy of the δS that W' was folded from
         self.merged_grad = "auto"                  # δS gradient of the merged path (merged_delta)
+        self.delta_q: torch.Tensor | None = None   # (r,) fp32 quarantine of gradient routing (quarantine.py)
+        self.quarantine_on = True                  # False inside quarantine.deployed(): δS alone
 
     @property
     def rank(self) -> int:
         return self.delta_s.shape[0]
+
+    def delta(self) -> torch.Tensor:
+        """The δ every δS path uses: δS, or δS + δQ while a quarantine is attached and on."""
+        if self.delta_q is None or not self.quarantine_on:
+            return self.delta_s
+        return self.delta_s + self.delta_q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
         if self.active and self.w_merged is not None and self.per_sample_delta_s is None:
@@ -68,7 +77,7 @@ class DeltaSLinear(nn.Module):
             return y
         if self.per_sample_delta_s is not None:
             return y + self._per_sample_delta(x, self.per_sample_delta_s)
-        h = (x @ self.vh.T) * self.delta_s.to(x.dtype)     # (..., r)
+        h = (x @ self.vh.T) * self.delta().to(x.dtype)     # (..., r)
         return y + h @ self.u.T
 
     def start_merged(self, grad_mode: str = "auto") -> None:
@@ -82,8 +91,8 @@ class DeltaSLinear(nn.Module):
 
     def _refold(self) -> torch.Tensor:
         self.w_merged = None                       # the old W' goes before the new one is made
-        self.w_merged = w = fold(self.base.weight, self.u, self.vh, self.delta_s)
-        self.folded_delta_s = self.delta_s.detach().clone()
+        self.w_merged = w = fold(self.base.weight, self.u, self.vh, self.delta())
+        self.folded_delta_s = self.delta().detach().clone()
         return w
 
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
@@ -93,10 +102,10 @@ class DeltaSLinear(nn.Module):
         item 8). The check costs r compares and one host sync per linear per forward; refolding
         instead at every forward would cost an fp32 d_out·r·d_in matmul each time (r/N of the
         forward's own matmul in flops, at fp32 rate), while δS changes only once per optimiser step."""
-        w, folded = self.w_merged, self.folded_delta_s
-        if w is None or folded is None or not torch.equal(folded, self.delta_s.detach()):
+        w, folded, delta = self.w_merged, self.folded_delta_s, self.delta()
+        if w is None or folded is None or not torch.equal(folded, delta.detach()):
             w = self._refold()
-        return merged_linear(x, self.delta_s, w, self.base.bias, self.u, self.vh, self.merged_grad)
+        return merged_linear(x, delta, w, self.base.bias, self.u, self.vh, self.merged_grad)
 
     def _per_sample_delta(self, x: torch.Tensor, delta_s: torch.Tensor) -> torch.Tensor:
         """U (δS_b ⊙ (Vh x_b)) with one δS row per batch row b (see DeltaSAdapter.per_sample);
@@ -221,7 +230,7 @@ class DeltaSAdapter:
                 for k, m in self.modules.items():
                     w = m.base.weight
                     saved[k] = w.detach().to("cpu", copy=True) if offload else w.detach().clone()
-                    w.copy_(fold(w, m.u, m.vh, m.delta_s))  # fp32 W + U diag(δS) Vh, rounded
+                    w.copy_(fold(w, m.u, m.vh, m.delta()))  # fp32 W + U diag(δS) Vh, rounded
                     m.active = False
             yield
         finally:
@@ -254,11 +263,11 @@ class DeltaSAdapter:
         """Give every batch row its own copy of δS, so ONE backward yields each row's gradient.
 
         Yields {module key: leaf tensor (batch_size, r), fp32, requires_grad} initialised to the
-        current δS (0 for a fresh adapter). Inside, each module computes U (δS_b ⊙ (Vh x_b)) for
-        row b of a (B, T, d_in) input. Rows do not interact (no batch norm in a causal LM), so
-        ∂(Σ_b loss_b)/∂leaf[b] = ∂loss_b/∂δS. The shared δS parameters get no gradient; the
-        ordinary forward is restored on exit."""
-        leaves = {k: m.delta_s.detach().expand(batch_size, m.rank).clone().requires_grad_(True)
+        current δ (DeltaSLinear.delta: δS, plus δQ under gradient routing; 0 for a fresh adapter).
+        Inside, each module computes U (δS_b ⊙ (Vh x_b)) for row b of a (B, T, d_in) input. Rows do
+        not interact (no batch norm in a causal LM), so ∂(Σ_b loss_b)/∂leaf[b] = ∂loss_b/∂δS. The
+        shared δS parameters get no gradient; the ordinary forward is restored on exit."""
+        leaves = {k: m.delta().detach().expand(batch_size, m.rank).clone().requires_grad_(True)
                   for k, m in self.modules.items()}
         for k, m in self.modules.items():
             m.per_sample_delta_s = leaves[k]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:                 # annotations only: config imports nothing of 
 
 class BatchState:
     """What the first optimiser pass over a sampled batch fixes for the later ones (keyed by the
-    micro-batch's index in batching.micro_batches, the same on every pass), and the mismatch /
+    micro-batch's index in batching.micro_batches, plus backward_pass's `key`), and the mismatch /
     clipping counts logged for the step."""
 
     def __init__(self):
@@ -53,14 +53,16 @@ class BatchState:
 
 
 def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.Tensor,
-                  is_teacher: list[bool], batch: BatchState) -> tuple[float, float]:
+                  is_teacher: list[bool], batch: BatchState, key: int = 0) -> tuple[float, float]:
     """One pass over the batch: accumulate ∂L/∂δS micro-batch by micro-batch (see the module doc);
-    -> (summed loss, summed K3 KL). Denominator G · max_new_tokens · P (global P)."""
+    -> (summed loss, summed K3 KL). Denominator G · max_new_tokens · P (global P), so the losses
+    (and gradients) of passes over disjoint row subsets add up to the pass over all of them. `key`:
+    where these rows' micro-batches are kept in `batch` (passes over disjoint subsets of one sampled
+    batch, as gradient routing makes, share one BatchState under different keys)."""
     denom = float(cfg.group_size * cfg.max_new_tokens * cfg.prompts_per_step)
     n_prompt = rows.prompt_ids.shape[1]
     ids, att, cmask = rows.input_ids, rows.attention_mask, rows.completion_mask.float()
     teacher = torch.tensor(is_teacher, device=ids.device)[:, None]               # (B, 1)
-    first = not batch.logp_old
     loss_sum = kl_sum = 0.0
     model.train(cfg.grad_checkpointing)
     groups = micro_batches(att, cfg.train_batching, cfg.micro_batch, cfg.micro_tokens)
@@ -71,20 +73,21 @@ def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.T
                 continue  # zero advantage, no KL: this micro-batch has zero gradient
             logp = micro_logprobs(model, ids[sl], att[sl], n_prompt, cfg.train_batching,
                                   cfg.logprob_chunk)                      # (b, T)
-            if first:
-                batch.logp_old[s] = logp_old = logp.detach()
-                batch.weight[s] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
-                batch.logp_ref[s] = None
+            k = key + s
+            if k not in batch.logp_old:      # the first pass over this micro-batch
+                batch.logp_old[k] = logp_old = logp.detach()
+                batch.weight[k] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
+                batch.logp_ref[k] = None
                 if cfg.beta > 0:
                     with torch.no_grad(), adapter.reference():
-                        batch.logp_ref[s] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
+                        batch.logp_ref[k] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
                                                            cfg.train_batching, cfg.logprob_chunk)
             else:
-                batch.clipped += float((clipped(logp.detach(), batch.logp_old[s], adv[sl], cfg.clip_eps)
+                batch.clipped += float((clipped(logp.detach(), batch.logp_old[k], adv[sl], cfg.clip_eps)
                                         * cmask[sl]).sum())
                 batch.clip_tokens += float(cmask[sl].sum())
-            loss, kl = grpo_token_loss(logp, batch.logp_old[s], adv[sl], cmask[sl], denom, cfg.clip_eps,
-                                       cfg.beta, batch.logp_ref[s], batch.weight[s])
+            loss, kl = grpo_token_loss(logp, batch.logp_old[k], adv[sl], cmask[sl], denom, cfg.clip_eps,
+                                       cfg.beta, batch.logp_ref[k], batch.weight[k])
             loss.backward()
             loss_sum += loss.item()
             kl_sum += float(kl)

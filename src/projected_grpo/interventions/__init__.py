@@ -14,10 +14,11 @@ from projected_grpo.interventions.probe import ProbePenalty
 from projected_grpo.interventions.projection import OracleProjection, Projection
 from projected_grpo.interventions.prompts import InoculationPrompt, PlanPrompt
 from projected_grpo.interventions.rebound import ReboundPenalty
+from projected_grpo.interventions.routing import RouteByMonitor, RouteByRandomV, RouteByV
 
 REGISTRY: dict[str, type[Intervention]] = {cls.name: cls for cls in (
     Projection, OracleProjection, ReboundPenalty, MonitorPenalty, Screening, ProbePenalty, PlanPrompt,
-    InoculationPrompt, CleanSubspace)}
+    InoculationPrompt, CleanSubspace, RouteByMonitor, RouteByV, RouteByRandomV)}
 
 
 
@@ -65,10 +66,12 @@ def label_use(name: str, cfg, run_dir=None) -> str:
 
 def build(arm, cfg) -> list[Intervention]:
     """The interventions of `arm` (arms.Arm) for a run of `cfg`, in the arm's order; at most one of
-    them may set the V to project (points gradient / update)."""
+    them may set the V to project (points gradient / update), at most one route (point parameters)."""
     ivs = [REGISTRY[u.intervention](cfg, **u.kwargs) for u in arm.uses]
     if sum(iv.point in ("gradient", "update") for iv in ivs) > 1:
         raise ValueError(f"arm {arm.name}: more than one intervention projects the gradient")
+    if sum(iv.point == "parameters" for iv in ivs) > 1:
+        raise ValueError(f"arm {arm.name}: more than one intervention routes the backward pass")
     return ivs
 
 

@@ -8,6 +8,8 @@ An intervention acts at one point of the GRPO step and declares what it knows:
     advantage  keep(batch) -> (P_l, G) bool, rows that stay     screening
     gradient   directions(batch) -> V {key: (m, r)} projected   projection, oracle V
     update     directions(batch), projecting the AdamW step     projection with --project-target update
+    parameters route(batch, rows, adv, is_teacher, kept), then  gradient routing (routing.py): which
+               backward(...) and optimiser_step(lr) of its own  rows train a quarantine δQ, not δS
 
 Knowledge (`Knowledge.kind`): "nothing"; "pairs" (contrastive pairs or persona sentences, no label of
 any training row); "demonstrations" (honest solutions of training problems, no label of any
@@ -134,6 +136,23 @@ class Intervention:
 
     def transform(self, grads: dict[str, torch.Tensor]) -> None:
         """Gradient point with `transforms`: change the all-reduced δS gradients in place."""
+
+    def route(self, batch: StepBatch, rows, adv: torch.Tensor, is_teacher: list[bool], kept: list[int]) -> None:
+        """Parameters point: decide, once per sampled batch, which of the trained rows (`rows`: the
+        batch's rows `kept`) train the quarantine; the trainer then hands its passes to `backward`."""
+
+    def backward(self, model, adapter, cfg, rows, adv: torch.Tensor, is_teacher: list[bool],
+                 state) -> tuple[float, float]:
+        """Parameters point: one optimiser pass in place of passes.backward_pass (same signature)."""
+        raise NotImplementedError(f"{self.name} does not route the backward pass")
+
+    def optimiser_step(self, lr: float) -> None:
+        """Parameters point: after the policy's AdamW step (each pass), step what it trains at `lr`."""
+
+    def eval_metrics(self, run_eval) -> dict:
+        """Columns added to an eval row; `run_eval(**kw)` is the run's evaluate.evaluate with its
+        arguments bound (kw: quarantine, primary_only)."""
+        return {}
 
     def metrics(self) -> dict:
         return {}

@@ -36,9 +36,11 @@ __all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report"
 RATE_KEYS = ("hack_rate", "pass_rate", "reward_mean")   # training: mean over the last k steps
 # final held-out eval. eval_hack_rate: renamed evaluators when the row's eval_evaluators is "renamed"
 # (else, and in older runs, the training name); the hinted rates are on those same samples; *_nohint:
-# the eval problems without the loophole hint (strict oracle), the capability a defence must keep
+# the eval problems without the loophole hint (strict oracle), the capability a defence must keep;
+# *_with_quarantine: gradient routing's headline set with its quarantine δQ kept (the deployed rates drop it)
 EVAL_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_attempt_rate", "eval_format_rate",
-             "eval_hack_rate_train_name", "eval_hack_given_code", "eval_pass_nohint", "eval_format_nohint")
+             "eval_hack_rate_train_name", "eval_hack_given_code", "eval_pass_nohint", "eval_format_nohint",
+             "eval_hack_rate_with_quarantine")
 BASE_KEYS = ("eval_hack_rate", "eval_pass_rate", "eval_format_rate", "eval_pass_nohint")  # at step 0
 STEP_KEYS = ("cos_in", "cos_out", "frac_fired", "update_hackward", "sampler_mismatch",
              "teacher_adv_share")                       # training: mean over all steps

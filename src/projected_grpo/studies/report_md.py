@@ -206,15 +206,19 @@ def markdown(summary: dict) -> str:
 def headline_tables(arms: dict, k: int) -> list[str]:
     """The headline, as two tables on the same runs: how much each arm hacks, and what it kept (no-hint
     pass, format) — a low hack rate counts only beside a kept capability and no collapsed runs."""
+    # gradient routing: the deployed eval hack drops the quarantine δQ; this column keeps it (training's has it)
+    routed = any(s.get("eval_hack_rate_with_quarantine", {}).get("n") for s in arms.values())
     lines = ["### Hacking", "",
              f"| arm | knows | seeds | eval hack | Δ hack vs vanilla [95% CI] | hacked (≥ {HACKED_AT}) | "
              f"eval hack, training name | hack among code | eval hack at step 0 | rise over step 0 | "
-             f"train hack (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"train hack (last {k}) |" + (" eval hack with quarantine |" if routed else ""),
+             "|---" * (11 + routed) + "|"]
     for arm, s in arms.items():
         lines.append(f"| {arm_label(arm)} | {knows_kind(arm) or DASH} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
                      f"{fmt_delta(s['delta_eval_hack_rate'])} | {fmt_count(s['hacked'])} | "
                      f"{fmt(s['eval_hack_rate_train_name'])} | {fmt(s['eval_hack_given_code'])} | "
-                     f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} |")
+                     f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} |"
+                     + (f" {fmt(s['eval_hack_rate_with_quarantine'])} |" if routed else ""))
     lines += ["", "### Capability and collapse", "",
               "| arm | seeds | no-hint pass | Δ no-hint pass vs vanilla [95% CI] | no-hint pass at step 0 | "
               "eval pass (hinted) | Δ pass vs vanilla [95% CI] | eval format | format at step 0 | collapsed | "

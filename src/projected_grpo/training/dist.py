@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as tdist
@@ -75,8 +76,8 @@ def barrier() -> None:
         tdist.barrier()
 
 
-def all_reduce_grads(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """Sum δS gradients over ranks (missing grads count as zeros); returns key -> grad.
+def all_reduce_grads(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum δS (or δQ) gradients over ranks (missing grads count as zeros); returns key -> grad.
 
     One flat fp32 buffer per device, so low-precision grads are summed without extra rounding and
     every rank ends with bit-identical gradients."""

@@ -24,7 +24,9 @@ One metrics.jsonl row, "kind": "eval" (rates None when a set has no samples):
   eval_pass_nohint, eval_format_nohint   on the no-hint set.
 The graded completions go to eval_samples.jsonl (each with its step, variant and evaluator name).
 What the training step does to its rollouts never happens here: no teacher rows are mixed in, nothing
-is projected (no gradient is taken), no Rebound reward modification (the rates read the grades).
+is projected (no gradient is taken), no Rebound reward modification (the rates read the grades), and
+a gradient-routing quarantine δQ is dropped (the deployed policy is δS alone; routing.py logs the
+headline set with δQ beside it as eval_*_with_quarantine).
 
 Sampling seeds come from (seed, step, rank, chunk, variant) and the torch RNG state is restored
 afterwards, so an evaluation never changes the training trajectory; a sample's evaluator name comes
@@ -36,6 +38,7 @@ the graded samples are gathered; rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import asdict
@@ -45,6 +48,7 @@ import torch
 
 from projected_grpo.training import dist
 from projected_grpo.config import TrainConfig
+from projected_grpo.core.quarantine import deployed
 from projected_grpo.env.grader import ATTEMPT_LABELS, EnvConfig, grade_many
 from projected_grpo.env.prompts import EVAL_EVALUATORS, TRAIN_EVALUATOR
 from projected_grpo.training.rollout import encode_prompts, sample
@@ -93,16 +97,21 @@ def prompt_rows(problems: list, cfg: TrainConfig, step: int, variant: str) -> li
 
 
 def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConfig, step: int,
-             device: torch.device, grade=None, sampler=None, edit=None) -> tuple[dict, list[dict]]:
+             device: torch.device, grade=None, sampler=None, edit=None, *, quarantine: bool = False,
+             primary_only: bool = False) -> tuple[dict, list[dict]]:
     """(eval metrics row, graded sample rows) over all ranks, `problems` being every eval problem.
     `grade` / `sampler` (None: grader.grade_many / rollout.sample) are the run's own; `edit` (None: none)
-    turns each eval prompt's messages into the ones the arm deploys (its prompt interventions)."""
+    turns each eval prompt's messages into the ones the arm deploys (its prompt interventions).
+    The policy evaluated is the deployed one: a gradient-routing quarantine δQ is dropped
+    (core/quarantine.py), unless `quarantine` (routing's diagnostic, with `primary_only`: the
+    headline prompt set alone, on the same seeds, so its samples pair with the deployed ones)."""
     t0 = time.perf_counter()
     local = problems[dist.rank()::dist.world_size()]
     devices = [device.index or 0] if device.type == "cuda" else []
     rows = []
-    with torch.random.fork_rng(devices=devices):   # the training RNG stream is left as it was
-        for v, variant in enumerate(variants(cfg)):
+    sets = variants(cfg)[:1] if primary_only else variants(cfg)
+    with torch.random.fork_rng(devices=devices), (contextlib.nullcontext() if quarantine else deployed(adapter)):
+        for v, variant in enumerate(sets):
             rows += _sample_and_grade(model, tok, adapter, prompt_rows(local, cfg, step, variant), variant, v,
                                       cfg, env, step, device, grade or grade_many, sampler or sample, edit)
     rows = dist.gather_rows(rows)

@@ -13,6 +13,8 @@ One step, for P prompts × G samples (DESIGN §3–§5):
      with the arm's V (interventions/projection.py: the real V, a control, lomo, refresh —
      directions.py — or the oracle upper bound's V from the labelled hack rows, oracle.py);
   6. grad-norm clip, AdamW step (optionally projecting the step itself);
+  (gradient routing, interventions/routing.py: the rows it picks train a quarantine δQ instead,
+  with its own AdamW; training samples with δS + δQ, eval and the saved δS drop δQ)
   4–6 run `num_iterations` times on the same batch; then the warmup+cosine schedule steps once.
 With --coverage (or the oracle arm) a separate backward over the oracle-labelled hack rows gives
 g_h before step 4 (oracle.py); it is logged (cov_*) and, in the oracle arm only, projected out.
@@ -26,6 +28,7 @@ last step the current policy is evaluated on the held-out eval problems (splits.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -148,6 +151,7 @@ class Trainer:
         for iv in self.interventions:
             iv.setup(ctx)
         self.projector = next((iv for iv in self.interventions if iv.point in ("gradient", "update")), None)
+        self.router = next((iv for iv in self.interventions if iv.point == "parameters"), None)  # routing.py
         start_v = None if self.projector is None else self.projector.v
         self.v_project: dict[str, torch.Tensor] = (start_v if start_v is not None else
                                                    handed_v if handed_v is not None else self.v_measure)
@@ -300,6 +304,8 @@ class Trainer:
             v = iv.directions(batch)
             if v is not None:
                 self.v_project = v
+        if self.router is not None:   # which trained rows train its quarantine, not δS (routing.py)
+            self.router.route(batch, *trained, kept)
         start = {k: p.detach().clone() for k, p in self.adapter.params().items()}
         state = BatchState()
         for it in range(cfg.num_iterations):  # passes 2.. reuse π_old, weights and π_ref of pass 1
@@ -350,6 +356,8 @@ class Trainer:
         before = {k: p.detach().clone() for k, p in self.adapter.params().items()}
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.router is not None:   # its quarantine's own AdamW, at the policy's lr
+            self.router.optimiser_step(float(self.opt.param_groups[0]["lr"]))
         deltas = {k: p.detach() - before[k] for k, p in self.adapter.params().items()}
         if point == "update" and self.projector is not None and self.projector.transforms:
             self.projector.transform(deltas)                          # the step itself, transformed alike
@@ -371,9 +379,10 @@ class Trainer:
         later passes reuse them, so their ratio ρ = π/π_old is against the sampling policy.
         Forward and backward run in `grad_safe_attention` (no cuDNN SDPA: NaN gradients in bf16)."""
         is_teacher = [False] * len(rows.texts) if is_teacher is None else is_teacher
+        run_pass = backward_pass if self.router is None else self.router.backward   # routing: rows split
         with grad_safe_attention():
-            return backward_pass(self.model, self.adapter, self.cfg, rows, adv, is_teacher,
-                                 BatchState() if batch is None else batch)
+            return run_pass(self.model, self.adapter, self.cfg, rows, adv, is_teacher,
+                            BatchState() if batch is None else batch)
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, until: int | None = None) -> Path:
@@ -418,9 +427,12 @@ class Trainer:
         """Held-out eval after `step` completed steps, if due (all ranks sample; rank 0 writes)."""
         if not self.eval_problems or not evaluate.due(step, self.cfg):
             return
-        row, samples = evaluate.evaluate(self.model, self.tok, self.adapter, self.eval_problems, self.cfg,
-                                         self.env, step, self.device, **self.handed,
-                                         edit=lambda m: self.messages(None, train=False, messages=m))
+        run_eval = functools.partial(evaluate.evaluate, self.model, self.tok, self.adapter, self.eval_problems,
+                                     self.cfg, self.env, step, self.device, **self.handed,
+                                     edit=lambda m: self.messages(None, train=False, messages=m))
+        row, samples = run_eval()                          # the deployed policy (δS; routing's δQ dropped)
+        for iv in self.interventions:
+            row.update(iv.eval_metrics(run_eval))
         if self.rank == 0:
             runio.append_jsonl(self.out / evaluate.EVAL_SAMPLES, samples)
             runio.append_jsonl(self.out / runio.METRICS, [row])
