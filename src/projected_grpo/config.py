@@ -58,8 +58,8 @@ class TrainConfig:
     grade_timeout_s: float = opt(5.0, "wall timeout per graded program")
     grade_workers: int = opt(0, "grader processes (0 = all cores)")
     # --- arm ---
-    arm: str = opt("vanilla", "vanilla | projected | rebound | random | shuffled | lomo | refresh | oracle (UPPER "
-                              "BOUND: uses the oracle labels); see arms.py", choices=arms.NAMES)
+    arm: str = opt("vanilla", "the arm, a named combination of interventions (the choices below; what each "
+                              "knows: arms.py and the README's arms table)", choices=arms.NAMES)
     v_hack: str = opt("", 'path to a v_hack artifact ("" = extract into the run dir)')
     pairs: str = opt("bundled", "contrastive code pairs for extraction")
     vhack_m: int = opt(4, "directions kept per module")
