@@ -2,12 +2,18 @@
 short fixed-seed CPU run (tests/arm_runs.py) against tests/data/arm_golden.json, written by
 scripts/arm_golden.py from the code before the move (the commit is in the file). Texts, labels,
 steps and counts must be equal; floats equal to 1e-9 relative (bit-identical on the machine that
-wrote the file; the margin is for another CPU's last-bit rounding)."""
+wrote the file; the margin is for another CPU's last-bit rounding).
+
+CI checks one arm per code path (CHECKED): vanilla, the gradient projection (projected), the reward
+modification (rebound) and the oracle's labelled direction. random, shuffled, lomo and refresh reach
+the same projection with another V source; their runs stay in the file, and
+`PGRPO_GOLDEN_ALL=1 pytest tests/test_arm_golden.py` checks all eight (about 3 more CPU-minutes)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +21,7 @@ import pytest
 from arm_runs import ARMS, run_arm
 
 GOLDEN = Path(__file__).parent / "data" / "arm_golden.json"
+CHECKED = ARMS if os.environ.get("PGRPO_GOLDEN_ALL") == "1" else ("vanilla", "projected", "rebound", "oracle")
 
 
 def same(a, b, where: str) -> None:
@@ -42,7 +49,7 @@ def test_the_golden_file_holds_every_moved_arm(golden):
     assert tuple(golden["runs"]) == ARMS and golden["commit"]
 
 
-@pytest.mark.parametrize("arm", ARMS)
+@pytest.mark.parametrize("arm", CHECKED)
 def test_arm_gives_what_the_trainer_gave_before_the_move(arm, golden, tmp_path):
     now = run_arm(arm, tmp_path)
     then = golden["runs"][arm]
