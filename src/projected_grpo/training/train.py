@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from projected_grpo import arms
 from projected_grpo.directions import sources as directions_mod, oracle
-from projected_grpo.training import dist, evaluate, runio, runlock, splits, trackers
+from projected_grpo.training import checkpoint, dist, evaluate, runio, runlock, splits, trackers
 from projected_grpo.training.schedule import lr_factor
 from projected_grpo.core.adapter import tensor_hash
 from projected_grpo.config import TrainConfig
@@ -178,55 +178,15 @@ class Trainer:
     def _lr_lambda(self, step: int) -> float:
         return lr_factor(step, self.cfg.warmup_steps, self.cfg.steps, self.cfg.lr_schedule)
 
-    # ---- checkpoints ----------------------------------------------------------------------------
+    # ---- checkpoints (checkpoint.py) ------------------------------------------------------------
     def _state(self, step: int) -> dict:
-        state = {"step": step, "delta_s": {k: p.detach().cpu() for k, p in self.adapter.params().items()},
-                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                         "python": random.getstate()}}
-        for iv in self.interventions:  # e.g. the refresh arm's V in use: a resumed run goes on with it
-            state.update(iv.state())
-        state["v_sha256"] = self.v_sha256  # the V files it started with: a resume must load the same
-        return state
+        return checkpoint.snapshot(self, step)
 
     def _resume_state(self) -> tuple[dict | None, dict[str, list[dict]]]:
-        """The checkpoint to continue from (None: killed before the first, so restart from step 0)
-        and, on rank 0, the log lines a resume keeps (those of steps up to the checkpoint's), once
-        the run is known to be consistent (same V, readable logs that match the checkpoint:
-        runio.kept_on_resume). Reads only: a refusal leaves the run as it was."""
-        state = runio.load_checkpoint(self.out)
-        if state is not None:
-            for which, sha in state.get("v_sha256", {}).items():   # absent in checkpoints before it
-                if sha != self.v_sha256[which]:
-                    raise UserError(
-                        f"{self.out}: the {which} V differs from the one this run started with (sha256 "
-                        f"{sha[:12]} then, {self.v_sha256[which][:12]} now): its V file was re-extracted or "
-                        "replaced since. Put the original V file back (--v-hack, or v_hack*.safetensors in "
-                        "the run or sweep dir) or start the run afresh")
-        kept = (runio.kept_on_resume(self.out, None if state is None else state["step"], LOGS)
-                if self.rank == 0 else {})
-        return state, kept
+        return checkpoint.resume_state(self, LOGS)
 
     def _restore(self, state: dict | None, kept: dict[str, list[dict]]) -> None:
-        """Continue from the checkpoint (δS, optimiser, schedule, RNG, step) and drop the log lines of
-        later steps (training, samples, eval), which are re-run. Killed before the first checkpoint:
-        restart from step 0 and drop every line, the step-0 eval included, so nothing is logged
-        twice."""
-        if state is not None:
-            with torch.no_grad():
-                for k, p in self.adapter.params().items():
-                    p.copy_(state["delta_s"][k])
-            self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
-            self.start_step = state["step"]
-            for iv in self.interventions:
-                iv.load_state(state)
-        if self.rank == 0:
-            runio.rewrite_logs(self.out, kept)
-        dist.barrier()
+        checkpoint.restore(self, state, kept)
 
     # ---- one step -------------------------------------------------------------------------------
     def step_problems(self, step: int) -> list:
