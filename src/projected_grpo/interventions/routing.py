@@ -11,7 +11,7 @@ rows with δQ frozen (→ δS.grad) and the routed rows inside quarantine.trains
 so the two add up to the vanilla gradient of all rows. A row's whole loss goes with it: its PPO term
 and, with β > 0, its K3 KL to the reference, so δS's gradient is exactly what a vanilla pass over
 the other rows alone gives. δQ has its own AdamW (--lr, --weight-decay; stepped after the policy's
-at the policy's current lr, so the same warmup+cosine) and its own --grad-clip: a large routed
+at the policy's current lr, so the same warm-up and --lr-schedule) and its own --grad-clip: a large routed
 gradient never shrinks the policy's step. The routing is decided once per sampled batch (passes
 2.. of --num-iterations reuse it).
 
