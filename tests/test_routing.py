@@ -67,6 +67,19 @@ def random_vs(adapter, m: int, seed: int) -> dict[str, torch.Tensor]:
     return {k: random_v(r, m, gen) for k, r in adapter.ranks().items()}
 
 
+def with_plain_twin(cfg, seed_s: int, seed_q: int):
+    """(policy with a quarantine, plain policy, δQ): random δS and δQ on the first, and the second's δS
+    holding δS + δQ, the independent reference every routed gradient is checked against."""
+    policy, plain = load_policy(cfg), load_policy(cfg)
+    delta_q = quarantine.attach(policy.adapter)
+    randomise(policy.adapter.params(), seed_s, 0.02)
+    randomise(delta_q, seed_q, 0.02)
+    with torch.no_grad():
+        for k, p in plain.adapter.params().items():
+            p.copy_(policy.adapter.params()[k] + delta_q[k])
+    return policy, plain, delta_q
+
+
 # ---- the split of the backward ---------------------------------------------------------------------
 @pytest.mark.parametrize("beta,impl", [(0.0, "hook"), (0.04, "hook"), (0.04, "merged")])
 def test_routed_rows_train_the_quarantine_only_and_the_two_gradients_add_up_to_vanilla(beta, impl):
@@ -75,13 +88,7 @@ def test_routed_rows_train_the_quarantine_only_and_the_two_gradients_add_up_to_v
     whose δS holds δS + δQ; their sum is the vanilla gradient of all rows. Micro-batch 3 splits groups;
     `merged`: the training forward on W' folded from δS + δQ (merged_delta.py)."""
     cfg = cfg_of(beta=beta, delta_s_impl=impl)
-    routed_policy, plain = load_policy(cfg), load_policy(cfg)
-    delta_q = quarantine.attach(routed_policy.adapter)
-    randomise(routed_policy.adapter.params(), 1, 0.02)
-    randomise(delta_q, 2, 0.02)
-    with torch.no_grad():
-        for k, p in plain.adapter.params().items():
-            p.copy_(routed_policy.adapter.params()[k] + delta_q[k])
+    routed_policy, plain, delta_q = with_plain_twin(cfg, 1, 2)
     rows = training_rows(routed_policy, cfg)
     adv, teacher = torch.tensor(ADV), [False] * len(ADV)
 
@@ -170,13 +177,7 @@ def test_row_gradients_are_the_single_row_backward_passes(batching):
     vanilla backward pass per row on a plain adapter whose δS holds δS + δQ (β > 0: the KL too), under
     either --train-batching (core/batching.py)."""
     cfg = cfg_of(beta=0.04, train_batching=batching)
-    policy, plain = load_policy(cfg), load_policy(cfg)
-    delta_q = quarantine.attach(policy.adapter)
-    randomise(policy.adapter.params(), 6, 0.02)
-    randomise(delta_q, 7, 0.02)
-    with torch.no_grad():
-        for k, p in plain.adapter.params().items():
-            p.copy_(policy.adapter.params()[k] + delta_q[k])
+    policy, plain, delta_q = with_plain_twin(cfg, 6, 7)
     rows = training_rows(policy, cfg)
     adv = torch.tensor(ADV)
     per_row = row_gradients(policy.model, policy.adapter, cfg, rows, adv, [False] * len(ADV))
