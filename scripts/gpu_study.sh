@@ -7,6 +7,7 @@
 #   bash scripts/gpu_study.sh restore TAR      unpack run dirs brought back earlier into /root/study
 #   bash scripts/gpu_study.sh launch ARGS...   `pgrpo sweep ARGS` detached (setsid) on a snapshot of src/,
 #                                              log /root/study.log
+#   bash scripts/gpu_study.sh bench ARGS...    bench/study_throughput.py ARGS --out $STUDY, detached, same snapshot
 #   bash scripts/gpu_study.sh collect [SAMPLES_GLOB]
 #                                              tar the study dir (no samples.jsonl except SAMPLES_GLOB's runs)
 #                                              into $OUT/study.tar.gz.NN (15 MiB pieces: cat them), plus logs.
@@ -42,6 +43,13 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
     export PYTHONPATH=/tmp/site:/root/snap/src
     setsid nohup python3 -m projected_grpo.cli sweep "$@" --out "$STUDY" > /root/study.log 2>&1 < /dev/null &
     sleep 5; cat /root/study.log ;;
+  bench)
+    # bench/study_throughput.py detached, on the same snapshot of src/ (and of bench/), log /root/bench.log;
+    # `collect` is not needed: copy $STUDY/throughput.{json,md} into $OUT when it ends
+    shift; env_on; mkdir -p /root/snap && rm -rf /root/snap/src /root/snap/bench && cp -r src bench /root/snap/
+    export PYTHONPATH=/tmp/site:/root/snap/src
+    setsid nohup python3 /root/snap/bench/study_throughput.py "$@" --out "$STUDY" > /root/bench.log 2>&1 < /dev/null &
+    sleep 5; cat /root/bench.log ;;
   collect)
     keep=${2:-none}
     (cd "$STUDY" && find . -name samples.jsonl ! -path "./$keep/*" > /tmp/skip && \
@@ -51,5 +59,5 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
     tar -czf "$OUT/logs.tar.gz" -C "$STUDY" logs
     tail -n 60 /root/study.log > "$OUT/study_log_tail.txt" || true
     ls -la "$OUT"; tail -n 25 /root/study.log ;;
-  *) echo "usage: $0 piece|setup|restore TAR|launch ARGS|collect [GLOB]" >&2; exit 2 ;;
+  *) echo "usage: $0 piece|setup|restore TAR|launch ARGS|bench ARGS|collect [GLOB]" >&2; exit 2 ;;
 esac
