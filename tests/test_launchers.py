@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from projected_grpo.cli import main
 from projected_grpo.config import TIMING_KEYS, preset
@@ -46,9 +47,10 @@ def v_file(tmp_path_factory) -> str:
 
 
 def flags(v_file: str, arms: str = "vanilla,projected") -> list[str]:
+    """The smallest runs; v_file "" leaves --v-hack out (the sweep extracts V)."""
     return ["--preset", "smoke", "--arms", arms, "--seeds", "41", "--steps", str(STEPS), "--n-problems", "4",
             "--max-new-tokens", "8", "--grade-workers", "1", "--eval-problems", "1", "--eval-samples", "0",
-            "--vhack-m", "2", "--v-hack", v_file]
+            "--vhack-m", "2", *(["--v-hack", v_file] if v_file else [])]
 
 
 @pytest.fixture(scope="module")
@@ -150,15 +152,30 @@ def ray_processes(ray_tmp: str) -> list[str]:
     return found
 
 
-def test_a_failed_run_is_reported_with_its_log_tail_and_retried_up_to_max_attempts(v_file, tmp_path):
-    """In this process (the jobs are still submitit's subprocesses): a run whose set-up fails."""
+def test_v_is_extracted_as_a_job_and_a_failed_run_is_reported_with_its_log_tail_and_retried_up_to_max_attempts(
+        tmp_path):
+    """In this process (the jobs are still submitit's subprocesses): no --v-hack, so V is extracted
+    first as one job; then a run whose set-up fails."""
     out = tmp_path / "sw"
     log = out / "logs" / "broken_s41.log"
+    rows = (Path(runio.__file__).parents[1] / "data" / "pairs_code.jsonl").read_text().splitlines()
+    pairs = tmp_path / "pairs_code.jsonl"       # 4 training and 2 held-out pairs: a quick extraction
+    pairs.write_text("\n".join([r for r in rows if '"train"' in r][:4] + [r for r in rows if '"heldout"' in r][:2])
+                     + "\n")
     argv = ["sweep", "--out", str(out), "--launcher", "slurm", "--slurm-cluster", "local", "--gpus-per-run", "0",
-            "--variant", BROKEN, "--no-report", *flags(v_file, arms="broken")]
+            "--variant", BROKEN, "--no-report", "--pairs", str(pairs), *flags("", arms="broken")]
     for attempt in (1, 2):
         code, text = in_process(argv)
         assert code == 1, text
+        if attempt == 1:
+            [job] = re.findall(r"\[extract\] v_hack.safetensors \(m=2\) as slurm job (\S+),", text)
+            assert json.loads((out / "sweep.json").read_text())["jobs"]["extract_v_hack"] == [job]
+            assert re.search(r"worker extract: pid \d+", (out / "logs" / "extract_v_hack.log").read_text())
+            with safe_open(str(out / "v_hack.safetensors"), "pt") as f:                 # from the 4 pairs above
+                assert {k: f.metadata()[k] for k in ("m", "control", "n_train")} == {"m": "2", "control": "none",
+                                                                                    "n_train": "4"}
+        else:
+            assert "[extract]" not in text                                              # V is there now
         assert "[submit] broken_s41 as slurm job" in text and f"attempt {attempt} of 2" in text
         failed = text[text.index("[FAILED] broken_s41"):]
         assert "exit 2 after" in failed and f"failure {attempt} of at most 2" in failed and str(log) in failed
