@@ -215,6 +215,9 @@ def test_cluster_launcher_flags_are_checked(tmp_path, capsys, v_file):
     assert main(["sweep", "--out", str(out), "--launcher", "slurm", "--slurm-cluster", "local", "--time-min", "0",
                  *flags(v_file)]) == 2
     assert capsys.readouterr().err == "pgrpo sweep: error: --time-min must be >= 1\n"
+    assert main(["sweep", "--out", str(out), "--launcher", "ray", "--ray-address", "127.0.0.1:1",
+                 *flags(v_file)]) == 2        # Ray itself would retry for minutes, printing warnings
+    assert capsys.readouterr().err.startswith("pgrpo sweep: error: --ray-address 127.0.0.1:1: cannot reach ")
     if shutil.which("sbatch") is None:       # this machine is no Slurm login node: a real cluster is refused
         assert main(["sweep", "--out", str(out), "--launcher", "slurm", *flags(v_file)]) == 2
         assert "sbatch is not on PATH" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def extract(launcher: Launcher, cfg: Any, path: Path, out: Path) -> None:
     name = f"extract_{path.stem}"
     spec, log = logs / f"{name}.run.json", logs / f"{name}.log"
     runio.write_atomic(spec, json.dumps({"config": asdict(cfg), "v_hack": str(path)}).encode())
-    [job_id] = launcher.submit([Work(name, "extract", str(spec), str(log))])
+    [job_id] = submit(launcher, [Work(name, "extract", str(spec), str(log))])
     record_jobs(out, launcher.name, {name: job_id})
     print(f"[extract] {path.name} (m={cfg.vhack_m}) as {launcher.name} job {job_id}, log {log}", flush=True)
     ended = _wait_one(launcher)
@@ -66,13 +66,28 @@ def extract(launcher: Launcher, cfg: Any, path: Path, out: Path) -> None:
 
 
 def _wait_one(launcher: Launcher) -> Ended:
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         while not (ended := launcher.poll()):
             time.sleep(POLL_S)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as stop:
+        print(f"\nsweep stopped ({type(stop).__name__}): cancelling the extraction job", flush=True)
         launcher.cancel()
-        raise
+        raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return ended[0]
+
+
+def submit(launcher: Launcher, works: list[Work]) -> list[str]:
+    """launcher.submit, its failures (no Slurm controller, no Ray at --ray-address) as one line."""
+    try:
+        return launcher.submit(works)
+    except Exception as err:                 # submitit's and Ray's submission errors share no type
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        where = f" at --ray-address {launcher.opts.ray_address!r}" if launcher.name == "ray" else ""
+        raise UserError(f"--launcher {launcher.name}: submitting {len(works)} job(s){where} failed: "
+                        f"{type(err).__name__}: {first}") from err
 
 
 def _why(ended: Ended) -> str:
@@ -104,7 +119,7 @@ def launch_runs(specs: list, out: Path, launcher: Launcher, max_attempts: int,
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         with signals_held():
-            ids = dict(zip([w.name for w in works], launcher.submit(works), strict=True))
+            ids = dict(zip([w.name for w in works], submit(launcher, works), strict=True))
             record_jobs(out, launcher.name, ids)
             for name, job_id in ids.items():
                 _status(logs, name, "submitted", failures[name], None, launcher.name, job_id, started, None)

@@ -25,6 +25,7 @@ import importlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -184,6 +185,18 @@ class RayLauncher(Launcher):
         super().__init__(opts, out)
         self.task: Any = None
         self.refs: dict[str, Any] = {}
+
+    @classmethod
+    def require(cls, opts: LaunchOptions) -> None:
+        """Also: an address host:port (or ray://host:port) must accept a connection; Ray itself retries
+        an unreachable one for minutes, printing only warnings."""
+        super().require(opts)
+        host, sep, port = opts.ray_address.removeprefix("ray://").rpartition(":")
+        if sep and port.isdigit():
+            try:
+                socket.create_connection((host, int(port)), timeout=10).close()
+            except OSError as err:
+                raise UserError(f"--ray-address {opts.ray_address}: cannot reach {host}:{port} ({err})") from None
 
     def _task(self) -> Any:
         if self.task is None:
