@@ -6,7 +6,8 @@ subprocess exactly as a Slurm node would run it; ray: a Ray instance the sweep s
 eval, a random V from vfiles.py so nothing is extracted); one run's worker is SIGKILLed after its
 first step, the sweep reports it failed, and the same command again resumes it. The end state must
 be the local launcher's: the same summary.json and the same per-step metrics. Retries and log tails
-are launch.py's, shared by both launchers: checked once, through slurm. Every sweep is a `pgrpo`
+are launch.py's, shared by both launchers: checked once, through slurm; a SIGTERM of the sweep
+cancels its jobs under both. Every sweep is a `pgrpo`
 child process, so nothing of submitit or Ray stays in the test process.
 """
 
@@ -132,6 +133,39 @@ def test_ray_launcher_on_a_local_ray_equals_the_local_launcher_and_resumes_a_kil
         assert "Started a local Ray instance" in first
         check_against_reference(out, reference, first, second, "ray")
         deadline = time.time() + 30          # ray.shutdown() leaves no process of the instance behind
+        while left := ray_processes(ray_tmp):
+            assert time.time() < deadline, f"Ray processes left after the sweep: {left}"
+            time.sleep(0.5)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "ray"])
+def test_sigterm_cancels_every_job_and_leaves_no_worker(launcher, v_file, tmp_path):
+    """The sweep stopped while a run trains: its job is cancelled (Slurm: scancel, here SIGINT to
+    submitit's local task; Ray: a forced cancel), the worker dies with it, the run is "interrupted"
+    (not a failure) and stays resumable."""
+    ray_tmp = tempfile.mkdtemp(prefix="pgrpo-ray-", dir="/tmp")
+    out, log = tmp_path / "sw", tmp_path / "sw" / "logs" / "vanilla_s41.log"
+    argv = ["sweep", "--out", str(out), "--launcher", launcher, "--slurm-cluster", "local", "--gpus-per-run", "0",
+            "--no-report", *flags(v_file, arms="vanilla"), "--steps", "50"]
+    try:
+        parent, deadline = pgrpo(argv, dict(os.environ, RAY_TMPDIR=ray_tmp)), time.time() + 300
+        while not runio.train_rows(runio.read_jsonl(out / "vanilla_s41" / runio.METRICS)):
+            assert parent.poll() is None and time.time() < deadline, parent.communicate()[0]
+            time.sleep(0.05)
+        pid = int(re.findall(r"worker run: pid (\d+)", log.read_text())[-1])
+        parent.send_signal(signal.SIGTERM)
+        printed = parent.communicate(timeout=120)[0]
+        assert parent.returncode == 143, printed
+        assert f"sweep stopped (Stopped): cancelling 1 {launcher} job(s): vanilla_s41" in printed
+        status = json.loads((out / "logs" / "vanilla_s41.json").read_text())
+        assert (status["state"], status["failures"]) == ("interrupted", 0)
+        deadline = time.time() + 30
+        while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+            assert time.time() < deadline, f"worker {pid} outlived its cancelled job"
+            time.sleep(0.2)
+        assert run_state(out / "vanilla_s41", 50) == "unfinished"
         while left := ray_processes(ray_tmp):
             assert time.time() < deadline, f"Ray processes left after the sweep: {left}"
             time.sleep(0.5)
