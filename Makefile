@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch from local disk (a bare `torch` would pull a multi-GB CUDA build).
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
-	$(BIN)/pip install -q -e '.[dev,gguf]'
+	# slurm, ray: tests/test_launchers.py runs both sweep launchers for real (submitit's local executor, a local Ray)
+	$(BIN)/pip install -q -e '.[dev,gguf,slurm,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from projected_grpo.cli.flags import add_config_flags, add_preset_flag
 from projected_grpo.config import ARMS, config_from_args, explicit_flags, preset
 from projected_grpo.errors import UserError
 from projected_grpo.studies.experiments import ProbeThresholds, demo, probe
+from projected_grpo.studies.launchers import LAUNCHERS, LaunchOptions
 from projected_grpo.studies.sweep import NOT_FINISHED, V_HACK, VARIANTS, SweepPlan, parse_list, parse_variant, sweep
 
 
@@ -41,7 +43,9 @@ def add_commands(sub) -> None:
                         "pinned to one of N GPUs (the first N of CUDA_VISIBLE_DEVICES when set)")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="with --gpus: runs at once on one GPU")
     p.add_argument("--max-attempts", type=int, default=2,
-                   help="with --gpus: a run that failed this many times (over invocations) is skipped")
+                   help="with --gpus or a cluster launcher: a run that failed this many times (over invocations) "
+                        "is skipped")
+    add_launcher_flags(p)
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                    help="write the report at the end (--no-report to skip)")
     p.add_argument("--last-k", type=int, default=5, help="report window")
@@ -53,6 +57,44 @@ def add_commands(sub) -> None:
     p.add_argument("--last-k", type=int, default=5, help="report window")
     add_config_flags(p, skip=("arm", "seed"))
     p.set_defaults(func=_cmd_demo)
+
+
+def add_launcher_flags(p) -> None:
+    """--launcher and the cluster launchers' flags (studies/launchers.py)."""
+    d = LaunchOptions()
+    p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
+                   help="where runs go: local (this host: --gpus), slurm (a submitit job array), ray (Ray tasks)")
+    p.add_argument("--gpus-per-run", type=int, default=d.gpus_per_run,
+                   help="slurm/ray: GPUs each run's job asks for (0 = a CPU job)")
+    p.add_argument("--cpus-per-run", type=int, default=d.cpus_per_run,
+                   help="slurm/ray: CPU cores each run's job asks for (its worker's thread count)")
+    p.add_argument("--time-min", type=int, default=d.time_min, help="slurm: each run's time limit in minutes")
+    p.add_argument("--slurm-partition", default=d.slurm_partition, help="slurm: partition (default: the cluster's)")
+    p.add_argument("--array-parallelism", type=int, default=d.array_parallelism,
+                   help="slurm: array tasks (runs) running at once")
+    p.add_argument("--slurm-cluster", choices=("slurm", "local"), default=d.slurm_cluster,
+                   help="slurm: submitit executor; local runs each job as a subprocess here (for tests)")
+    p.add_argument("--ray-address", default=d.ray_address,
+                   help='ray: cluster address, e.g. auto or ray://head:10001 ("" = start Ray in this process)')
+
+
+def launch_options(args) -> dict:
+    """The launcher flags as LaunchOptions' dict; refuses the local queue's flags with a cluster launcher."""
+    if args.launcher == "local":
+        return {}
+    if args.gpus or args.runs_per_gpu != 1:
+        raise UserError(f"--gpus and --runs-per-gpu are for --launcher local; with --launcher {args.launcher} "
+                        "use --gpus-per-run")
+    opts = LaunchOptions(args.gpus_per_run, args.cpus_per_run, args.time_min, args.slurm_partition,
+                         args.array_parallelism, args.slurm_cluster, args.ray_address)
+    for flag, value, least in (("--gpus-per-run", opts.gpus_per_run, 0), ("--cpus-per-run", opts.cpus_per_run, 1),
+                               ("--time-min", opts.time_min, 1), ("--array-parallelism", opts.array_parallelism, 1)):
+        if value < least:
+            raise UserError(f"{flag} must be >= {least}")
+    launcher = LAUNCHERS[args.launcher]
+    assert launcher is not None
+    launcher.require(opts)                   # a missing package: one line, before anything is written
+    return asdict(opts)
 
 
 def _cmd_probe(args) -> int:
@@ -78,11 +120,13 @@ def _cmd_sweep(args) -> int:
         seeds_for[name.strip()] = parse_list(seeds, int, "seeds-for")
     if args.gpus < 0 or args.runs_per_gpu < 1 or args.max_attempts < 1:
         raise UserError("--gpus must be >= 0, --runs-per-gpu and --max-attempts >= 1")
+    launch = launch_options(args)
     plan = SweepPlan(preset=args.preset, arms=arms,
                      seeds=parse_list(args.seeds, int, "seeds"), overrides=explicit_flags(args),
                      v_hack=str(Path(base.v_hack).resolve() if base.v_hack else (out / V_HACK).resolve()),
                      out=str(out), variants=variants, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
-                     max_attempts=args.max_attempts, seeds_for=seeds_for)
+                     max_attempts=args.max_attempts, seeds_for=seeds_for,
+                     launcher=args.launcher, launch=launch)
     t0 = time.time()
     done = sweep(plan, base)
     bad = sorted(n for n, s in done.items() if s in NOT_FINISHED)

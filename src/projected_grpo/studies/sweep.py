@@ -16,6 +16,8 @@ Execution.
                       `python -m projected_grpo.studies.sweep_worker`, with CUDA_VISIBLE_DEVICES=<one GPU>, at most
                       k per GPU at once, output in DIR/logs/{name}.log. A failed run is reported and the
                       others go on; see sweep_pool.py for retries and Ctrl-C.
+  --launcher slurm|ray  every run a job of a Slurm array (submitit) or a Ray task; see launch.py and
+                      launchers.py (the same resume, retry and log rules as the --gpus queue).
 Resuming is the same command again: finished runs are skipped, cut-off runs resume from their
 checkpoint, missing ones start. A finished run under another config is refused, naming the fields.
 """
@@ -139,6 +141,8 @@ class SweepPlan:
     runs_per_gpu: int = 1             # k: runs at once on one GPU
     max_attempts: int = 2             # failed attempts after which a run is skipped
     seeds_for: dict = field(default_factory=dict)  # arm/variant name -> its own seeds (else `seeds`)
+    launcher: str = "local"           # local (this process / the --gpus queue) | slurm | ray (launchers.py)
+    launch: dict = field(default_factory=dict)  # the cluster launcher's options (launchers.LaunchOptions)
 
 
 @dataclass
@@ -264,6 +268,19 @@ def sweep(plan: SweepPlan, base: TrainConfig, progress: bool = True) -> dict[str
 
 
 def _sweep(plan: SweepPlan, base: TrainConfig, progress: bool) -> dict[str, str]:
+    if plan.launcher == "local":
+        return _sweep_with(plan, base, progress, None)
+    from projected_grpo.studies.launch import make_launcher
+    from projected_grpo.studies.launchers import LaunchOptions
+
+    launcher = make_launcher(plan.launcher, LaunchOptions(**plan.launch), Path(plan.out))
+    try:
+        return _sweep_with(plan, base, progress, launcher)
+    finally:
+        launcher.close()
+
+
+def _sweep_with(plan: SweepPlan, base: TrainConfig, progress: bool, launcher) -> dict[str, str]:
     out = Path(plan.out)
     plan_runs(plan, base)                                  # refuse a bad variant before any work
     needed = v_files(plan, base)
@@ -272,13 +289,24 @@ def _sweep(plan: SweepPlan, base: TrainConfig, progress: bool) -> dict[str, str]
             continue
         if path.parent != out.resolve():
             raise UserError(f"--v-hack {path} does not exist")
-        if plan.gpus:
+        if launcher is not None:
+            from projected_grpo.studies.launch import extract
+
+            extract(launcher, v_cfg, path, out)
+        elif plan.gpus:
             extract_in_child(v_cfg, path, out)
         else:
             prepare_v_hack(v_cfg, path, verify=False, progress=progress)
-    runio.write_atomic(out / "sweep.json", (json.dumps(plan_record(plan), indent=2) + "\n").encode())
+    record = plan_record(plan)
+    if (out / "sweep.json").is_file():              # the job ids of earlier submissions (launch.record_jobs)
+        record |= {k: v for k, v in json.loads((out / "sweep.json").read_text()).items() if k == "jobs"}
+    runio.write_atomic(out / "sweep.json", (json.dumps(record, indent=2) + "\n").encode())
     split_file = str(Path(base.split_file).resolve() if base.split_file else prepare_split(base, out / SPLIT))
     specs = plan_runs(plan, base, split_file)
+    if launcher is not None:
+        from projected_grpo.studies.launch import launch_runs
+
+        return launch_runs(specs, out, launcher, plan.max_attempts, check_run)
     if plan.gpus:
         from projected_grpo.studies.sweep_pool import gpu_ids, run_queue
 

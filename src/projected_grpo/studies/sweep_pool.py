@@ -105,12 +105,11 @@ LOGS = "logs"   # DIR/logs/{name}.log (+ {name}.json status, {name}.run.json spe
 BUSY = 3        # a worker's exit status: the run dir's lock is held by another live process (runlock.py)
 
 
-def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempts: int,
-              check_run: Callable[[Any, Path], str]) -> dict[str, str]:
-    """Run every spec (sweep.RunSpec) as a child; -> {name: skipped | started | resumed | failed |
-    gave up}. Finished runs and runs past max_attempts start no child."""
-    logs = out / LOGS
-    logs.mkdir(parents=True, exist_ok=True)
+def triage(specs: list, logs: Path, max_attempts: int,
+           check_run: Callable[[Any, Path], str]) -> tuple[dict[str, str], list]:
+    """Which runs start a child (every launcher alike): -> ({name: skipped | busy | gave up | resumed |
+    started}, the specs to run). Finished runs, runs a live process writes and runs past max_attempts
+    are reported and left out."""
     result: dict[str, str] = {}
     queue = []
     for spec in specs:
@@ -130,6 +129,16 @@ def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempt
         else:
             result[spec.name] = "resumed" if state == "unfinished" else "started"
             queue.append(spec)
+    return result, queue
+
+
+def run_queue(specs: list, out: Path, gpus: list[str], per_gpu: int, max_attempts: int,
+              check_run: Callable[[Any, Path], str]) -> dict[str, str]:
+    """Run every spec (sweep.RunSpec) as a child; -> {name: skipped | started | resumed | failed |
+    gave up}. Finished runs and runs past max_attempts start no child."""
+    logs = out / LOGS
+    logs.mkdir(parents=True, exist_ok=True)
+    result, queue = triage(specs, logs, max_attempts, check_run)
     print(f"queue: {len(queue)} runs on GPU {','.join(gpus)}, {per_gpu} per GPU "
           f"({len(specs) - len(queue)} skipped); logs in {logs}")
     running: list[Child] = []
