@@ -59,7 +59,8 @@ class TrainConfig:
     grade_workers: int = opt(0, "grader processes (0 = all cores)")
     # --- arm ---
     arm: str = opt("vanilla", "the arm, a named combination of interventions (the choices below; what each "
-                              "knows: arms.py and the README's arms table)", choices=arms.NAMES)
+                              "knows: arms.py and the README's arms table); oracle is an UPPER BOUND: it uses "
+                              "the oracle labels", choices=arms.NAMES)
     v_hack: str = opt("", 'path to a v_hack artifact ("" = extract into the run dir)')
     pairs: str = opt("bundled", "contrastive code pairs for extraction")
     vhack_m: int = opt(4, "directions kept per module")
