@@ -65,6 +65,7 @@ def _setup():
         v[k] = q.T.float().contiguous()
     trainer = Trainer.__new__(Trainer)  # only what Trainer.backward reads
     trainer.cfg, trainer.model, trainer.tok, trainer.adapter = CFG, model, tok, adapter
+    trainer.router = None                # no gradient routing: the plain pass (routing.py)
     # short prompts of different lengths (left padding differs between one batch and the shares)
     problems = [[{"role": "user", "content": "Write a function that returns " + "one more, " * (3 * i + 1)}]
                 for i in range(P)]
