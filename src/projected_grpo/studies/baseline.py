@@ -35,7 +35,10 @@ RATE_KEYS = ("hack_rate", "attempt_rate", "pass_rate", "format_rate")
 
 
 class BaseWeights:
-    """Stands in for the δS adapter when sampling: nothing to fold, the model's own weights are the policy."""
+    """Stands in for the δS adapter when sampling: nothing to fold, the model's own weights are the policy.
+    No wrapped modules (so no quarantine for evaluate to switch off)."""
+
+    modules: dict = {}
 
     @staticmethod
     def merged(offload: bool = False):
