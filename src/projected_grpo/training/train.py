@@ -15,7 +15,7 @@ One step, for P prompts × G samples (DESIGN §3–§5):
   6. grad-norm clip, AdamW step (optionally projecting the step itself);
   (gradient routing, interventions/routing.py: the rows it picks train a quarantine δQ instead,
   with its own AdamW; training samples with δS + δQ, eval and the saved δS drop δQ)
-  4–6 run `num_iterations` times on the same batch; then the warmup+cosine schedule steps once.
+  4–6 run `num_iterations` times on the same batch; then the LR schedule (warm-up, then --lr-schedule) steps once.
 With --coverage (or the oracle arm) a separate backward over the oracle-labelled hack rows gives
 g_h before step 4 (oracle.py); it is logged (cov_*) and, in the oracle arm only, projected out.
 Oracle labels reach an intervention only if it declares them (interventions/base.py: StepBatch).
@@ -104,7 +104,7 @@ class Trainer:
         self.tracker = trackers.Trackers()
         with runio.removed_on_error(self.out, owner=self.rank == 0):
             self._set_up(policy, directions)
-            state, kept = self._resume_state() if resume else (None, {})
+            state, kept = checkpoint.resume_state(self, LOGS) if resume else (None, {})
             if self.rank == 0:
                 runio.write_config(self.out, cfg.to_json())
                 self.tracker = trackers.open_trackers(cfg.report_to, self.out, json.loads(cfg.to_json()),
@@ -118,7 +118,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.start_step = 0
         if resume:
-            self._restore(state, kept)
+            checkpoint.restore(self, state, kept)
 
     # ---- set-up --------------------------------------------------------------------------------
     def _set_up(self, policy: Policy | None, directions: tuple[dict, dict] | None) -> None:
@@ -177,16 +177,6 @@ class Trainer:
 
     def _lr_lambda(self, step: int) -> float:
         return lr_factor(step, self.cfg.warmup_steps, self.cfg.steps, self.cfg.lr_schedule)
-
-    # ---- checkpoints (checkpoint.py) ------------------------------------------------------------
-    def _state(self, step: int) -> dict:
-        return checkpoint.snapshot(self, step)
-
-    def _resume_state(self) -> tuple[dict | None, dict[str, list[dict]]]:
-        return checkpoint.resume_state(self, LOGS)
-
-    def _restore(self, state: dict | None, kept: dict[str, list[dict]]) -> None:
-        checkpoint.restore(self, state, kept)
 
     # ---- one step -------------------------------------------------------------------------------
     def step_problems(self, step: int) -> list:
@@ -378,7 +368,7 @@ class Trainer:
                                 cos_in=f"{record['cos_in']:.3f}")
             self.evaluate(step + 1)
             if self.rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                runio.save_checkpoint(self.out, self._state(step + 1))
+                runio.save_checkpoint(self.out, checkpoint.snapshot(self, step + 1))
             dist.barrier()
         if self.rank == 0 and self.start_step + len(bar) == cfg.steps:
             self.adapter.save(self.out / runio.DELTA_S)  # closes the run (runio.run_state)
