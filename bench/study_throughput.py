@@ -22,7 +22,9 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sweep_speedup import timed
@@ -34,24 +36,39 @@ def card() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (no CUDA)"
 
 
-def parse_config(text: str) -> tuple[str, list[str]]:
-    """'name=field=value,field=value' -> (name, ['--field', 'value', ...]); 'name=' has no overrides."""
+def parse_config(text: str) -> tuple[str, list[str], int | None]:
+    """'name=field=value,field=value' -> (name, ['--field', 'value', ...], runs); 'name=' has no overrides;
+    the key `runs` (not a run flag) sets this configuration's K, None = --runs."""
     name, sep, rest = text.partition("=")
     if not sep or not name:
         raise SystemExit(f"--config {text!r}: expected NAME=[field=value,...]")
     flags: list[str] = []
+    runs = None
     for item in filter(None, rest.split(",")):
         field, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--config {text!r}: {item!r} is not field=value")
+        if field.strip() == "runs":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise SystemExit(f"--config {text!r}: runs={value} is not a count >= 1")
+            runs = int(value)
+            continue
         flags += [f"--{field.strip().replace('_', '-')}", value.strip()]
-    return name, flags
+    return name, flags, runs
 
 
-def sweep_cmd(args, out: Path, seeds: str, extra: list[str]) -> list[str]:
+def sweep_cmd(args, out: Path, seeds: str, extra: list[str], runs: int | None = None) -> list[str]:
     return [sys.executable, "-m", "projected_grpo.cli", "sweep", "--preset", args.preset, "--arms", "vanilla",
-            "--seeds", seeds, "--out", str(out), "--gpus", "1", "--runs-per-gpu", str(args.runs), "--no-report",
-            *extra]
+            "--seeds", seeds, "--out", str(out), "--gpus", "1", "--runs-per-gpu", str(runs or args.runs),
+            "--no-report", *extra]
+
+
+def run_timed(cmd: list[str], log: Path) -> tuple[float, int]:
+    """(wall seconds, exit code) of one sweep, its output in `log`."""
+    t0 = time.time()
+    with open(log, "w") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    return time.time() - t0, code
 
 
 def run_medians(sweep_dir: Path) -> dict:
@@ -78,7 +95,7 @@ def main() -> None:
     args, extra = p.parse_known_args()
     extra = [x for x in extra if x != "--"]
     configs = [parse_config(c) for c in args.config]
-    if len({n for n, _ in configs}) != len(configs):
+    if len({c[0] for c in configs}) != len(configs):
         raise SystemExit("--config names must differ")
     root = Path(args.out)
     if root.exists() and any(root.iterdir()):
@@ -89,33 +106,41 @@ def main() -> None:
     prep = root / "prep"
     t_prep = timed(sweep_cmd(args, prep, "1", [*extra, "--steps", "1", "--eval-every", "0"]), root / "prep.log")
     print(f"warm-up (V, split, SVD cache; not counted): {t_prep:.0f}s")
-    seeds = ",".join(str(s) for s in range(1, args.runs + 1))
+    meta = {"card": card(), "preset": args.preset, "extra": extra}
     results = []
-    for name, flags in configs:
+    for name, flags, runs in configs:
+        k = runs or args.runs
         d = root / name
         d.mkdir()
         for f in list(prep.glob("v_hack*.safetensors")) + [prep / "split.json"]:
             shutil.copy2(f, d / f.name)
-        wall = timed(sweep_cmd(args, d, seeds, [*extra, *steps, *flags]), root / f"{name}.log")
-        row = {"config": name, "overrides": flags, "runs": args.runs, "steps": args.steps, "wall_s": round(wall, 1),
-               "runs_per_gpu_hour": round(args.runs * 3600 / wall, 2), **run_medians(d)}
+        seeds = ",".join(str(s) for s in range(1, k + 1))
+        wall, code = run_timed(sweep_cmd(args, d, seeds, [*extra, *steps, *flags], k), root / f"{name}.log")
+        row = {"config": name, "overrides": flags, "runs": k, "steps": args.steps, "wall_s": round(wall, 1),
+               "exit": code, "runs_per_gpu_hour": round(k * 3600 / wall, 2) if code == 0 else None,
+               **run_medians(d)}
         results.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
+        write_tables(root, meta, args, results)     # after every configuration: a cut bench keeps what ran
+
+
+def write_tables(root: Path, meta: dict, args, results: list[dict]) -> None:
+    """OUT/throughput.json and OUT/throughput.md of the configurations so far (ratios to the first)."""
     base = results[0]["runs_per_gpu_hour"]
     for r in results:
-        r["ratio"] = round(r["runs_per_gpu_hour"] / base, 3)
-    meta = {"card": card(), "preset": args.preset, "extra": extra}
+        r["ratio"] = round(r["runs_per_gpu_hour"] / base, 3) if base and r["runs_per_gpu_hour"] else None
     (root / "throughput.json").write_text(json.dumps({**meta, "configs": results}, indent=1))
-    lines = [f"{meta['card']}, preset {args.preset}, {args.runs} runs at once × {args.steps} steps "
-             f"(extra flags: {' '.join(extra) or 'none'})", "",
-             "| config | overrides | wall s | runs per GPU-hour | × first | step s | gen s | train s | "
-             "tokens/step | eval s |", "|---" * 10 + "|"]
+    lines = [f"{meta['card']}, preset {args.preset}, K runs at once × {args.steps} steps "
+             f"(extra flags: {' '.join(meta['extra']) or 'none'})", "",
+             "| config | overrides | K | wall s | runs per GPU-hour | × first | step s | gen s | train s | "
+             "tokens/step | eval s |", "|---" * 11 + "|"]
     for r in results:
-        lines.append(f"| {r['config']} | {' '.join(r['overrides']) or '—'} | {r['wall_s']} | {r['runs_per_gpu_hour']} "
+        rate = r["runs_per_gpu_hour"] if r["exit"] == 0 else f"failed (exit {r['exit']}, see {r['config']}.log)"
+        lines.append(f"| {r['config']} | {' '.join(r['overrides']) or '—'} | {r['runs']} | {r['wall_s']} | {rate} "
                      f"| {r['ratio']} | {r['step_s']} | {r['gen_s']} | {r['train_s']} | {r['tokens']} | "
                      f"{r['eval_s']} |")
     (root / "throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

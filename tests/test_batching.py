@@ -92,12 +92,15 @@ def _two_passes(model, adapter, cfg, rows, adv, teacher):
     return out, state
 
 
-@pytest.mark.parametrize("micro_tokens", [0, 60])
-def test_sorted_batching_gives_the_padded_paths_loss_and_gradient(mixed_batch, micro_tokens):
+@pytest.mark.parametrize("micro_tokens,impl", [(0, "hook"), (60, "hook"), (60, "merged")])
+def test_sorted_batching_gives_the_padded_paths_loss_and_gradient(mixed_batch, micro_tokens, impl):
+    """The reference is the padded path of the same δS forward; `merged` is the combination a throughput
+    configuration runs (sorted micro-batches on W' = W + U diag(δS) Vh; merged against hook is
+    tests/test_merged_delta.py's)."""
     model, adapter, rows, adv, teacher, cfg = mixed_batch
-    ref, ref_state = _two_passes(model, adapter, cfg, rows, adv, teacher)
-    new, new_state = _two_passes(model, adapter, replace(cfg, train_batching="sorted", micro_tokens=micro_tokens),
-                                 rows, adv, teacher)
+    ref, ref_state = _two_passes(model, adapter, replace(cfg, delta_s_impl=impl), rows, adv, teacher)
+    new, new_state = _two_passes(model, adapter, replace(cfg, train_batching="sorted", micro_tokens=micro_tokens,
+                                                         delta_s_impl=impl), rows, adv, teacher)
     for (l0, k0, g0), (l1, k1, g1) in zip(ref, new):
         assert float(g0.norm()) > 0
         assert float((g1 - g0).norm() / g0.norm()) < 1e-6

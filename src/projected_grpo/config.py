@@ -133,6 +133,10 @@ class TrainConfig:
     eval_samples: int = opt(4, "samples per eval problem (0 = no eval; the eval problems stay held out)")
     eval_temperature: float = opt(1.0, "eval sampling temperature (0 = greedy, then --eval-samples 1)")
     eval_max_new_tokens: int = opt(0, "eval generation budget (0 = --max-new-tokens)")
+    eval_chunk: int = opt(0, "eval rows per sampling call (0 = a training step's batch, P·G / world; the "
+                          "sampling seeds are per chunk, so a change draws other samples from the same policy)")
+    eval_overlap: bool = opt(True, "grade each eval chunk in a background thread while the next one samples "
+                             "(the same grades, less wall time)")
     eval_renamed: bool = opt(True, "mode run_tests: eval hack under evaluator names drawn from "
                              "prompts.EVAL_EVALUATORS (the training-name rate is logged beside it)")
     eval_nohint: bool = opt(True, "also eval the no-hint prompts (eval_pass_nohint: the capability "
@@ -179,7 +183,7 @@ class TrainConfig:
             raise UserError("--group-size must be at least 2 (advantages are relative within a group)")
         if self.eval_problems < 0 or (self.eval_problems >= 1 and self.eval_problems != int(self.eval_problems)):
             raise UserError(f"--eval-problems must be a share in [0, 1) or a whole count, got {self.eval_problems}")
-        for name in ("eval_every", "eval_samples", "eval_max_new_tokens", "report_samples_every"):
+        for name in ("eval_every", "eval_samples", "eval_max_new_tokens", "eval_chunk", "report_samples_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         if self.eval_temperature < 0:

@@ -32,8 +32,10 @@ Sampling seeds come from (seed, step, rank, chunk, variant) and the torch RNG st
 afterwards, so an evaluation never changes the training trajectory; a sample's evaluator name comes
 from (seed, step, problem, sample), so it does not depend on the number of ranks. Across
 data-parallel ranks the eval problems are dealt out like training prompts (problems[rank::world]),
-each rank samples in chunks of at most its own share of a training batch (P·G / world rows), and
-the graded samples are gathered; rank 0 writes.
+each rank samples in chunks of --eval-chunk rows (0: its own share of a training batch, P·G / world
+rows), and the graded samples are gathered; rank 0 writes. With --eval-overlap (default) a chunk is
+graded in a background thread while the next one samples on the device: the grades are the same, the
+wall time is about max(sampling, grading) rather than their sum.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -108,39 +111,45 @@ def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConf
     t0 = time.perf_counter()
     local = problems[dist.rank()::dist.world_size()]
     devices = [device.index or 0] if device.type == "cuda" else []
-    rows = []
+    rows: list[dict] = []
     sets = variants(cfg)[:1] if primary_only else variants(cfg)
-    with torch.random.fork_rng(devices=devices), (contextlib.nullcontext() if quarantine else deployed(adapter)):
+    with torch.random.fork_rng(devices=devices), (contextlib.nullcontext() if quarantine else deployed(adapter)), \
+            ThreadPoolExecutor(max_workers=1) as grader:
+        pending = []                                  # (chunk, variant, items, grades or their future)
         for v, variant in enumerate(sets):
-            rows += _sample_and_grade(model, tok, adapter, prompt_rows(local, cfg, step, variant), variant, v,
-                                      cfg, env, step, device, grade or grade_many, sampler or sample, edit)
+            for c, chunk in enumerate(chunks(prompt_rows(local, cfg, step, variant), cfg)):
+                items = _sample(model, tok, adapter, chunk, v, c, cfg, step, device, sampler or sample, edit)
+                args = ({r["problem"].id: r["problem"] for r in chunk}, items, env)
+                # the grader runs this chunk while the next one samples (--eval-overlap): same grades
+                pending.append((chunk, variant, items, grader.submit(grade or grade_many, *args)
+                                if cfg.eval_overlap else (grade or grade_many)(*args)))
+        for chunk, variant, items, grades in pending:
+            grades = grades.result() if cfg.eval_overlap else grades
+            rows += [{"step": step, "variant": variant, "problem_id": r["problem"].id, "sample": r["sample"],
+                      "completion": it["completion"], **asdict(g)} for r, it, g in zip(chunk, items, grades)]
     rows = dist.gather_rows(rows)
     return summarize(rows, step, len(problems), cfg.eval_temperature, time.perf_counter() - t0), rows
 
 
-def _sample_and_grade(model, tok, adapter, todo: list[dict], variant: str, v: int, cfg: TrainConfig,
-                      env: EnvConfig, step: int, device: torch.device, grade, sampler, edit=None) -> list[dict]:
-    """This rank's eval samples of one variant, graded, in chunks no larger than this rank's share
-    of a training step's batch (one sampled completion per prompt row)."""
-    per_chunk = max(1, cfg.prompts_per_step * cfg.group_size // dist.world_size())   # rows per call
-    max_new = cfg.eval_max_new_tokens or cfg.max_new_tokens
-    out_rows = []
-    for c, start in enumerate(range(0, len(todo), per_chunk)):
-        chunk = todo[start:start + per_chunk]
-        messages = [r["problem"].messages(r["mode"], r["hint"], r["evaluator"]) for r in chunk]
-        if edit is not None:                         # the arm's prompt interventions, at eval (train=False)
-            messages = [edit(m) for m in messages]
-        ids, mask = encode_prompts(tok, messages, device)
-        out = sampler(model, tok, adapter, ids, mask, 1, max_new, cfg.eval_temperature, cfg.top_p,
-                      seed=eval_seed(cfg.seed, step, dist.rank(), c) + 7919 * v,
-                      static_cache=cfg.fast_rollout and device.type == "cuda", attention=cfg.decode_attention)
-        items = [{"id": r["problem"].id, "completion": text, "mode": r["mode"], "evaluator": r["evaluator"]}
-                 for r, text in zip(chunk, out.texts)]                                   # (len(chunk),)
-        grades = grade({r["problem"].id: r["problem"] for r in chunk}, items, env)
-        out_rows += [{"step": step, "variant": variant, "problem_id": r["problem"].id, "sample": r["sample"],
-                      "completion": it["completion"], **asdict(g)}
-                     for r, it, g in zip(chunk, items, grades)]
-    return out_rows
+def chunks(todo: list[dict], cfg: TrainConfig) -> list[list[dict]]:
+    """One variant's eval rows of this rank in sampling calls of --eval-chunk rows (0: this rank's share
+    of a training step's batch, P·G / world)."""
+    per_chunk = cfg.eval_chunk or max(1, cfg.prompts_per_step * cfg.group_size // dist.world_size())
+    return [todo[start:start + per_chunk] for start in range(0, len(todo), per_chunk)]
+
+
+def _sample(model, tok, adapter, chunk: list[dict], v: int, c: int, cfg: TrainConfig, step: int,
+            device: torch.device, sampler, edit=None) -> list[dict]:
+    """One completion per row of chunk `c` of variant `v`, as grader items."""
+    messages = [r["problem"].messages(r["mode"], r["hint"], r["evaluator"]) for r in chunk]
+    if edit is not None:                             # the arm's prompt interventions, at eval (train=False)
+        messages = [edit(m) for m in messages]
+    ids, mask = encode_prompts(tok, messages, device)
+    out = sampler(model, tok, adapter, ids, mask, 1, cfg.eval_max_new_tokens or cfg.max_new_tokens,
+                  cfg.eval_temperature, cfg.top_p, seed=eval_seed(cfg.seed, step, dist.rank(), c) + 7919 * v,
+                  static_cache=cfg.fast_rollout and device.type == "cuda", attention=cfg.decode_attention)
+    return [{"id": r["problem"].id, "completion": text, "mode": r["mode"], "evaluator": r["evaluator"]}
+            for r, text in zip(chunk, out.texts)]                                        # (len(chunk),)
 
 
 def rates(rows: list[dict]) -> dict:
