@@ -48,7 +48,7 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
     # `collect` is not needed: copy $STUDY/throughput.{json,md} into $OUT when it ends
     shift; env_on; mkdir -p /root/snap && rm -rf /root/snap/src /root/snap/bench && cp -r src bench /root/snap/
     export PYTHONPATH=/tmp/site:/root/snap/src
-    setsid nohup python3 /root/snap/bench/study_throughput.py "$@" --out "$STUDY" > /root/bench.log 2>&1 < /dev/null &
+    setsid nohup python3 /root/snap/bench/study_throughput.py --out "$STUDY" "$@" > /root/bench.log 2>&1 < /dev/null &
     sleep 5; cat /root/bench.log ;;
   collect)
     keep=${2:-none}
