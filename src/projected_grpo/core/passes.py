@@ -15,7 +15,7 @@ one matmul (merged_delta.py); the reference forward inside still reads the untou
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 import contextlib
 
@@ -53,12 +53,15 @@ class BatchState:
 
 
 def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.Tensor,
-                  is_teacher: list[bool], batch: BatchState, key: int = 0) -> tuple[float, float]:
+                  is_teacher: list[bool], batch: BatchState, key: int = 0,
+                  per_rows: Callable[[torch.Tensor], ContextManager] | None = None) -> tuple[float, float]:
     """One pass over the batch: accumulate ∂L/∂δS micro-batch by micro-batch (see the module doc);
     -> (summed loss, summed K3 KL). Denominator G · max_new_tokens · P (global P), so the losses
     (and gradients) of passes over disjoint row subsets add up to the pass over all of them. `key`:
     where these rows' micro-batches are kept in `batch` (passes over disjoint subsets of one sampled
-    batch, as gradient routing makes, share one BatchState under different keys)."""
+    batch, as gradient routing makes, share one BatchState under different keys). `per_rows(rows_mb)`
+    (None: nothing) is entered around each micro-batch's policy forward + backward with that
+    micro-batch's row indices, in its row order (fleet.Fleet.rows: each row its own run's δS)."""
     denom = float(cfg.group_size * cfg.max_new_tokens * cfg.prompts_per_step)
     n_prompt = rows.prompt_ids.shape[1]
     ids, att, cmask = rows.input_ids, rows.attention_mask, rows.completion_mask.float()
@@ -71,28 +74,40 @@ def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.T
             sl = rows_mb.to(ids.device)                                   # (b,) rows of this micro-batch
             if not bool(adv[sl].any()) and cfg.beta == 0:
                 continue  # zero advantage, no KL: this micro-batch has zero gradient
-            logp = micro_logprobs(model, ids[sl], att[sl], n_prompt, cfg.train_batching,
-                                  cfg.logprob_chunk)                      # (b, T)
-            k = key + s
-            if k not in batch.logp_old:      # the first pass over this micro-batch
-                batch.logp_old[k] = logp_old = logp.detach()
-                batch.weight[k] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
-                batch.logp_ref[k] = None
-                if cfg.beta > 0:
-                    with torch.no_grad(), adapter.reference():
-                        batch.logp_ref[k] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
-                                                           cfg.train_batching, cfg.logprob_chunk)
-            else:
-                batch.clipped += float((clipped(logp.detach(), batch.logp_old[k], adv[sl], cfg.clip_eps)
-                                        * cmask[sl]).sum())
-                batch.clip_tokens += float(cmask[sl].sum())
-            loss, kl = grpo_token_loss(logp, batch.logp_old[k], adv[sl], cmask[sl], denom, cfg.clip_eps,
-                                       cfg.beta, batch.logp_ref[k], batch.weight[k])
-            loss.backward()
-            loss_sum += loss.item()
-            kl_sum += float(kl)
+            rows_ctx = per_rows(rows_mb) if per_rows is not None else contextlib.nullcontext()
+            with rows_ctx:
+                loss, kl = _micro_pass(model, adapter, cfg, rows, adv, teacher, cmask, batch, sl, key + s,
+                                       n_prompt, denom)
+            loss_sum += loss
+            kl_sum += kl
     model.eval()
     return loss_sum, kl_sum
+
+
+def _micro_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.Tensor, teacher: torch.Tensor,
+                cmask: torch.Tensor, batch: BatchState, sl: torch.Tensor, k: int, n_prompt: int,
+                denom: float) -> tuple[float, float]:
+    """One micro-batch (rows `sl`) of backward_pass: log-probs, the first pass's fixed parts, the loss
+    backward; -> (loss, K3 KL)."""
+    ids, att = rows.input_ids, rows.attention_mask
+    logp = micro_logprobs(model, ids[sl], att[sl], n_prompt, cfg.train_batching,
+                          cfg.logprob_chunk)                      # (b, T)
+    if k not in batch.logp_old:      # the first pass over this micro-batch
+        batch.logp_old[k] = logp_old = logp.detach()
+        batch.weight[k] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
+        batch.logp_ref[k] = None
+        if cfg.beta > 0:
+            with torch.no_grad(), adapter.reference():
+                batch.logp_ref[k] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
+                                                   cfg.train_batching, cfg.logprob_chunk)
+    else:
+        batch.clipped += float((clipped(logp.detach(), batch.logp_old[k], adv[sl], cfg.clip_eps)
+                                * cmask[sl]).sum())
+        batch.clip_tokens += float(cmask[sl].sum())
+    loss, kl = grpo_token_loss(logp, batch.logp_old[k], adv[sl], cmask[sl], denom, cfg.clip_eps,
+                               cfg.beta, batch.logp_ref[k], batch.weight[k])
+    loss.backward()
+    return loss.item(), float(kl)
 
 
 def token_weights(cfg: TrainConfig, rows: Rollouts, sl: torch.Tensor, logp_old: torch.Tensor,

@@ -115,18 +115,19 @@ def evaluate(model, tok, adapter, problems: list, cfg: TrainConfig, env: EnvConf
     sets = variants(cfg)[:1] if primary_only else variants(cfg)
     with torch.random.fork_rng(devices=devices), (contextlib.nullcontext() if quarantine else deployed(adapter)), \
             ThreadPoolExecutor(max_workers=1) as grader:
-        pending = []                                  # (chunk, variant, items, grades or their future)
+        pending = []                                  # (chunk, variant, items, the future of its grades)
+        grade_fn = grade or grade_many
         for v, variant in enumerate(sets):
             for c, chunk in enumerate(chunks(prompt_rows(local, cfg, step, variant), cfg)):
                 items = _sample(model, tok, adapter, chunk, v, c, cfg, step, device, sampler or sample, edit)
-                args = ({r["problem"].id: r["problem"] for r in chunk}, items, env)
-                # the grader runs this chunk while the next one samples (--eval-overlap): same grades
-                pending.append((chunk, variant, items, grader.submit(grade or grade_many, *args)
-                                if cfg.eval_overlap else (grade or grade_many)(*args)))
-        for chunk, variant, items, grades in pending:
-            grades = grades.result() if cfg.eval_overlap else grades
+                graded = grader.submit(grade_fn, {r["problem"].id: r["problem"] for r in chunk}, items, env)
+                if not cfg.eval_overlap:
+                    graded.result()       # wait: the next chunk samples only once this one is graded
+                pending.append((chunk, variant, items, graded))   # else it grades while the next samples
+        for chunk, variant, items, graded in pending:
             rows += [{"step": step, "variant": variant, "problem_id": r["problem"].id, "sample": r["sample"],
-                      "completion": it["completion"], **asdict(g)} for r, it, g in zip(chunk, items, grades)]
+                      "completion": it["completion"], **asdict(g)}
+                     for r, it, g in zip(chunk, items, graded.result())]
     rows = dist.gather_rows(rows)
     return summarize(rows, step, len(problems), cfg.eval_temperature, time.perf_counter() - t0), rows
 
