@@ -9,9 +9,9 @@ batches of --rows rows each, two ways, and the sampling of those rows, two ways:
              --micro-tokens tokens;
   fleet      one pass over all R · rows rows, each row with its own run's δS (Fleet.rows: the per-row
              hook path U (δS_b ⊙ Vh x_b)), sorted micro-batches of --fleet-micro-tokens tokens;
-  gen R×     R sampling calls of --rows rows each (the fast decode loop, δS folded);
-  gen 1×     one sampling call of R · rows rows with one δS folded: what a per-row-δS decode would cost
-             before its extra low-rank matmuls (a proxy: that decode is not built yet).
+  gen R×     R decodes of --rows rows each (the fast decode loop, each run's δS folded in turn);
+  gen fleet  one decode of R · rows rows on the R runs' stacked folds (fast/fleet_decode.py), --new-tokens
+             forced (eos suppressed) on both sides.
 
 Rows are random tokens: prompts of --prompt-tokens (left-padded to lengths spread over ±20%), completions
 of lengths drawn from an exponential of mean --mean-new capped at --new-tokens (the calibrated study's
@@ -98,7 +98,9 @@ def main(argv=None) -> int:
     from projected_grpo.core.adapter import attach
     from projected_grpo.core.fleet import Fleet
     from projected_grpo.core.passes import BatchState, backward_pass
-    from projected_grpo.training.rollout import concat, sample
+    from projected_grpo.fast import fast_rollout, fleet_decode
+    from projected_grpo.fast.fleet_decode import FleetWeights
+    from projected_grpo.training.rollout import concat, eos_token_ids
 
     model = common.build_model(args.size)
     adapter = attach(model, f"random:{common.SIZES[args.size]}", basis=common.random_basis)
@@ -150,25 +152,33 @@ def main(argv=None) -> int:
         row.update(train_fleet_s=round(s / r, 4), train_fleet_peak_gb=round(gb, 2))
         common.empty_cache()
         if not args.no_gen:
-            def prompts(n):
-                x = rows[0]
-                reps = -(-n // args.rows)
-                return x.prompt_ids.repeat(reps, 1)[:n], x.prompt_mask.repeat(reps, 1)[:n]
+            x = rows[0]
+            p_ids, p_mask = x.prompt_ids.repeat(r, 1), x.prompt_mask.repeat(r, 1)   # (R · rows, Lp), run by run
+            eos = eos_token_ids(model, tok)
+            weights = FleetWeights(model, fleet)
 
             def gen_each():
-                for _ in range(r):
-                    sample(model, tok, adapter, *prompts(args.rows), 1, args.new_tokens, 1.0, 1.0, seed=0,
-                           static_cache=True, ignore_eos=True)
+                for i in range(r):
+                    with torch.no_grad():
+                        for k, prm in adapter.params().items():
+                            prm.copy_(deltas[i][k])
+                    with adapter.merged(), torch.no_grad():
+                        fast_rollout.generate(model, p_ids[:args.rows], p_mask[:args.rows], args.new_tokens, eos,
+                                              tok.pad_token_id, ignore_eos=True, return_logprobs=True)
 
-            def gen_once():
-                sample(model, tok, adapter, *prompts(args.rows * r), 1, args.new_tokens, 1.0, 1.0, seed=0,
-                       static_cache=True, ignore_eos=True)
+            def gen_fleet():
+                with torch.no_grad():
+                    fleet_decode.generate(model, weights, p_ids, p_mask, args.new_tokens, eos, tok.pad_token_id,
+                                          ignore_eos=True)
 
             s, gb = timed(gen_each, args)
             row.update(gen_each_s=round(s / r, 4), gen_each_peak_gb=round(gb, 2))
-            common.empty_cache()
-            s, gb = timed(gen_once, args)
-            row.update(gen_once_s=round(s / r, 4), gen_once_peak_gb=round(gb, 2))
+            fast_rollout.release()
+            s, gb = timed(gen_fleet, args)
+            row.update(gen_fleet_s=round(s / r, 4), gen_fleet_peak_gb=round(gb, 2),
+                       gen_ratio=round(row["gen_each_s"] / (s / r), 3))
+            fast_rollout.release()
+            del weights
             common.empty_cache()
         row["train_ratio"] = round(row["train_separate_s"] / row["train_fleet_s"], 3)
         results.append(row)
@@ -178,12 +188,13 @@ def main(argv=None) -> int:
     lines = [f"card: {card}; {args.size}, {args.rows} rows per run, prompts ~{args.prompt_tokens}, completions "
              f"mean {args.mean_new} of {args.new_tokens} (ignore_eos in sampling: full length); seconds per "
              f"run-step, median of {args.steps}", "",
-             "| R | train separate s | train fleet s | separate / fleet | peak GB sep / fleet | gen R× s | gen 1× s "
-             "(proxy) |", "|---|---|---|---|---|---|---|"]
+             "| R | train separate s | train fleet s | separate / fleet | peak GB sep / fleet | gen R× s | gen fleet s "
+             "| R× / fleet | gen peak GB R× / fleet |", "|---|---|---|---|---|---|---|---|---|"]
     for x in results:
         lines.append(f"| {x['runs']} | {x['train_separate_s']} | {x['train_fleet_s']} | {x['train_ratio']} | "
                      f"{x['train_separate_peak_gb']} / {x['train_fleet_peak_gb']} | {x.get('gen_each_s', '—')} | "
-                     f"{x.get('gen_once_s', '—')} |")
+                     f"{x.get('gen_fleet_s', '—')} | {x.get('gen_ratio', '—')} | {x.get('gen_each_peak_gb', '—')} / "
+                     f"{x.get('gen_fleet_peak_gb', '—')} |")
     print("\n".join(lines))
     return 0
 

@@ -100,6 +100,50 @@ def test_fleet_bench_runs_on_the_cpu_and_its_ratio_follows_from_its_times(tmp_pa
     rows = json.loads(out.read_text())
     assert [r["runs"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["train_separate_s"] > 0 and r["train_fleet_s"] > 0 and r["gen_once_s"] > 0
+        assert min(r["train_separate_s"], r["train_fleet_s"], r["gen_each_s"], r["gen_fleet_s"]) > 0
         assert abs(r["train_ratio"] - r["train_separate_s"] / r["train_fleet_s"]) < 2e-3 * r["train_ratio"] + 1e-3
+        assert abs(r["gen_ratio"] - r["gen_each_s"] / r["gen_fleet_s"]) < 2e-3 * r["gen_ratio"] + 1e-3
         assert f"| {r['runs']} | {r['train_separate_s']} | {r['train_fleet_s']} | {r['train_ratio']} |" in done.stdout
+
+
+def test_fleet_decode_gives_each_run_its_own_merged_decode():
+    """fast/fleet_decode.py: R = 2 runs' rows decoded as one batch on stacked folds give, row for row,
+    the tokens and sampler log-probs of each run's own decode inside adapter.merged() (greedy, forced
+    length, fp32 on the CPU; log-probs to 1e-5: a batched matmul rounds differently from a plain one).
+    The two runs' own decodes differ, so a row decoded with the other run's weights fails it."""
+    from projected_grpo.core.adapter import attach
+    from projected_grpo.fast import fast_rollout, fleet_decode
+    from projected_grpo.models import load_model
+    from projected_grpo.training.rollout import encode_prompts, eos_token_ids
+    from tests.test_batching import MESSAGES
+
+    model, tok = load_model("tiny-qwen3", "float32")
+    adapter = attach(model, "tiny-qwen3")
+    gen = torch.Generator().manual_seed(3)
+    deltas = [{k: torch.randn(m.rank, generator=gen) * 0.3 for k, m in adapter.modules.items()} for _ in range(2)]
+    ids, mask = encode_prompts(tok, MESSAGES, "cpu")                     # 3 prompts a run
+    eos, kw = eos_token_ids(model, tok), {"temperature": 0.0, "ignore_eos": True}
+    own = []
+    for d in deltas:
+        with torch.no_grad():
+            for k, prm in adapter.params().items():
+                prm.copy_(d[k])
+        with adapter.merged(), torch.no_grad():
+            own.append(fast_rollout.generate(model, ids, mask, 10, eos, tok.pad_token_id, return_logprobs=True,
+                                             cache=False, **kw))
+    with torch.no_grad():
+        for prm in adapter.params().values():
+            prm.zero_()
+    assert not torch.allclose(own[0][1], own[1][1], atol=1e-3)            # the runs decode differently
+    fleet = Fleet(adapter, 2)
+    for r in range(2):
+        fleet.load_run(r, deltas[r])
+    weights = fleet_decode.FleetWeights(model, fleet)
+    out, logp = fleet_decode.generate(model, weights, ids.repeat(2, 1), mask.repeat(2, 1), 10, eos,
+                                      tok.pad_token_id, cache=False, **kw)
+    for r in range(2):
+        rows = slice(3 * r, 3 * r + 3)
+        assert torch.equal(out[rows], own[r][0]), r
+        assert torch.allclose(logp[rows], own[r][1], atol=1e-5, rtol=0), r
+    with pytest.raises(ValueError, match="do not split into 2 equal runs"):
+        fleet_decode.generate(model, weights, ids, mask, 10, eos, tok.pad_token_id, **kw)

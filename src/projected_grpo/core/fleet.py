@@ -33,6 +33,7 @@ class Fleet:
         self.adapter, self.n_runs = adapter, n_runs
         self.delta = {k: torch.zeros(n_runs, m.rank, device=m.delta_s.device, dtype=m.delta_s.dtype,
                                      requires_grad=True) for k, m in adapter.modules.items()}
+        self.key_of = {id(m): k for k, m in adapter.modules.items()}   # wrapped module -> its key
 
     def params(self) -> list[torch.Tensor]:
         return list(self.delta.values())

@@ -101,11 +101,23 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + rot * sin
 
 
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b. W (d_out, d_in) is one model's; a stacked W (R, d_out, d_in) holds R runs' folded
+    weights (fast/fleet_decode.py), and then x's B rows are R equal blocks, run by run: block r
+    meets W[r] in one batched matmul. x (B, S, d_in) -> (B, S, d_out)."""
+    if w.dim() == 2:
+        return F.linear(x, w, b)
+    B, S, d = x.shape
+    R = w.shape[0]
+    y = torch.bmm(x.reshape(R, (B // R) * S, d), w.transpose(1, 2)).view(B, S, w.shape[1])
+    return y if b is None else y + b
+
+
 def qkv(h, wqkv, bqkv, qn, kn, cos, sin, eps: float, n_heads: int, n_kv: int, hd: int):
     """Normed input h (B, S, d) -> q (B, H, S, D) and kv (2, B, n_kv, S, D), rotary applied.
     cos/sin (B, S, D). K and V come out stacked, so the cache takes them in one write."""
     B, S, _ = h.shape
-    q, k, v = F.linear(h, wqkv, bqkv).split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)
+    q, k, v = linear(h, wqkv, bqkv).split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)
     q, k, v = q.view(B, S, n_heads, hd), k.view(B, S, n_kv, hd), v.view(B, S, n_kv, hd)
     if qn is not None:
         q, k = rms(q, qn, eps), rms(k, kn, eps)
@@ -122,9 +134,9 @@ def masked_softmax(scores, bias, scale: float):
 def block_out(x, attn, wo, ln2, wgu, wd, ln_next, eps: float):
     """Residual + o_proj, the SwiGLU MLP block, and the NEXT norm (the following layer's input norm,
     or the final norm) in the same pass as the last residual add. x, attn (B, S, ·) -> (x, h_next)."""
-    x = x + F.linear(attn, wo)
-    gate, up = F.linear(rms(x, ln2, eps), wgu).chunk(2, dim=-1)
-    x = x + F.linear(F.silu(gate) * up, wd)
+    x = x + linear(attn, wo)
+    gate, up = linear(rms(x, ln2, eps), wgu).chunk(2, dim=-1)
+    x = x + linear(F.silu(gate) * up, wd)
     return x, rms(x, ln_next, eps)
 
 

@@ -203,7 +203,7 @@ class _Decoder:
                                                   attn_mask=allowed)
             x, h = block_out(x, attn.transpose(1, 2).reshape(B, Lp, -1), lw.wo, lw.ln2, lw.wgu, lw.wd,
                               m.next_norm[i], m.eps)
-        logits = F.linear(h[:, -1], m.head)
+        logits = F.linear(h[:, -1], m.head)  # the lm_head is never a δS target: one model's
         first = sample_next(logits, self.spec, self.eos_t, self.noise)
         self.n_valid.copy_(mask.long().sum(-1))
         self.first_key.copy_(valid.long().argmax(-1))
@@ -274,7 +274,8 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0, ignore_eos: bool = False,
              use_graphs: bool | None = None, compile_layers: bool | None = None, bucket: int = 128,
              check_every: int = 16, cache: bool = True, attention: str = "auto",
-             return_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+             return_logprobs: bool = False, weights: Weights | None = None
+             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Completion ids (B, ≤ max_new_tokens), right-padded with `pad_id` after each row's first eos;
     with `return_logprobs`, also (B, ≤ max_new_tokens) fp32 log-probs of those ids at temperature 1
     (garbage after a row's end: mask them).
@@ -284,7 +285,9 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     Graphs and compile default to on for CUDA, off elsewhere. `attention`: "triton" (the split-KV
     kernel of `decode_attention`), "sdpa" (one fused call per layer) or "matmul" (two matmuls around
     a masked softmax) all compute the same thing; "auto" is triton on CUDA when Triton imports, else
-    sdpa. bench/decode_attention.py and bench/grpo_step.py --check time them."""
+    sdpa. bench/decode_attention.py and bench/grpo_step.py --check time them. `weights` (None: the
+    model's own, read in place) replaces them, e.g. R runs' stacked folds (fleet_decode.py); the
+    decoder is cached on their addresses, so refill them in place between calls."""
     if attention == "auto":  # the split-KV kernel where Triton runs on the GPU, else one SDPA call
         attention = "triton" if ids.device.type == "cuda" and decode_attention.available() else "sdpa"
     if attention not in ATTENTION:
@@ -302,14 +305,15 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
         mask = F.pad(mask, (Lp - L0, 0), value=0)
     spec = SamplingSpec(float(temperature), float(top_p), bool(ignore_eos), tuple(eos), int(pad_id))
     # the cached decoder holds the weight tensors, so their addresses identify this model's weights
-    first = model.model.layers[0].mlp.down_proj
-    key = (id(model), model.model.embed_tokens.weight.data_ptr(), plain_linear(first, False).weight.data_ptr(),
+    first = (plain_linear(model.model.layers[0].mlp.down_proj, False).weight if weights is None
+             else weights.layers[0].wd)
+    key = (id(model), model.model.embed_tokens.weight.data_ptr(), first.data_ptr(),
            B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket, attention, str(ids.device))
     dec = _CACHE.get(key)
     if dec is None:
         _CACHE.clear()  # one entry: a decoder holds a KV cache the size of the batch
-        dec = _Decoder(Weights(model), B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket,
-                       attention)
+        dec = _Decoder(weights or Weights(model), B, Lp, max_new_tokens, spec, use_graphs, compile_layers,
+                       bucket, attention)
         if cache:
             _CACHE[key] = dec
     out, logp = dec.run(ids, mask, check_every)
