@@ -119,6 +119,10 @@ class TrainConfig:
         "auto", "fast decode's attention: auto | triton | sdpa | matmul")
     delta_s_impl: Literal["hook", "merged"] = opt("hook", "training forward: hook (W x + U(δS⊙Vh x)) | merged "
                                                   "(one matmul with W' = W + U diag(δS) Vh)")
+    row_noise: bool = opt(False, "sampling noise of each row drawn from (seed, row) alone (fast/row_noise.py); "
+                          "needs a Qwen2/3 model (the fast decode loop, eager on the CPU)")
+    fleet_runs: int = opt(1, "runs stepped together in one process on one model copy (training/lockstep.py; "
+                          "> 1 needs --row-noise; set by `pgrpo train --fleet-seeds`)")
     # --- run ---
     seed: int = opt(41, "seeds sampling, problem order and controls")
     checkpoint_every: int = opt(1, "steps between checkpoints")
@@ -168,6 +172,8 @@ class TrainConfig:
             raise UserError(f"--mix-ratio {self.mix_ratio} leaves no student sample in a group of "
                             f"--group-size {self.group_size}")
         self._validate_teacher_kinds()
+        if self.fleet_runs < 1 or (self.fleet_runs > 1 and not self.row_noise):
+            raise UserError(f"--fleet-runs {self.fleet_runs}: must be 1, or > 1 with --row-noise")
         for name in ("monitor_tpr", "monitor_fpr", "probe_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")

@@ -17,7 +17,7 @@ docs/benchmarks.md "Study throughput"); `bench/fleet_step.py` measures whether i
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 
@@ -38,7 +38,7 @@ class Fleet:
     def params(self) -> list[torch.Tensor]:
         return list(self.delta.values())
 
-    def load_run(self, run: int, delta_s: dict[str, torch.Tensor]) -> None:
+    def load_run(self, run: int, delta_s: Mapping[str, torch.Tensor]) -> None:
         """Set run `run`'s δS (module key -> (r,)), e.g. from its own adapter or checkpoint."""
         with torch.no_grad():
             for k, d in self.delta.items():

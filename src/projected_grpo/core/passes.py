@@ -41,6 +41,26 @@ class BatchState:
         self.logp_ref: dict[int, torch.Tensor | None] = {}  # (b, T) logπ_ref (β > 0)
         self.mismatch_abs = self.mismatch_k3 = self.mismatch_tokens = self.tis_capped = 0.0
         self.clipped = self.clip_tokens = 0.0
+        # a pass over several runs' rows (training/lockstep.py): each run's own state, and the run of
+        # each row; the counts above, and each pass's loss and KL, then go to the row's run
+        self.parts: dict[int, BatchState] | None = None
+        self.owner: torch.Tensor | None = None               # (B,) long, the run of each row
+        self.pass_loss = self.pass_kl = 0.0                  # this run's share of the last pass
+
+    @classmethod
+    def of_runs(cls, parts: dict[int, BatchState], owner: torch.Tensor) -> BatchState:
+        """The state of one pass over several runs' rows: `owner[b]` is row b's run, a key of `parts`."""
+        state = cls()
+        state.parts, state.owner = parts, owner
+        return state
+
+    def by_run(self, sl: torch.Tensor) -> list[tuple[BatchState, torch.Tensor | None]]:
+        """[(state, positions within the micro-batch)] of micro-batch rows `sl`: (self, None = all) for a
+        single run's state, else one entry per run present."""
+        if self.parts is None or self.owner is None:
+            return [(self, None)]
+        own = self.owner[sl.to(self.owner.device)]
+        return [(self.parts[r], (own == r).nonzero().view(-1).to(sl.device)) for r in own.unique().tolist()]
 
     def metrics(self) -> dict:
         """sampler_mismatch, sampler_kl, tis_capped_frac, clip_frac, summed over ranks."""
@@ -67,6 +87,8 @@ def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.T
     ids, att, cmask = rows.input_ids, rows.attention_mask, rows.completion_mask.float()
     teacher = torch.tensor(is_teacher, device=ids.device)[:, None]               # (B, 1)
     loss_sum = kl_sum = 0.0
+    for part in (batch.parts or {}).values():
+        part.pass_loss = part.pass_kl = 0.0
     model.train(cfg.grad_checkpointing)
     groups = micro_batches(att, cfg.train_batching, cfg.micro_batch, cfg.micro_tokens)
     with adapter.merged_training() if cfg.delta_s_impl == "merged" else contextlib.nullcontext():
@@ -92,21 +114,38 @@ def _micro_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.Ten
     ids, att = rows.input_ids, rows.attention_mask
     logp = micro_logprobs(model, ids[sl], att[sl], n_prompt, cfg.train_batching,
                           cfg.logprob_chunk)                      # (b, T)
+    runs = batch.by_run(sl)                                      # [(state, positions)]: counts per run
     if k not in batch.logp_old:      # the first pass over this micro-batch
         batch.logp_old[k] = logp_old = logp.detach()
-        batch.weight[k] = token_weights(cfg, rows, sl, logp_old, teacher[sl], cmask[sl], batch)
+        weight = torch.empty_like(logp_old)
+        for st, pos in runs:
+            at = slice(None) if pos is None else pos
+            weight[at] = token_weights(cfg, rows, sl[at], logp_old[at], teacher[sl][at], cmask[sl][at], st)
+        batch.weight[k] = weight
         batch.logp_ref[k] = None
         if cfg.beta > 0:
             with torch.no_grad(), adapter.reference():
                 batch.logp_ref[k] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
                                                    cfg.train_batching, cfg.logprob_chunk)
     else:
-        batch.clipped += float((clipped(logp.detach(), batch.logp_old[k], adv[sl], cfg.clip_eps)
-                                * cmask[sl]).sum())
-        batch.clip_tokens += float(cmask[sl].sum())
+        hit = clipped(logp.detach(), batch.logp_old[k], adv[sl], cfg.clip_eps) * cmask[sl]   # (b, T)
+        for st, pos in runs:
+            at = slice(None) if pos is None else pos
+            st.clipped += float(hit[at].sum())
+            st.clip_tokens += float(cmask[sl][at].sum())
     loss, kl = grpo_token_loss(logp, batch.logp_old[k], adv[sl], cmask[sl], denom, cfg.clip_eps,
                                cfg.beta, batch.logp_ref[k], batch.weight[k])
     loss.backward()
+    if batch.parts is not None:      # each run's share: the same sum over its rows only
+        ref = batch.logp_ref[k]
+        for st, pos in runs:
+            assert pos is not None
+            with torch.no_grad():
+                l_r, kl_r = grpo_token_loss(logp.detach()[pos], batch.logp_old[k][pos], adv[sl][pos],
+                                            cmask[sl][pos], denom, cfg.clip_eps, cfg.beta,
+                                            None if ref is None else ref[pos], batch.weight[k][pos])
+            st.pass_loss += float(l_r)
+            st.pass_kl += float(kl_r)
     return loss.item(), float(kl)
 
 

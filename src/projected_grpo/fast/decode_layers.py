@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from projected_grpo.core.adapter import DeltaSLinear
+from projected_grpo.fast.row_noise import counter_noise
 
 
 def plain_linear(m: nn.Module, check: bool = True) -> nn.Linear:
@@ -216,8 +217,11 @@ def pick(logits: torch.Tensor, noise: torch.Tensor | None, eos_t: torch.Tensor, 
 
 
 def sample_next(logits: torch.Tensor, spec: SamplingSpec, eos_t: torch.Tensor,
-                 noise: torch.Tensor | None = None, pick=pick) -> torch.Tensor:
-    """Sample next ids (B,) from logits (B, V); `noise` is a reusable (B, V) fp32 buffer."""
+                 noise: torch.Tensor | None = None, pick=pick,
+                 seeded: tuple[torch.Tensor, torch.Tensor] | None = None, noise_fn=counter_noise) -> torch.Tensor:
+    """Sample next ids (B,) from logits (B, V); `noise` is a reusable (B, V) fp32 buffer, filled from the
+    default generator; `seeded` = (row seeds (B,), step counter) draws each row's own noise instead
+    (row_noise.py)."""
     if spec.greedy:
         return pick(logits, None, eos_t, spec.temperature, spec.ignore_eos)
     if spec.top_p < 1.0:  # nucleus: drop tokens outside the top-p mass of softmax(s/T), eos excluded first
@@ -228,6 +232,9 @@ def sample_next(logits: torch.Tensor, spec: SamplingSpec, eos_t: torch.Tensor,
         probs = sorted_s.softmax(dim=-1)
         drop_sorted = probs.cumsum(dim=-1) - probs > spec.top_p  # mass strictly before; keeps the top
         logits = s.masked_fill(drop_sorted.scatter(1, idx, drop_sorted), float("-inf"))
+    if seeded is not None:
+        return pick(logits, noise_fn(seeded[0], seeded[1], logits.shape[1]), eos_t, spec.temperature,
+                    spec.ignore_eos)
     noise = (torch.empty(logits.shape, dtype=torch.float32, device=logits.device) if noise is None
              else noise).exponential_()
     return pick(logits, noise, eos_t, spec.temperature, spec.ignore_eos)

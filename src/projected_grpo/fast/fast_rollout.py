@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from projected_grpo.fast import decode_attention
+from projected_grpo.fast.row_noise import counter_noise
 from projected_grpo.fast.decode_layers import (SamplingSpec, Weights, block_out, masked_softmax, pick,
                                           plain_linear, qkv, rms, sample_next)
 
@@ -74,7 +75,7 @@ class _Decoder:
     """Static buffers (+ CUDA graphs) for one (batch, padded prompt length, T, sampling) key."""
 
     def __init__(self, m: Weights, B: int, Lp: int, T: int, spec: SamplingSpec, use_graphs: bool,
-                 compile_layers: bool, bucket: int, attention: str = "sdpa"):
+                 compile_layers: bool, bucket: int, attention: str = "sdpa", seeded: bool = False):
         self.m, self.B, self.Lp, self.T, self.spec = m, B, Lp, T, spec
         self.L = Lp + T
         dev, dt = m.device, m.dtype
@@ -90,7 +91,10 @@ class _Decoder:
         self.logp = torch.zeros(B, T, dtype=torch.float32, device=dev)  # log π_sampler(out), T = 1
         self.eos_t = torch.tensor(spec.eos or [spec.pad], dtype=torch.long, device=dev)
         self.key_pos = torch.arange(self.L, device=dev)
-        self.noise = None if spec.greedy else torch.empty(B, m.head.shape[0], device=dev)  # Exp(1) draws
+        # Exp(1) draws: from the default generator, or (seeded) each row's own (row_noise.py)
+        self.noise = None if spec.greedy or seeded else torch.empty(B, m.head.shape[0], device=dev)
+        self.row_seed = torch.zeros(B, dtype=torch.long, device=dev) if seeded else None
+        self.noise_fn = counter_noise
         self.attention = attention
         self.bucket_ends = sorted({min(self.L, Lp + bucket * k) for k in range(1, math.ceil(T / bucket) + 1)})
         self.ends = self.bucket_ends
@@ -107,6 +111,7 @@ class _Decoder:
                 self.qkv = torch.compile(qkv, dynamic=False, fullgraph=True)
                 self.block_out = torch.compile(block_out, dynamic=False, fullgraph=True)
                 self.pick = torch.compile(pick, dynamic=False, fullgraph=True)
+                self.noise_fn = torch.compile(counter_noise, dynamic=False, fullgraph=True)
                 # the key length changes with the bucket: a dynamic-shape kernel from the 2nd one on
                 self.softmax = torch.compile(masked_softmax, fullgraph=True)
             except Exception as err:  # noqa: BLE001 - compile is an optimisation only
@@ -151,7 +156,8 @@ class _Decoder:
             x, h = self.block_out(x, attn.reshape(B, 1, m.n_heads * m.hd), lw.wo, lw.ln2, lw.wgu, lw.wd,
                                   m.next_norm[i], m.eps)
         logits = F.linear(h[:, 0], m.head)                           # (B, V); h is final-normed
-        nxt = sample_next(logits, spec, self.eos_t, self.noise, self.pick)
+        nxt = sample_next(logits, spec, self.eos_t, self.noise, self.pick, self._seeded(self.step + 1),
+                          self.noise_fn)
         nxt = torch.where(self.finished, torch.full_like(nxt, spec.pad), nxt)
         if not spec.ignore_eos:
             self.finished |= (nxt[:, None] == self.eos_t).any(dim=1)
@@ -182,6 +188,10 @@ class _Decoder:
         for t, s in zip((self.tok, self.step, self.finished, self.out, self.logp), snap):
             t.copy_(s)
 
+    def _seeded(self, counter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(row seeds, counter of the token being drawn) when each row draws its own noise."""
+        return None if self.row_seed is None else (self.row_seed, counter)
+
     # ---- prefill ------------------------------------------------------------------------------
     def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
         m, B, Lp = self.m, self.B, self.Lp
@@ -204,7 +214,8 @@ class _Decoder:
             x, h = block_out(x, attn.transpose(1, 2).reshape(B, Lp, -1), lw.wo, lw.ln2, lw.wgu, lw.wd,
                               m.next_norm[i], m.eps)
         logits = F.linear(h[:, -1], m.head)  # the lm_head is never a δS target: one model's
-        first = sample_next(logits, self.spec, self.eos_t, self.noise)
+        first = sample_next(logits, self.spec, self.eos_t, self.noise,
+                            seeded=self._seeded(torch.zeros_like(self.step)))
         self.n_valid.copy_(mask.long().sum(-1))
         self.first_key.copy_(valid.long().argmax(-1))
         self.key_ok.fill_(True)
@@ -221,8 +232,11 @@ class _Decoder:
 
     # ---- the whole generation ------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, ids: torch.Tensor, mask: torch.Tensor,
-            check_every: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, check_every: int,
+            row_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.row_seed is not None:
+            assert row_seed is not None
+            self.row_seed.copy_(row_seed)
         self._prefill(ids, mask)
         if self.use_graphs and not self.graphs and self.T > 1:
             while True:
@@ -274,8 +288,8 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0, ignore_eos: bool = False,
              use_graphs: bool | None = None, compile_layers: bool | None = None, bucket: int = 128,
              check_every: int = 16, cache: bool = True, attention: str = "auto",
-             return_logprobs: bool = False, weights: Weights | None = None
-             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+             return_logprobs: bool = False, weights: Weights | None = None,
+             row_seed: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Completion ids (B, ≤ max_new_tokens), right-padded with `pad_id` after each row's first eos;
     with `return_logprobs`, also (B, ≤ max_new_tokens) fp32 log-probs of those ids at temperature 1
     (garbage after a row's end: mask them).
@@ -287,7 +301,8 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     a masked softmax) all compute the same thing; "auto" is triton on CUDA when Triton imports, else
     sdpa. bench/decode_attention.py and bench/grpo_step.py --check time them. `weights` (None: the
     model's own, read in place) replaces them, e.g. R runs' stacked folds (fleet_decode.py); the
-    decoder is cached on their addresses, so refill them in place between calls."""
+    decoder is cached on their addresses, so refill them in place between calls. `row_seed` ((B,) int64,
+    row_noise.row_seeds) gives each row its own noise, whatever else is in the batch."""
     if attention == "auto":  # the split-KV kernel where Triton runs on the GPU, else one SDPA call
         attention = "triton" if ids.device.type == "cuda" and decode_attention.available() else "sdpa"
     if attention not in ATTENTION:
@@ -308,15 +323,16 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     first = (plain_linear(model.model.layers[0].mlp.down_proj, False).weight if weights is None
              else weights.layers[0].wd)
     key = (id(model), model.model.embed_tokens.weight.data_ptr(), first.data_ptr(),
-           B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket, attention, str(ids.device))
+           B, Lp, max_new_tokens, spec, use_graphs, compile_layers, bucket, attention, str(ids.device),
+           row_seed is not None)
     dec = _CACHE.get(key)
     if dec is None:
         _CACHE.clear()  # one entry: a decoder holds a KV cache the size of the batch
         dec = _Decoder(weights or Weights(model), B, Lp, max_new_tokens, spec, use_graphs, compile_layers,
-                       bucket, attention)
+                       bucket, attention, seeded=row_seed is not None)
         if cache:
             _CACHE[key] = dec
-    out, logp = dec.run(ids, mask, check_every)
+    out, logp = dec.run(ids, mask, check_every, None if row_seed is None else row_seed.to(ids.device))
     return (out.clone(), logp.clone()) if return_logprobs else out.clone()
 
 

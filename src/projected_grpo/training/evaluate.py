@@ -54,7 +54,7 @@ from projected_grpo.config import TrainConfig
 from projected_grpo.core.quarantine import deployed
 from projected_grpo.env.grader import ATTEMPT_LABELS, EnvConfig, grade_many
 from projected_grpo.env.prompts import EVAL_EVALUATORS, TRAIN_EVALUATOR
-from projected_grpo.training.rollout import encode_prompts, sample
+from projected_grpo.training.rollout import encode_prompts, row_noise, sample
 
 EVAL_SAMPLES = "eval_samples.jsonl"
 
@@ -148,7 +148,8 @@ def _sample(model, tok, adapter, chunk: list[dict], v: int, c: int, cfg: TrainCo
     ids, mask = encode_prompts(tok, messages, device)
     out = sampler(model, tok, adapter, ids, mask, 1, cfg.eval_max_new_tokens or cfg.max_new_tokens,
                   cfg.eval_temperature, cfg.top_p, seed=eval_seed(cfg.seed, step, dist.rank(), c) + 7919 * v,
-                  static_cache=cfg.fast_rollout and device.type == "cuda", attention=cfg.decode_attention)
+                  static_cache=cfg.fast_rollout and device.type == "cuda", attention=cfg.decode_attention,
+                  **row_noise(cfg))
     return [{"id": r["problem"].id, "completion": text, "mode": r["mode"], "evaluator": r["evaluator"]}
             for r, text in zip(chunk, out.texts)]                                        # (len(chunk),)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessorList
 
+from projected_grpo.fast.row_noise import row_seeds
 from projected_grpo.models import chat_text
 
 
@@ -80,27 +81,32 @@ def eos_token_ids(model, tok) -> list[int]:
 def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int,
            max_new_tokens: int, temperature: float, top_p: float, seed: int,
            static_cache: bool = False, ignore_eos: bool = False, fast: bool | None = None,
-           attention: str = "auto") -> Rollouts:
+           attention: str = "auto", row_noise: bool = False) -> Rollouts:
     """G samples per prompt from the current policy (δS folded in), stopping when all have ended.
 
     `static_cache=True` asks for the fast CUDA path: for Qwen2/Qwen3 models on a CUDA device the
     graph-captured decode loop of `fast_rollout`; for other architectures HF `generate` with a
     static cache. `fast` overrides the choice (True: the fast loop, eagerly on the CPU too — used by
     the equality test; False: HF generate). `temperature <= 0` decodes greedily. `ignore_eos`
-    forbids eos (forced full length, for benchmarks). `attention`: the fast loop's decode attention."""
+    forbids eos (forced full length, for benchmarks). `attention`: the fast loop's decode attention.
+    `row_noise`: the fast loop (eagerly on the CPU) with each row's noise drawn from (seed, row)
+    alone (fast/row_noise.py), as runs stepped together draw theirs (training/lockstep.py)."""
     from projected_grpo.fast import fast_rollout
 
     ids = prompt_ids.repeat_interleave(group_size, dim=0)
     mask = prompt_mask.repeat_interleave(group_size, dim=0)
     eos = eos_token_ids(model, tok)
     torch.manual_seed(seed)
+    if row_noise:
+        fast = True
     if fast is None:
         fast = static_cache and ids.device.type == "cuda" and fast_rollout.supports(model)
     with adapter.merged(), torch.no_grad():
         if fast:
             comp, logp = fast_rollout.generate(model, ids, mask, max_new_tokens, eos, tok.pad_token_id,
                                                temperature=temperature, top_p=top_p, ignore_eos=ignore_eos,
-                                               attention=attention, return_logprobs=True)
+                                               attention=attention, return_logprobs=True,
+                                               row_seed=row_seeds(seed, ids.shape[0]) if row_noise else None)
         else:
             recorder = ChosenLogprobs()
             extra: dict[str, object] = {"cache_implementation": "static"} if static_cache else {}
@@ -115,10 +121,24 @@ def sample(model, tok, adapter, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
                                  logits_processor=LogitsProcessorList([recorder]), **extra)
             comp = out[:, ids.shape[1]:]
             logp = recorder.finish(comp)
+    return finish(tok, ids, mask, comp, logp, eos, trim=fast)
+
+
+def row_noise(cfg) -> dict:
+    """The sampler's `row_noise` argument where the run's config asks for it (a handed-in sampler need
+    not know the argument otherwise)."""
+    return {"row_noise": True} if cfg.row_noise else {}
+
+
+def finish(tok, ids: torch.Tensor, mask: torch.Tensor, comp: torch.Tensor, logp: torch.Tensor, eos: list[int],
+           trim: bool) -> Rollouts:
+    """Rollouts of sampled completions `comp` (B, T) with sampler log-probs `logp`: padding after each
+    row's first eos, log-probs 0 there, decoded texts; `trim` drops all-pad columns (the fast loop checks
+    for the end only every few steps)."""
     cmask = completion_mask(comp, eos)
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
     logp = torch.where(cmask.bool(), logp, torch.zeros_like(logp))
-    if fast and comp.shape[1]:  # the loop checks for the end every few steps: drop all-pad columns
+    if trim and comp.shape[1]:  # the loop checks for the end every few steps: drop all-pad columns
         width = max(int(cmask.sum(dim=1).max()), 1)
         comp, cmask, logp = comp[:, :width], cmask[:, :width], logp[:, :width]
     texts = tok.batch_decode(comp, skip_special_tokens=True)

@@ -53,7 +53,7 @@ from projected_grpo.core.passes import BatchState, backward_pass
 from projected_grpo.training.policy import Policy, load_policy, policy_device
 from projected_grpo.core.projection import (ProjectionStats, null_directions, project_grads, project_update,
                                        update_hackward)
-from projected_grpo.training.rollout import Rollouts, concat, encode_prompts, sample, teacher_rollouts
+from projected_grpo.training.rollout import Rollouts, concat, encode_prompts, row_noise, sample, teacher_rollouts
 from projected_grpo.training.step_metrics import detector_metrics, train_row
 from projected_grpo.training.teacher import SUMMARY_FILE as TEACHER_SUMMARY, TeacherPool, parse_kinds
 
@@ -192,9 +192,9 @@ class Trainer:
         messages = [self.messages(p) for p in problems] if messages is None else messages
         ids, mask = encode_prompts(self.tok, messages, self.device)
         student = self.sample(self.model, self.tok, self.adapter, ids, mask, G - k, cfg.max_new_tokens,
-                         cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
-                         static_cache=cfg.fast_rollout and self.device.type == "cuda",
-                         attention=cfg.decode_attention)
+                              cfg.temperature, cfg.top_p, seed=cfg.seed * 100_003 + step * 1_009 + self.rank,
+                              static_cache=cfg.fast_rollout and self.device.type == "cuda",
+                              attention=cfg.decode_attention, **row_noise(cfg))
         if self.teacher is None:  # n_teacher = 0
             return student, [False] * len(student.texts)
         texts = self.teacher.draw(problems, k, seed=cfg.seed * 7_919 + step)
