@@ -83,8 +83,10 @@ def test_a_fleet_run_resumed_alone_and_a_mixed_fleet_are_refused(fleet_and_alone
         check_fleet([replace(c, arm="routing") for c in cfgs])
     assert main(["train", "--fleet-seeds", "1,2", "--out", str(root / "x")]) != 0
     assert "must hold {seed}" in capsys.readouterr().err
-    with pytest.raises(UserError, match="--fleet-runs 3"):
-        replace(BASE, fleet_runs=3, row_noise=False).validate()
+    with pytest.raises(UserError, match="needs --row-noise"):
+        check_fleet([replace(c, row_noise=False) for c in cfgs])
+    assert main(["train", "--fleet-runs", "2", "--out", str(root / "y")]) != 0
+    assert "started with --fleet-seeds" in capsys.readouterr().err
 
 
 def test_row_noise_is_exp1_and_each_rows_own():

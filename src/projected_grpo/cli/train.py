@@ -49,9 +49,11 @@ def _cmd_train(args) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
-    if cfg.fleet_runs > 1:
+    if cfg.fleet_runs > 1 and args.resume:
         raise UserError(f"{args.out}: the run was started in a fleet of {cfg.fleet_runs} "
                         "(--fleet-seeds); resume it with that fleet's --fleet-seeds and --out")
+    if cfg.fleet_runs > 1:
+        raise UserError(f"--fleet-runs {cfg.fleet_runs}: a fleet is started with --fleet-seeds, which sets it")
     dist.init_from_env()
     out = train(cfg, args.out, resume=args.resume)
     if dist.rank() == 0:

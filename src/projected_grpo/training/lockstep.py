@@ -297,6 +297,8 @@ def check_fleet(cfgs: list[TrainConfig]) -> None:
     seeds = [c.seed for c in cfgs]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--fleet-seeds {','.join(map(str, seeds))}: a seed appears twice")
+    if not base.row_noise:
+        raise UserError("a fleet needs --row-noise true: a run's samples must not depend on its batch")
     if any(c.fleet_runs != len(cfgs) for c in cfgs):
         raise UserError(f"--fleet-runs {base.fleet_runs} does not match the fleet's {len(cfgs)} runs")
     if any(iv.point == "parameters" for iv in build(arms.get(base.arm), base)):
