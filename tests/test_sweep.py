@@ -398,3 +398,48 @@ def test_children_share_the_cores_instead_of_each_taking_all(monkeypatch):
     assert sweep_pool.child_threads(128) == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert sweep_pool.child_threads(12) == "3"
+
+
+def test_fleets_group_each_arms_seeds_and_run_in_one_worker_each(small_pairs, tmp_path):
+    """--fleet 2 with seeds 41,42,43 of two arms: fleets {41, 42} of each arm (one queued worker, one log,
+    its runs recording fleet_runs 2 and row noise) and seed 43 alone; each run logs what the same run logs
+    in a plain sequential sweep with --row-noise (to rounding: tests/test_lockstep.py checks the metrics
+    closely); the same command again skips them all."""
+    import math
+
+    from projected_grpo.config import preset
+    from projected_grpo.studies.sweep import FleetSpec, fleets, plan_runs
+
+    plan = SweepPlan(preset="smoke", arms=["vanilla", "random"], seeds=[41, 42, 43], overrides={},
+                     v_hack=str(tmp_path / "v.safetensors"), out=str(tmp_path), fleet=2)
+    units = fleets(plan, plan_runs(plan, preset("smoke")))
+    assert [(u.name, [m.cfg.fleet_runs for m in getattr(u, "members", [u])]) for u in units] == [
+        ("vanilla_s41-s42", [2, 2]), ("random_s41-s42", [2, 2]), ("vanilla_s43", [1]), ("random_s43", [1])]
+    assert all(isinstance(u, FleetSpec) == (len(getattr(u, "members", [])) == 2) for u in units)
+
+    out = tmp_path / "fl"
+    argv = ["sweep", "--out", str(out), "--arms", "vanilla", "--gpus", "1", "--fleet", "2", "--no-report",
+            *flags(small_pairs)]
+    argv[argv.index("--seeds") + 1] = "41,42,43"
+    code, text = _main(argv)
+    assert code == 0, text
+    assert re.search(r"\[done\]   vanilla_s41-s42 on GPU 0: started", text), text
+    assert len(worker_lines(out / "logs" / "vanilla_s41-s42.log")[1]) == 1     # one worker for both runs
+    for seed, size in ((41, 2), (42, 2), (43, 1)):
+        cfg = json.loads((out / f"vanilla_s{seed}" / runio.CONFIG).read_text())
+        assert (cfg["fleet_runs"], cfg["row_noise"]) == (size, True)
+    ref = tmp_path / "seq"
+    code_seq, _ = _main(["sweep", "--out", str(ref), "--arms", "vanilla", "--v-hack", str(out / "v_hack.safetensors"),
+                         "--no-report", "--row-noise", "true", *flags(small_pairs)[:2],
+                         *[x if x != "41" else "41,42,43" for x in flags(small_pairs)[2:]]])
+    assert code_seq == 0
+    for seed in (41, 42, 43):
+        a, b = comparable(out, f"vanilla_s{seed}"), comparable(ref, f"vanilla_s{seed}")
+        assert len(a) == len(b) > 0
+        for ra, rb in zip(a, b):
+            for k in ra:
+                same = (math.isclose(ra[k], rb[k], rel_tol=1e-4, abs_tol=1e-6)
+                        if isinstance(ra[k], float) and isinstance(rb[k], float) else ra[k] == rb[k])
+                assert same or k == "fleet_runs", (seed, k, ra[k], rb[k])
+    code, text = _main(argv)
+    assert code == 0 and "vanilla_s41-s42 already finished" in text, text

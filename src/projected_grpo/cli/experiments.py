@@ -42,6 +42,9 @@ def add_commands(sub) -> None:
                    help="0: runs one after another in this process; N: one child process per run, "
                         "pinned to one of N GPUs (the first N of CUDA_VISIBLE_DEVICES when set)")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="with --gpus: runs at once on one GPU")
+    p.add_argument("--fleet", type=int, default=1,
+                   help="each arm's seeds in fleets of this many: one process per fleet, its runs stepped "
+                        "together on one model copy (training/lockstep.py; sets --row-noise); 1 = alone")
     p.add_argument("--max-attempts", type=int, default=2,
                    help="with --gpus or a cluster launcher: a run that failed this many times (over invocations) "
                         "is skipped")
@@ -126,7 +129,9 @@ def _cmd_sweep(args) -> int:
                      v_hack=str(Path(base.v_hack).resolve() if base.v_hack else (out / V_HACK).resolve()),
                      out=str(out), variants=variants, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
                      max_attempts=args.max_attempts, seeds_for=seeds_for,
-                     launcher=args.launcher, launch=launch)
+                     launcher=args.launcher, launch=launch, fleet=args.fleet)
+    if args.fleet < 1 or (args.fleet > 1 and args.launcher != "local"):
+        raise UserError(f"--fleet {args.fleet}: must be >= 1, and fleets run with --launcher local only")
     t0 = time.time()
     done = sweep(plan, base)
     bad = sorted(n for n, s in done.items() if s in NOT_FINISHED)

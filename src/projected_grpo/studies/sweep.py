@@ -18,6 +18,9 @@ Execution.
                       others go on; see sweep_pool.py for retries and Ctrl-C.
   --launcher slurm|ray  every run a job of a Slurm array (submitit) or a Ray task; see launch.py and
                       launchers.py (the same resume, retry and log rules as the --gpus queue).
+  --fleet R           each arm's seeds in fleets of R (the last may be smaller): one process per fleet, its
+                      runs stepped together on one model copy (training/lockstep.py), with row noise; in
+                      this process, or one queued child per fleet (DIR/logs/{name}_s{first}-s{last}.log).
 Resuming is the same command again: finished runs are skipped, cut-off runs resume from their
 checkpoint, missing ones start. A finished run under another config is refused, naming the fields.
 """
@@ -143,6 +146,7 @@ class SweepPlan:
     seeds_for: dict = field(default_factory=dict)  # arm/variant name -> its own seeds (else `seeds`)
     launcher: str = "local"           # local (this process / the --gpus queue) | slurm | ray (launchers.py)
     launch: dict = field(default_factory=dict)  # the cluster launcher's options (launchers.LaunchOptions)
+    fleet: int = 1                    # an arm's seeds in fleets of this many, one process each (lockstep.py)
 
 
 @dataclass
@@ -152,6 +156,23 @@ class RunSpec:
     name: str
     cfg: TrainConfig
     run_dir: Path
+
+
+@dataclass
+class FleetSpec:
+    """Runs of one arm stepped together in one process (training/lockstep.py): its `members`; `cfg` and
+    `run_dir` are the first member's (what a queue prints and pins)."""
+
+    name: str
+    members: list[RunSpec]
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.members[0].cfg
+
+    @property
+    def run_dir(self) -> Path:
+        return self.members[0].run_dir
 
 
 def resolve(name: str, ad_hoc: dict) -> tuple[str, dict]:
@@ -191,11 +212,52 @@ def plan_runs(plan: SweepPlan, base: TrainConfig, split_file: str = "") -> list[
     for name in plan.arms:
         arm, overrides = resolve(name, plan.variants)
         v_path = v_path_for(plan, name, overrides)
-        for rank, seed in enumerate(seeds_of(plan, name)):
+        seeds = seeds_of(plan, name)
+        for rank, seed in enumerate(seeds):
             cfg = replace(base, **overrides, arm=arm, seed=seed, v_hack=str(v_path), split_file=split_file)
+            if plan.fleet > 1:           # the size of its fleet, recorded; every run of the sweep draws row noise
+                first = rank - rank % plan.fleet
+                cfg = replace(cfg, row_noise=True, fleet_runs=len(seeds[first:first + plan.fleet]))
             cfg.validate()
             specs.append((rank, RunSpec(f"{name}_s{seed}", cfg, Path(plan.out) / f"{name}_s{seed}")))
     return [spec for _, spec in sorted(specs, key=lambda x: x[0])]   # stable: arm order within a rank
+
+
+def fleets(plan: SweepPlan, specs: list[RunSpec]) -> list[RunSpec | FleetSpec]:
+    """The runs as they execute: with --fleet R, each arm's seeds in order in fleets of R (the last may be
+    smaller; a fleet of one runs alone), fleet by fleet in arm order; else `specs` as they are."""
+    if plan.fleet <= 1:
+        return list(specs)
+    by_name = {s.name: s for s in specs}
+    out: list[tuple[int, int, RunSpec | FleetSpec]] = []
+    for a, name in enumerate(plan.arms):
+        seeds = seeds_of(plan, name)
+        for i in range(0, len(seeds), plan.fleet):
+            members = [by_name[f"{name}_s{seed}"] for seed in seeds[i:i + plan.fleet]]
+            out.append((i, a, members[0] if len(members) == 1 else
+                        FleetSpec(f"{name}_s{seeds[i]}-s{seeds[i + len(members) - 1]}", members)))
+    return [spec for _, _, spec in sorted(out, key=lambda x: (x[0], x[1]))]
+
+
+def ensure_fleet(spec: FleetSpec, progress: bool = True) -> str:
+    """Skip a fleet whose runs all finished, else run the unfinished ones as one fleet (each resumed or
+    started as its dir says); -> skipped | resumed | started. A failed run raises after the others end."""
+    from projected_grpo.training.lockstep import train_fleet
+
+    states = [check_run(m.cfg, m.run_dir) for m in spec.members]
+    todo = [(m, st) for m, st in zip(spec.members, states) if st != "finished"]
+    if not todo:
+        print(f"[skip]   {spec.name} already finished")
+        return "skipped"
+    print(f"[fleet]  {spec.cfg.arm} seeds {','.join(str(m.cfg.seed) for m, _ in todo)} -> "
+          f"{', '.join(str(m.run_dir) for m, _ in todo)}")
+    result = train_fleet([m.cfg for m, _ in todo], [m.run_dir for m, _ in todo],
+                         resume=[st == "unfinished" for _, st in todo], progress=progress)
+    for r, err in sorted(result.errors.items()):
+        print(f"[FAILED] {todo[r][0].name}: {type(err).__name__}: {err}")
+    if result.errors:
+        raise next(iter(result.errors.values()))
+    return "resumed" if any(st == "unfinished" for _, st in todo) else "started"
 
 
 def v_files(plan: SweepPlan, base: TrainConfig) -> dict[Path, TrainConfig]:
@@ -307,15 +369,17 @@ def _sweep_with(plan: SweepPlan, base: TrainConfig, progress: bool, launcher) ->
         from projected_grpo.studies.launch import launch_runs
 
         return launch_runs(specs, out, launcher, plan.max_attempts, check_run)
+    units = fleets(plan, specs)
     if plan.gpus:
         from projected_grpo.studies.sweep_pool import gpu_ids, run_queue
 
-        return run_queue(specs, out, gpu_ids(plan.gpus), plan.runs_per_gpu, plan.max_attempts, check_run)
+        return run_queue(units, out, gpu_ids(plan.gpus), plan.runs_per_gpu, plan.max_attempts, check_run)
     done = {}
-    for i, spec in enumerate(specs, start=1):
-        print(f"--- run {i}/{len(specs)}: {spec.name}")
+    for i, spec in enumerate(units, start=1):
+        print(f"--- run {i}/{len(units)}: {spec.name}")
         t0 = time.time()
-        done[spec.name] = ensure_run(spec.cfg, spec.run_dir, progress)
+        done[spec.name] = (ensure_fleet(spec, progress) if isinstance(spec, FleetSpec)
+                           else ensure_run(spec.cfg, spec.run_dir, progress))
         print(f"    {done[spec.name]} in {time.time() - t0:.0f}s")
     return done
 

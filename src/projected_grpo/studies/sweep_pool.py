@@ -105,6 +105,14 @@ LOGS = "logs"   # DIR/logs/{name}.log (+ {name}.json status, {name}.run.json spe
 BUSY = 3        # a worker's exit status: the run dir's lock is held by another live process (runlock.py)
 
 
+def spec_state(spec, check: Callable[[Any, Path], str]) -> str:
+    """check_run of a run, or of a fleet: finished when all its runs are, missing when none started."""
+    states = [check(m.cfg, m.run_dir) for m in getattr(spec, "members", [spec])]
+    if all(st == "finished" for st in states):
+        return "finished"
+    return "missing" if all(st == "missing" for st in states) else "unfinished"
+
+
 def triage(specs: list, logs: Path, max_attempts: int,
            check_run: Callable[[Any, Path], str]) -> tuple[dict[str, str], list]:
     """Which runs start a child (every launcher alike): -> ({name: skipped | busy | gave up | resumed |
@@ -113,12 +121,13 @@ def triage(specs: list, logs: Path, max_attempts: int,
     result: dict[str, str] = {}
     queue = []
     for spec in specs:
-        state = check_run(spec.cfg, spec.run_dir)           # refuses a dir under another config
+        state = spec_state(spec, check_run)                  # refuses a dir under another config
         status = read_status(logs / f"{spec.name}.json")
         if state == "finished":
             result[spec.name] = "skipped"
             print(f"[skip]   {spec.name} already finished")
-        elif (pid := runlock.holder(spec.run_dir)) is not None:   # a live writer, not a status file's word
+        elif (pid := next(filter(None, (runlock.holder(m.run_dir) for m in getattr(spec, "members", [spec]))),
+                          None)) is not None:                 # a live writer, not a status file's word
             result[spec.name] = "busy"
             print(f"[busy]   {spec.name}: {spec.run_dir} is being written by pid {pid} (a worker of a sweep "
                   "killed with SIGKILL?); not started: wait for it or stop it, then run the same command again")
@@ -211,7 +220,8 @@ def child_threads(slots: int) -> str:
 def _start(spec, gpu: str, logs: Path, threads: str = "") -> Child:
     """Write the run's planned config and start its worker on `gpu` (with `threads` CPU threads)."""
     run_json, log, status = logs / f"{spec.name}.run.json", logs / f"{spec.name}.log", logs / f"{spec.name}.json"
-    runio.write_atomic(run_json, json.dumps({"config": asdict(spec.cfg), "run_dir": str(spec.run_dir)},
+    one = [{"config": asdict(m.cfg), "run_dir": str(m.run_dir)} for m in getattr(spec, "members", [spec])]
+    runio.write_atomic(run_json, json.dumps(one[0] if not hasattr(spec, "members") else {"fleet": one},
                                             indent=1).encode())
     failures = read_status(status).get("failures", 0)
     with open(log, "a") as f:

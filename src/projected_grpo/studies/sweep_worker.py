@@ -1,7 +1,8 @@
 """One child of `pgrpo sweep --gpus N` (sweep_pool.py starts it; not a user command).
 
     python -m projected_grpo.studies.sweep_worker run DIR/logs/{name}.run.json       {"config", "run_dir"}:
-        skip, resume or start that run (sweep.ensure_run)
+        skip, resume or start that run (sweep.ensure_run); {"fleet": [{"config", "run_dir"}, ...]}: those
+        runs as one fleet (sweep.ensure_fleet)
     python -m projected_grpo.studies.sweep_worker extract DIR/logs/extract_X.run.json  {"config", "v_hack"}:
         extract that V file (sweep.prepare_v_hack)
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from projected_grpo.config import TrainConfig
 from projected_grpo.errors import UserError
-from projected_grpo.studies.sweep import ensure_run, prepare_v_hack
+from projected_grpo.studies.sweep import FleetSpec, RunSpec, ensure_fleet, ensure_run, prepare_v_hack
 from projected_grpo.studies.sweep_pool import BUSY
 from projected_grpo.training.runlock import Busy
 
@@ -36,6 +37,12 @@ def main(argv: list[str]) -> int:
           f"began {time.time():.3f}", flush=True)
     try:
         spec = json.loads(Path(spec_path).read_text())
+        if what == "run" and "fleet" in spec:          # runs of one arm stepped together (lockstep.py)
+            members = [RunSpec(Path(m["run_dir"]).name, TrainConfig.from_dict(m["config"], spec_path),
+                               Path(m["run_dir"])) for m in spec["fleet"]]
+            done = ensure_fleet(FleetSpec(Path(spec_path).name.removesuffix(".run.json"), members))
+            print(f"worker {what}: {done}, ended {time.time():.3f}", flush=True)
+            return 0
         cfg = TrainConfig.from_dict(spec["config"], spec_path)
         if what == "run":
             done = ensure_run(cfg, Path(spec["run_dir"]))

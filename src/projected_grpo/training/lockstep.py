@@ -299,8 +299,8 @@ def check_fleet(cfgs: list[TrainConfig]) -> None:
         raise UserError(f"--fleet-seeds {','.join(map(str, seeds))}: a seed appears twice")
     if not base.row_noise:
         raise UserError("a fleet needs --row-noise true: a run's samples must not depend on its batch")
-    if any(c.fleet_runs != len(cfgs) for c in cfgs):
-        raise UserError(f"--fleet-runs {base.fleet_runs} does not match the fleet's {len(cfgs)} runs")
+    if len(cfgs) > base.fleet_runs:     # fewer: the fleet's unfinished runs, resumed (sweep.ensure_fleet)
+        raise UserError(f"--fleet-runs {base.fleet_runs} is less than the fleet's {len(cfgs)} runs")
     if any(iv.point == "parameters" for iv in build(arms.get(base.arm), base)):
         raise UserError(f"--arm {base.arm}: gradient routing's quarantine lives on the model; run it alone")
     if dist.world_size() > 1:
@@ -314,18 +314,19 @@ class FleetResult:
     meetings: dict[str, int] = field(default_factory=dict)
 
 
-def train_fleet(cfgs: list[TrainConfig], outs: list[Path], resume: bool = False, progress: bool = True,
-                policy: Policy | None = None) -> FleetResult:
-    """Run (or resume) the runs `cfgs` (one arm, seeds differing) into `outs` as one fleet. A run that
-    fails stops alone (its error in the result); the others go on."""
+def train_fleet(cfgs: list[TrainConfig], outs: list[Path], resume: bool | list[bool] = False,
+                progress: bool = True, policy: Policy | None = None) -> FleetResult:
+    """Run (or resume: all, or per run) the runs `cfgs` (one arm, seeds differing) into `outs` as one
+    fleet. A run that fails stops alone (its error in the result); the others go on."""
     check_fleet(cfgs)
+    resumes = resume if isinstance(resume, list) else [resume] * len(cfgs)
     lockstep = Lockstep(policy or load_policy(cfgs[0]), len(cfgs), cfgs[0])
     trainers: list[FleetTrainer | None] = []
     result = FleetResult(list(outs))
     for r, (cfg, out) in enumerate(zip(cfgs, outs)):   # set-up one by one, each with its own δS installed
         with lockstep.turn(r):
             try:
-                trainers.append(FleetTrainer(cfg, Path(out), lockstep, r, resume, progress))
+                trainers.append(FleetTrainer(cfg, Path(out), lockstep, r, resumes[r], progress))
             except BaseException as err:  # noqa: BLE001 - one run's bad set-up stops that run only
                 trainers.append(None)
                 result.errors[r] = err
