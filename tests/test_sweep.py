@@ -416,6 +416,9 @@ def test_fleets_group_each_arms_seeds_and_run_in_one_worker_each(small_pairs, tm
     assert [(u.name, [m.cfg.fleet_runs for m in getattr(u, "members", [u])]) for u in units] == [
         ("vanilla_s41-s42", [2, 2]), ("random_s41-s42", [2, 2]), ("vanilla_s43", [1]), ("random_s43", [1])]
     assert all(isinstance(u, FleetSpec) == (len(getattr(u, "members", [])) == 2) for u in units)
+    routed = replace(plan, arms=["routing_v"])           # its quarantine lives on the model: each run alone
+    assert [(u.name, u.cfg.fleet_runs, u.cfg.row_noise) for u in fleets(routed, plan_runs(routed, preset("smoke")))] \
+        == [("routing_v_s41", 1, True), ("routing_v_s42", 1, True), ("routing_v_s43", 1, True)]
 
     out = tmp_path / "fl"
     argv = ["sweep", "--out", str(out), "--arms", "vanilla", "--gpus", "1", "--fleet", "2", "--no-report",

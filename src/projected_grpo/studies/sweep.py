@@ -40,6 +40,7 @@ from projected_grpo.training import runio, runlock
 from projected_grpo.config import ARMS, CONFIG_FIELDS, TrainConfig, parse_value
 from projected_grpo.errors import UserError
 from projected_grpo.studies.sweep_pool import LOGS
+from projected_grpo.training.lockstep import can_fleet
 
 V_HACK = "v_hack.safetensors"
 SPLIT = "split.json"                  # the sweep's split file, beside sweep.json
@@ -217,7 +218,9 @@ def plan_runs(plan: SweepPlan, base: TrainConfig, split_file: str = "") -> list[
             cfg = replace(base, **overrides, arm=arm, seed=seed, v_hack=str(v_path), split_file=split_file)
             if plan.fleet > 1:           # the size of its fleet, recorded; every run of the sweep draws row noise
                 first = rank - rank % plan.fleet
-                cfg = replace(cfg, row_noise=True, fleet_runs=len(seeds[first:first + plan.fleet]))
+                cfg = replace(cfg, row_noise=True)
+                if can_fleet(cfg):       # routing runs alone (lockstep.can_fleet)
+                    cfg = replace(cfg, fleet_runs=len(seeds[first:first + plan.fleet]))
             cfg.validate()
             specs.append((rank, RunSpec(f"{name}_s{seed}", cfg, Path(plan.out) / f"{name}_s{seed}")))
     return [spec for _, spec in sorted(specs, key=lambda x: x[0])]   # stable: arm order within a rank
@@ -232,8 +235,9 @@ def fleets(plan: SweepPlan, specs: list[RunSpec]) -> list[RunSpec | FleetSpec]:
     out: list[tuple[int, int, RunSpec | FleetSpec]] = []
     for a, name in enumerate(plan.arms):
         seeds = seeds_of(plan, name)
-        for i in range(0, len(seeds), plan.fleet):
-            members = [by_name[f"{name}_s{seed}"] for seed in seeds[i:i + plan.fleet]]
+        size = plan.fleet if by_name[f"{name}_s{seeds[0]}"].cfg.fleet_runs > 1 or len(seeds) == 1 else 1
+        for i in range(0, len(seeds), size):
+            members = [by_name[f"{name}_s{seed}"] for seed in seeds[i:i + size]]
             out.append((i, a, members[0] if len(members) == 1 else
                         FleetSpec(f"{name}_s{seeds[i]}-s{seeds[i + len(members) - 1]}", members)))
     return [spec for _, _, spec in sorted(out, key=lambda x: (x[0], x[1]))]

@@ -286,6 +286,12 @@ def _released(lockstep: Lockstep, run: int):
     return grade
 
 
+def can_fleet(cfg: TrainConfig) -> bool:
+    """Whether runs of this config's arm can share a model: not while an intervention keeps state on it
+    (gradient routing's quarantine δQ)."""
+    return not any(iv.point == "parameters" for iv in build(arms.get(cfg.arm), cfg))
+
+
 def check_fleet(cfgs: list[TrainConfig]) -> None:
     """One line naming what keeps these configs from running as one fleet."""
     base = cfgs[0]
@@ -301,7 +307,7 @@ def check_fleet(cfgs: list[TrainConfig]) -> None:
         raise UserError("a fleet needs --row-noise true: a run's samples must not depend on its batch")
     if len(cfgs) > base.fleet_runs:     # fewer: the fleet's unfinished runs, resumed (sweep.ensure_fleet)
         raise UserError(f"--fleet-runs {base.fleet_runs} is less than the fleet's {len(cfgs)} runs")
-    if any(iv.point == "parameters" for iv in build(arms.get(base.arm), base)):
+    if not can_fleet(base):
         raise UserError(f"--arm {base.arm}: gradient routing's quarantine lives on the model; run it alone")
     if dist.world_size() > 1:
         raise UserError("a fleet runs on one rank; launch it without torchrun")
