@@ -38,20 +38,25 @@ def _close(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def fleet_and_alone(tmp_path_factory, mixed_code_pairs):
+    """Per δS path: a fleet of SEEDS and each seed alone (merged: the first seed alone only)."""
     root = tmp_path_factory.mktemp("lockstep")
-    base = replace(BASE, arm="projected", pairs=mixed_code_pairs)
-    fleet = train_fleet([replace(base, seed=s, fleet_runs=len(SEEDS)) for s in SEEDS],
-                        [root / f"fleet_s{s}" for s in SEEDS], progress=False)
-    assert not fleet.errors, fleet.errors
-    for s in SEEDS:
-        train_mod.train(replace(base, seed=s), root / f"alone_s{s}", progress=False)
-    return root, fleet
+    fleets = {}
+    for impl in ("hook", "merged"):
+        base = replace(BASE, arm="projected", pairs=mixed_code_pairs, delta_s_impl=impl)
+        fleets[impl] = train_fleet([replace(base, seed=s, fleet_runs=len(SEEDS)) for s in SEEDS],
+                                   [root / f"{impl}_fleet_s{s}" for s in SEEDS], progress=False)
+        assert not fleets[impl].errors, fleets[impl].errors
+        for s in SEEDS if impl == "hook" else SEEDS[:1]:
+            train_mod.train(replace(base, seed=s), root / f"{impl}_alone_s{s}", progress=False)
+    return root, fleets
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_each_run_of_a_fleet_is_the_run_it_is_alone(fleet_and_alone, seed):
-    root, fleet = fleet_and_alone
-    alone, inside = root / f"alone_s{seed}", root / f"fleet_s{seed}"
+@pytest.mark.parametrize("impl, seed", [("hook", SEEDS[0]), ("hook", SEEDS[1]), ("merged", SEEDS[0])])
+def test_each_run_of_a_fleet_is_the_run_it_is_alone(fleet_and_alone, impl, seed):
+    """hook: the runs train in one pass with per-row δS; merged: each in its own merged pass."""
+    root, fleets = fleet_and_alone
+    fleet = fleets[impl]
+    alone, inside = root / f"{impl}_alone_s{seed}", root / f"{impl}_fleet_s{seed}"
     for name in (runio.SAMPLES, EVAL_SAMPLES):          # the same completions, graded alike
         a, b = runio.read_jsonl(alone / name), runio.read_jsonl(inside / name)
         assert len(a) == len(b) > 0
@@ -72,7 +77,7 @@ def test_each_run_of_a_fleet_is_the_run_it_is_alone(fleet_and_alone, seed):
 
 def test_a_fleet_run_resumed_alone_and_a_mixed_fleet_are_refused(fleet_and_alone, capsys):
     root, _ = fleet_and_alone
-    assert main(["train", "--resume", "--out", str(root / "fleet_s41")]) != 0
+    assert main(["train", "--resume", "--out", str(root / "hook_fleet_s41")]) != 0
     assert "started in a fleet of 2" in capsys.readouterr().err
     cfgs = [replace(BASE, seed=s, fleet_runs=2) for s in SEEDS]
     with pytest.raises(UserError, match="differs in --lr"):

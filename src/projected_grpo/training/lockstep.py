@@ -16,7 +16,9 @@ its own δS leaves, AdamW, V, interventions, RNG, run dir, logs and checkpoints:
              its own run's δS (U (δS_run ⊙ Vh x), core/fleet.py's gather, here from each run's own
              leaves), so one backward leaves each run's gradient in its own δS, equal to its own pass
              (tests/test_fleet.py); the sampler-mismatch and clip counts and the loss go to each
-             row's run (BatchState.of_runs).
+             row's run (BatchState.of_runs). That is the hook path, which costs the U and Vh matmuls
+             besides W's; with `--delta-s-impl merged` the runs' passes instead go one after another,
+             each on its own fold W' (the pass a run makes alone). bench/fleet_step.py times the two.
 
 Between those meetings a run thread holds the model with its own δS installed in the adapter's
 modules (`turn`), so everything else a Trainer does with the model (interventions, the hack gradient,
@@ -204,7 +206,15 @@ class Lockstep:
 
     # ---- training ------------------------------------------------------------------------------
     def _train(self, group: list[_Call]) -> None:
-        """One pass over every call's rows, each row with its own run's δS (see the module doc)."""
+        """One pass over every call's rows, each row with its own run's δS (the hook path: see the module
+        doc); with --delta-s-impl merged, each run's own merged pass in turn instead."""
+        if self.cfg.delta_s_impl == "merged":
+            for c in group:
+                self.install(c.run)
+                with grad_safe_attention():
+                    c.result = backward_pass(self.model, self.adapter, self.cfg, c.args["rows"], c.args["adv"],
+                                             c.args["is_teacher"], c.args["state"])
+            return
         width = max(c.args["rows"].prompt_ids.shape[1] for c in group)
         parts = [_left_pad(c.args["rows"], width, self.tok.pad_token_id) for c in group]
         rows = concat(parts, self.tok.pad_token_id)
