@@ -5,12 +5,13 @@
 #                                          against one fleet pass / decode (fleet.json, fleet.log)
 #   bash scripts/gpu_fleet.sh fleet K      K vanilla runs as one fleet: `pgrpo train --fleet-seeds 1..K`
 #   bash scripts/gpu_fleet.sh alone K      the same K runs as K processes at once (`--row-noise true`)
+# STEPS=N sets the runs' steps (default 6).
 # Each of the last two writes {fleet,alone}_K/ (every run's metrics.jsonl and config.json), its wall time
 # (wall.txt) and the card's name; compare them with scripts/fleet_table.py.
 set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 FLAGS=(--preset smoke --model random:qwen2.5-coder-0.5b --device cuda --dtype bfloat16 --arm vanilla
-       --n-problems 32 --steps 6 --prompts-per-step 8 --group-size 8 --max-new-tokens 160
+       --n-problems 32 --steps "${STEPS:-6}" --prompts-per-step 8 --group-size 8 --max-new-tokens 160
        --eval-problems 8 --eval-samples 4 --eval-every 0 --train-batching sorted --micro-tokens 4096
        --grade-workers 4 --vhack-m 4 --samples-every 0 --delta-s-impl merged)
 seeds() { seq -s, 1 "$1"; }
