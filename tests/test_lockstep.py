@@ -110,3 +110,28 @@ def test_row_noise_is_exp1_and_each_rows_own():
     assert not torch.equal(e[0], e[1]) and not torch.equal(counter_noise(seeds, torch.tensor([4]), 4096)[0],
                                                               e[0].float())
     assert abs(float(torch.corrcoef(torch.stack([e[0], e[1]]))[0, 1])) < 4 / math.sqrt(4096)
+
+
+@pytest.mark.timeout(300)
+def test_a_run_that_fails_mid_fleet_stops_alone_and_the_others_finish(tmp_path, monkeypatch, mixed_code_pairs):
+    """The grader raises on one run's second training batch: that run stops with the error in the result
+    (its dir resumable), the other run is not left waiting for it and finishes every step."""
+    from projected_grpo.env import grader
+
+    real, calls = grader.grade_many, []
+
+    def flaky(problems, items, env, *args, **kwargs):
+        calls.append(len(items))
+        if len(calls) == 3:            # no eval: step 1 of both runs, then one run's step 2
+            raise RuntimeError("grader down")
+        return real(problems, items, env, *args, **kwargs)
+
+    monkeypatch.setattr(grader, "grade_many", flaky)
+    base = replace(BASE, arm="vanilla", steps=2, eval_samples=0, fleet_runs=2, pairs=mixed_code_pairs)
+    result = train_fleet([replace(base, seed=s) for s in SEEDS], [tmp_path / f"s{s}" for s in SEEDS],
+                         progress=False)
+    assert len(result.errors) == 1 and "grader down" in str(next(iter(result.errors.values())))
+    failed = next(iter(result.errors))
+    done = tmp_path / f"s{SEEDS[1 - failed]}"
+    assert runio.run_state(done, base.steps) == "finished"
+    assert runio.run_state(tmp_path / f"s{SEEDS[failed]}", base.steps) == "unfinished"

@@ -28,6 +28,9 @@ checkpoints of different steps still step correctly, each its own trajectory, bu
 runs than before, so their numbers agree with an uninterrupted fleet's up to that rounding (and
 `fleet_runs` in config.json makes a run's resume alone, or in another fleet size, refused).
 
+A run's logged gen_s and train_s include its wait at the meeting for the other runs: per run they are
+the fleet's time for that part, not the run's share of it.
+
 Not supported: gradient routing (its quarantine δQ lives on the modules), several ranks, models the
 fast decode loop does not cover (Qwen2 / Qwen3 only).
 """
