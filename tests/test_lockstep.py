@@ -135,3 +135,9 @@ def test_a_run_that_fails_mid_fleet_stops_alone_and_the_others_finish(tmp_path, 
     done = tmp_path / f"s{SEEDS[1 - failed]}"
     assert runio.run_state(done, base.steps) == "finished"
     assert runio.run_state(tmp_path / f"s{SEEDS[failed]}", base.steps) == "unfinished"
+    rows = runio.read_jsonl(done / runio.METRICS)
+    # the same fleet resumed: the finished run is left as it is, the failed one finishes
+    assert main(["train", "--fleet-seeds", ",".join(map(str, SEEDS)), "--out", str(tmp_path / "s{seed}"),
+                 "--resume"]) == 0
+    assert runio.read_jsonl(done / runio.METRICS) == rows
+    assert runio.run_state(tmp_path / f"s{SEEDS[failed]}", base.steps) == "finished"

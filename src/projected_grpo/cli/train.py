@@ -100,6 +100,13 @@ def _cmd_train_fleet(args) -> int:
     if args.print_config:
         print("\n".join(cfg.to_json() for cfg in cfgs))
         return 0
+    if args.resume:                      # a run of the fleet that already finished is left as it is
+        todo = [i for i, out in enumerate(outs) if runio.run_state(out) != "finished"]
+        for i in sorted(set(range(len(outs))) - set(todo)):
+            print(f"{outs[i]}: already finished")
+        cfgs, outs = [cfgs[i] for i in todo], [outs[i] for i in todo]
+        if not cfgs:
+            return 0
     result = train_fleet(cfgs, outs, resume=args.resume)
     for r, out in enumerate(outs):
         err = result.errors.get(r)
