@@ -22,6 +22,7 @@ from projected_grpo.fast.row_noise import counter_noise, row_seeds
 from projected_grpo.training import runio
 from projected_grpo.training import train as train_mod
 from projected_grpo.training.evaluate import EVAL_SAMPLES
+from projected_grpo.training.runio import config_diff
 from projected_grpo.training.lockstep import check_fleet, train_fleet
 
 SEEDS = (41, 42)
@@ -79,6 +80,8 @@ def test_a_fleet_run_resumed_alone_and_a_mixed_fleet_are_refused(fleet_and_alone
     root, _ = fleet_and_alone
     assert main(["train", "--resume", "--out", str(root / "hook_fleet_s41")]) != 0
     assert "started in a fleet of 2" in capsys.readouterr().err
+    assert config_diff({"fleet_runs": 2}, {"fleet_runs": 5}) == []                 # any fleet size ...
+    assert config_diff({"fleet_runs": 2}, {"fleet_runs": 1}) == ["fleet_runs"]     # ... but not alone
     cfgs = [replace(BASE, seed=s, fleet_runs=2) for s in SEEDS]
     with pytest.raises(UserError, match="differs in --lr"):
         check_fleet([cfgs[0], replace(cfgs[1], lr=1e-3)])

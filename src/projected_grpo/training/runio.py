@@ -151,14 +151,20 @@ def config_diff(old: dict, new: dict) -> list[str]:
     run with other steps is another run (extending one would change the LR of steps already taken
     in neither run's schedule). A field that a run's config predates (absent from `old`) agrees
     when `new` holds that field's default, which by rule keeps the behaviour from before the field
-    existed — so a study's runs resume across a version that added config fields."""
+    existed — so a study's runs resume across a version that added config fields. `fleet_runs` counts
+    as alone (1) or in a fleet (> 1): with row noise a run's numbers do not depend on its fleet's size
+    beyond rounding (training/lockstep.py), so a fleet of 2 may resume in a fleet of 5, not alone."""
     from dataclasses import MISSING, fields
 
     from projected_grpo.config import TrainConfig
 
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    return sorted(k for k in set(old) | set(new)
-                  if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
+
+    def value(cfg: dict, k: str):
+        v = cfg.get(k, defaults.get(k))
+        return min(int(v), 2) if k == "fleet_runs" and v is not None else v
+
+    return sorted(k for k in set(old) | set(new) if value(old, k) != value(new, k))
 
 
 def read_config(out: Path) -> dict | None:
