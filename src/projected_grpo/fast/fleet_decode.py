@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from projected_grpo.core.adapter import DeltaSLinear
 from projected_grpo.core.fleet import Fleet
 from projected_grpo.core.merged_delta import fold
 from projected_grpo.fast import fast_rollout
@@ -56,12 +57,9 @@ class FleetWeights(Weights):
                 row = 0
                 for mod in mods:
                     w = plain_linear(mod, False).weight
-                    key = self.fleet.key_of.get(id(mod))
-                    u, vh = getattr(mod, "u", None), getattr(mod, "vh", None)
-                    if key is None or not (isinstance(u, torch.Tensor) and isinstance(vh, torch.Tensor)):
-                        buf[r, row:row + w.shape[0]].copy_(w)
-                    else:
-                        buf[r, row:row + w.shape[0]].copy_(fold(w, u, vh, self.fleet.delta[key][r]))
+                    buf[r, row:row + w.shape[0]].copy_(
+                        fold(w, mod.u, mod.vh, self.fleet.delta[self.fleet.key_of[id(mod)]][r])
+                        if isinstance(mod, DeltaSLinear) else w)
                     row += w.shape[0]
 
 

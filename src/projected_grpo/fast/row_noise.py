@@ -10,7 +10,7 @@ step t is a pure function of (row_seed[b], t, v):
 
 with `mix` the 32-bit finaliser of MurmurHash3 (two xor-shift-multiply rounds: every input bit flips
 each output bit with probability ≈ ½). The top 24 bits make an exactly representable fp32 uniform
-in (0, 1), so E is Exp(1) up to the 2⁻²⁴ granularity of its tail (`tests/test_fleet.py` checks the
+in (0, 1), so E is Exp(1) up to the 2⁻²⁴ granularity of its tail (`tests/test_lockstep.py` checks the
 mean, the variance and the uniformity of the draws, and that a row's draws ignore its batch).
 Only int64 elementwise ops: capturable in a CUDA graph (the counter is a device tensor) and fused
 into one kernel by torch.compile.

@@ -158,6 +158,11 @@ class RunSpec:
     cfg: TrainConfig
     run_dir: Path
 
+    @property
+    def members(self) -> list[RunSpec]:
+        """The runs one worker runs: this one (a FleetSpec: several)."""
+        return [self]
+
 
 @dataclass
 class FleetSpec:
@@ -235,7 +240,7 @@ def fleets(plan: SweepPlan, specs: list[RunSpec]) -> list[RunSpec | FleetSpec]:
     out: list[tuple[int, int, RunSpec | FleetSpec]] = []
     for a, name in enumerate(plan.arms):
         seeds = seeds_of(plan, name)
-        size = plan.fleet if by_name[f"{name}_s{seeds[0]}"].cfg.fleet_runs > 1 or len(seeds) == 1 else 1
+        size = plan.fleet if can_fleet(by_name[f"{name}_s{seeds[0]}"].cfg) else 1
         for i in range(0, len(seeds), size):
             members = [by_name[f"{name}_s{seed}"] for seed in seeds[i:i + size]]
             out.append((i, a, members[0] if len(members) == 1 else

@@ -107,7 +107,7 @@ BUSY = 3        # a worker's exit status: the run dir's lock is held by another 
 
 def spec_state(spec, check: Callable[[Any, Path], str]) -> str:
     """check_run of a run, or of a fleet: finished when all its runs are, missing when none started."""
-    states = [check(m.cfg, m.run_dir) for m in getattr(spec, "members", [spec])]
+    states = [check(m.cfg, m.run_dir) for m in spec.members]
     if all(st == "finished" for st in states):
         return "finished"
     return "missing" if all(st == "missing" for st in states) else "unfinished"
@@ -126,7 +126,7 @@ def triage(specs: list, logs: Path, max_attempts: int,
         if state == "finished":
             result[spec.name] = "skipped"
             print(f"[skip]   {spec.name} already finished")
-        elif (pid := next(filter(None, (runlock.holder(m.run_dir) for m in getattr(spec, "members", [spec]))),
+        elif (pid := next(filter(None, (runlock.holder(m.run_dir) for m in spec.members)),
                           None)) is not None:                 # a live writer, not a status file's word
             result[spec.name] = "busy"
             print(f"[busy]   {spec.name}: {spec.run_dir} is being written by pid {pid} (a worker of a sweep "
@@ -220,9 +220,8 @@ def child_threads(slots: int) -> str:
 def _start(spec, gpu: str, logs: Path, threads: str = "") -> Child:
     """Write the run's planned config and start its worker on `gpu` (with `threads` CPU threads)."""
     run_json, log, status = logs / f"{spec.name}.run.json", logs / f"{spec.name}.log", logs / f"{spec.name}.json"
-    one = [{"config": asdict(m.cfg), "run_dir": str(m.run_dir)} for m in getattr(spec, "members", [spec])]
-    runio.write_atomic(run_json, json.dumps(one[0] if not hasattr(spec, "members") else {"fleet": one},
-                                            indent=1).encode())
+    one = [{"config": asdict(m.cfg), "run_dir": str(m.run_dir)} for m in spec.members]
+    runio.write_atomic(run_json, json.dumps({"fleet": one} if len(one) > 1 else one[0], indent=1).encode())
     failures = read_status(status).get("failures", 0)
     with open(log, "a") as f:
         f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {failures + 1}, GPU {gpu}\n")

@@ -75,13 +75,6 @@ class _Call:
     error: BaseException | None = None
 
 
-@dataclass
-class _Sample:
-    ids: torch.Tensor                 # (n, Lp) left-padded prompts, one row per sample (repeated)
-    mask: torch.Tensor
-    seed: int
-
-
 class Lockstep:
     """The meeting point of R run threads on one policy (see the module doc)."""
 
@@ -228,10 +221,8 @@ class Lockstep:
         state = self.states.get(key)
         if state is None:
             self.states = {key: (state := BatchState.of_runs({c.run: c.args["state"] for c in group}, owner))}
-        stacked = list(range(self.n_runs))
-
         def per_rows(rows_mb: torch.Tensor):
-            return self._rows(owner[rows_mb], stacked)
+            return self._rows(owner[rows_mb])
 
         cfg = replace(self.cfg, delta_s_impl="hook")          # a row's own δS: the per-row hook path
         with grad_safe_attention():
@@ -241,11 +232,11 @@ class Lockstep:
             c.result = (st.pass_loss, st.pass_kl)
 
     @contextlib.contextmanager
-    def _rows(self, runs: torch.Tensor, stacked: list[int]) -> Iterator[None]:
+    def _rows(self, runs: torch.Tensor) -> Iterator[None]:
         """Inside, micro-batch row b uses run runs[b]'s δS, with the gradient to that run's own leaves."""
         mods = self.adapter.modules
         for k, m in mods.items():
-            d = torch.stack([self.deltas[r][k] for r in stacked])        # (R, r), differentiable
+            d = torch.stack([delta[k] for delta in self.deltas])         # (R, r), differentiable
             m.per_sample_delta_s = d[runs.to(d.device)]                   # (b, r)
         try:
             yield
