@@ -5,7 +5,7 @@
 #                                          against one fleet pass / decode (fleet.json, fleet.log)
 #   bash scripts/gpu_fleet.sh fleet K      K vanilla runs as one fleet: `pgrpo train --fleet-seeds 1..K`
 #   bash scripts/gpu_fleet.sh alone K      the same K runs as K processes at once (`--row-noise true`)
-#   bash scripts/gpu_fleet.sh launch K     bench, fleet K, alone K one after another, detached (setsid), on a
+#   bash scripts/gpu_fleet.sh launch K     fleet K, bench, alone K (or LIST='...') in turn, detached (setsid), on a
 #                                          snapshot of src/ and bench/ (later calls re-sync the checkout)
 #   bash scripts/gpu_fleet.sh wait [S]     up to S seconds (default 540) for launch's list; then collect
 #   bash scripts/gpu_fleet.sh collect      everything written so far (in $RES) into $OUT
@@ -50,7 +50,8 @@ case "${1:-}" in
       > "$RES/progress.log" 2>&1 < /dev/null &)
     sleep 2; cat "$RES/progress.log" ;;
   run-all)
-    for step in bench "fleet $2" "alone $2"; do
+    for step in ${LIST:-fleet bench alone}; do
+      [ "$step" = bench ] || step="$step $2"
       echo "=== $(date +%T) $step"
       # shellcheck disable=SC2086
       bash scripts/gpu_fleet.sh $step > "$RES/${step// /_}.out" 2>&1 && echo "    ok" || echo "    FAILED (exit $?)"
