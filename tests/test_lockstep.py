@@ -70,7 +70,11 @@ def test_each_run_of_a_fleet_is_the_run_it_is_alone(fleet_and_alone, impl, seed)
     da, db = load_file(alone / "delta_s.safetensors"), load_file(inside / "delta_s.safetensors")
     scale = max(float(t.abs().max()) for t in da.values())
     assert scale > 1e-3                                                 # δS moved
-    assert all(torch.allclose(da[k], db[k], atol=1e-4 * scale, rtol=0) for k in da)
+    # Adam divides each gradient by its own running RMS, so an element whose gradient is near zero turns
+    # the batched matmul's rounding into a visible step: (on one CPU, 1 of 3,072 elements differs by
+    # 4e-4 of the scale, 3 by more than 1e-5). Every element to 1e-3 of the scale, 99% to 1e-5.
+    gap = torch.cat([(da[k] - db[k]).abs().flatten() for k in da]) / scale
+    assert float(gap.max()) < 1e-3 and float((gap < 1e-5).float().mean()) > 0.99, float(gap.max())
     assert json.loads((inside / runio.CONFIG).read_text())["fleet_runs"] == len(SEEDS)
     # the runs met: one sampling meeting per step and per eval chunk, one training meeting per pass
     assert fleet.meetings["train"] == BASE.steps * BASE.num_iterations and fleet.meetings["sample"] > BASE.steps
