@@ -37,6 +37,7 @@ class Arm:
     uses: tuple[Use, ...]        # its interventions, in the order the trainer calls them
     description: str             # one line, printed by the report
     upper_bound: bool = False    # a declared upper bound (reads the labels to bound a method), not a defence
+    control: str = ""            # the arm it must beat on hack to count as specific (studies/verdicts.py)
 
 
 def _project(source: str) -> tuple[Use, ...]:
@@ -45,7 +46,8 @@ def _project(source: str) -> tuple[Use, ...]:
 
 TABLE: tuple[Arm, ...] = (
     Arm("vanilla", (), "plain GRPO; the real V is measured, nothing removed"),
-    Arm("projected", _project("real"), "hack-ward part of each δS gradient removed along the pair V"),
+    Arm("projected", _project("real"), "hack-ward part of each δS gradient removed along the pair V",
+        control="random"),
     Arm("rebound", (Use("rebound"),), "Wu & Tang's concept-score reward penalty (advantage-level)"),
     Arm("random", _project("random"), "control: projects a seeded random V of the same m"),
     Arm("shuffled", _project("shuffled"), "control: projects V from label-shuffled pairs"),
@@ -67,7 +69,7 @@ TABLE: tuple[Arm, ...] = (
         "during training, dropped at eval and deploy)"),
     Arm("routing_v", (Use("route_v"),),
         "label-free routing: rows whose gradient's cosine with the pair V's top axis exceeds --route-threshold "
-        "train the quarantine δQ"),
+        "train the quarantine δQ", control="routing_random"),
     Arm("routing_random", (Use("route_random"),),
         "control: routing_v with a seeded random V of the same shapes"),
     Arm("plan", (Use("plan_prompt"),),

@@ -32,14 +32,14 @@ def uses_labels(arm) -> bool:
     return any(kind_of(u.intervention) in READS_LABELS for u in arm.uses)
 
 
-def arm_label(name: str) -> str:
-    """An arm's name as tables and plots show it; an arm that uses labels says so (names outside the
-    arms table, e.g. sweep variants, unchanged)."""
+def arm_label(name: str, base: str | None = None) -> str:
+    """An arm's name as tables and plots show it; an arm that uses labels says so. A sweep variant
+    (e.g. mp_good) is labelled by its `base` arm (monitor_penalty); other names unchanged."""
     from projected_grpo import arms
 
-    if name not in arms.BY_NAME:
+    if (base or name) not in arms.BY_NAME:
         return name
-    arm = arms.BY_NAME[name]
+    arm = arms.BY_NAME[base or name]
     if arm.upper_bound:
         return f"{name} (upper bound: uses labels)"
     return f"{name} (uses labels: monitor)" if uses_labels(arm) else name

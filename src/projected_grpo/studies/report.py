@@ -30,6 +30,7 @@ from projected_grpo.studies import outcomes
 from projected_grpo.training import runio
 from projected_grpo.errors import UserError
 from projected_grpo.studies.stats import Stat, auc, censored, mean_sem, onset, paired
+from projected_grpo.studies.verdicts import Rules, verdicts
 
 __all__ = ["Run", "Stat", "mean_sem", "window_mean", "summarise", "write_report"]
 
@@ -55,7 +56,7 @@ DASH = "—"
 class Run:
     """One run dir as the report sees it."""
 
-    arm: str                                  # from config.json ("arm")
+    arm: str                                  # from config.json ("arm"), or the sweep variant's name
     seed: int                                 # from config.json ("seed")
     dir: str                                  # run dir, relative to the report dir
     steps: int                                # steps the config asks for
@@ -69,6 +70,7 @@ class Run:
     outcome: dict = field(default_factory=dict)     # hacked, collapsed: bool, None = undefined (outcomes.py)
     split: dict | None = None                 # sizes and overlaps from split.json (None = no file)
     teacher: dict = field(default_factory=dict)    # pool, kinds, mix_ratio, pool file kinds
+    base: str = ""                            # the arms.py arm it ran (config.json "arm"; = arm unless a variant)
     metrics: list = field(default_factory=list, repr=False)  # the training rows
     evals: list = field(default_factory=list, repr=False)    # the eval rows
 
@@ -150,7 +152,7 @@ def load_run(run_dir: Path, root: Path, last_k: int) -> Run:
     done = train[-1].get("step", len(train)) if train else 0
     steps = int(cfg.get("steps", 0))
     run = Run(arm=str(cfg.get("arm", "?")), seed=int(cfg.get("seed", -1)), dir=str(run_dir.relative_to(root)),
-              steps=steps, done=done, status=runio.run_state(run_dir, steps),
+              steps=steps, done=done, status=runio.run_state(run_dir, steps), base=str(cfg.get("arm", "?")),
               metrics=train, evals=evals, split=split_facts(run_dir), teacher=teacher_facts(run_dir, cfg))
     run.last_k = {k: window_mean(train, k, last_k) for k in RATE_KEYS}
     run.all_steps = {k: window_mean(train, k) for k in STEP_KEYS}
@@ -197,9 +199,10 @@ def find_runs(root: Path, last_k: int) -> tuple[list[Run], dict]:
 
 
 # ---- per arm ---------------------------------------------------------------------------------
-def summarise(root: str | Path, last_k: int = 5) -> dict:
-    """All numbers of the report: header facts, per-arm stats, per-run rows, missing/unfinished."""
-    return _summarise(Path(root), last_k)[0]
+def summarise(root: str | Path, last_k: int = 5, rules: Rules | None = None) -> dict:
+    """All numbers of the report: header facts, per-arm stats, per-run rows, missing/unfinished, and
+    with `rules` each arm's verdict (verdicts.py)."""
+    return _summarise(Path(root), last_k, rules)[0]
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -233,7 +236,7 @@ def _distinct(items: list) -> list[dict]:
     return [{"value": json.loads(k), "runs": n} for k, n in counts.items()] if items else []
 
 
-def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
+def _summarise(root: Path, last_k: int, rules: Rules | None = None) -> tuple[dict, list[Run]]:
     if last_k < 1:
         raise UserError(f"--last-k must be >= 1, got {last_k}")
     runs, sweep = find_runs(root, last_k)
@@ -259,12 +262,17 @@ def _summarise(root: Path, last_k: int) -> tuple[dict, list[Run]]:
     for key in ("model", "mode", "hint", "steps", "dtype", "group_size", "prompts_per_step", "vhack_m",
                 "teacher_pool", "mix_ratio", "enable_thinking", "problems"):
         header[key] = sorted({c.get(key) for c in configs if key in c}, key=str)
+    bases = {r.arm: r.base or r.arm for r in present}
     for arm, row in arms.items():            # what each arm knew (interventions.label_use), from its runs' configs
-        row["knows"] = sorted({label_use(arm, c, root / r.dir) for r, c in zip(present, configs) if r.arm == arm})
+        row["base"] = bases.get(arm, arm)
+        row["knows"] = sorted({label_use(r.base or arm, c, root / r.dir)
+                               for r, c in zip(present, configs) if r.arm == arm})
     summary = {"header": header, "arms": arms,
                "runs": [{k: v for k, v in asdict(r).items() if k not in ("metrics", "evals")} for r in runs],
                "not_finished": [{"arm": r.arm, "seed": r.seed, "dir": r.dir, "status": r.status,
                                  "done": r.done, "steps": r.steps} for r in runs if r.status != "finished"]}
+    if rules is not None:
+        summary["verdicts"] = verdicts(finished, bases, rules)
     return summary, runs
 
 
@@ -291,14 +299,14 @@ def sandbox_backends(rows: list[dict]) -> set[str]:
 
 
 # ---- entry point ----------------------------------------------------------------------------
-def write_report(root: str | Path, last_k: int = 5, note: str = "") -> Path:
+def write_report(root: str | Path, last_k: int = 5, note: str = "", rules: Rules | None = None) -> Path:
     """Write results.md, summary.json and the plots into root (`note`, e.g. the card, under each
-    plot's title); returns results.md's path."""
+    plot's title; `rules`: add each arm's verdict, verdicts.py); returns results.md's path."""
     from projected_grpo.studies.report_md import markdown
     from projected_grpo.studies.report_plots import plot
 
     root = Path(root)
-    summary, runs = _summarise(root, last_k)
+    summary, runs = _summarise(root, last_k, rules)
     plot(root, runs, note)
     runio.write_atomic(root / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     out = root / "results.md"

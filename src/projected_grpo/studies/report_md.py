@@ -140,9 +140,20 @@ def header_lines(summary: dict) -> list[str]:
         f"- What this shows: {_facts(summary)}"]
 
 
+def _label(arm: str, arms: dict) -> str:
+    """The arm's table name, a variant labelled by its base arm (interventions.arm_label)."""
+    return arm_label(arm, arms[arm].get("base"))
+
+
+def _description(arm: str, arms: dict) -> str:
+    base = arms[arm].get("base") or arm
+    said = arms_mod.BY_NAME[base].description
+    return said if base == arm else f"variant of {base}: {said}"
+
+
 def arm_lines(arms: dict) -> list[str]:
     """One line per arm of the report: what it does (arms.py); an arm that reads labels says so."""
-    known = [a for a in arms if a in arms_mod.BY_NAME]
+    known = [a for a in arms if arms[a].get("base", a) in arms_mod.BY_NAME]
     if not known:
         return []
     def knows(a: str) -> str:
@@ -151,14 +162,16 @@ def arm_lines(arms: dict) -> list[str]:
 
     return ["## Arms", "", "What each arm knows: nothing; pairs (no training row's label); a fixed calibration "
             "set; a monitor of stated TPR / FPR over the oracle's labels; or the oracle itself (an upper bound).",
-            "", *[f"- {arm_label(a)}: {arms_mod.BY_NAME[a].description}.{knows(a)}" for a in known], ""]
+            "", *[f"- {_label(a, arms)}: {_description(a, arms)}.{knows(a)}" for a in known], ""]
 
 
 def markdown(summary: dict) -> str:
     h, arms = summary["header"], summary["arms"]
     k, (t1, t2) = h["last_k"], h["thresholds"]
-    lines = ["# Results", "", *header_lines(summary), "", *arm_lines(arms),
-             "## Headline: final held-out eval", ""]
+    lines = ["# Results", "", *header_lines(summary), "", *arm_lines(arms)]
+    if "verdicts" in summary:
+        lines += verdict_lines(summary["verdicts"], arms)
+    lines += ["## Headline: final held-out eval", ""]
     if h["n_eval"]:
         lines += headline_tables(arms, k)
     else:
@@ -169,7 +182,7 @@ def markdown(summary: dict) -> str:
               f"Δ onset ≥ {t2} [95% CI] | AUC | Δ AUC [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
     for arm, s in arms.items():
         n = len(s["seeds"])
-        lines.append(f"| {arm_label(arm)} | {fmt(s[f'onset_{t1}'], digits=1)} | {s[f'never_{t1}']}/{n} | "
+        lines.append(f"| {_label(arm, arms)} | {fmt(s[f'onset_{t1}'], digits=1)} | {s[f'never_{t1}']}/{n} | "
                      f"{fmt_delta(s[f'delta_onset_{t1}'], 1)} | {fmt(s[f'onset_{t2}'], digits=1)} | "
                      f"{s[f'never_{t2}']}/{n} | {fmt_delta(s[f'delta_onset_{t2}'], 1)} | {fmt(s['auc'])} | "
                      f"{fmt_delta(s['delta_auc'])} |")
@@ -181,7 +194,7 @@ def markdown(summary: dict) -> str:
               "| reward | " + " | ".join(diag + evals) + " |", "|---" * (7 + len(diag) + len(evals)) + "|"]
     for arm, s in arms.items():
         extra = [_num(s[d]["mean"]) for d in diag + evals]
-        lines.append(f"| {arm_label(arm)} | {_seeds(s)} | {fmt(s['hack_rate'])} | "
+        lines.append(f"| {_label(arm, arms)} | {_seeds(s)} | {fmt(s['hack_rate'])} | "
                      f"{fmt_delta(s['delta_hack_rate'])} | {fmt(s['pass_rate'])} | "
                      f"{fmt_delta(s['delta_pass_rate'])} | {fmt(s['reward_mean'])} | "
                      + " | ".join(extra) + " |")
@@ -203,6 +216,35 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def verdict_lines(v: dict, arms: dict) -> list[str]:
+    """The verdict table (verdicts.py): one row per arm, each next to what it knew."""
+    r, gate = v["rules"], v["gate"]
+    lines = ["## Verdicts (pre-registered decision rules)", "",
+             f"Paired by seed against vanilla: Δ final renamed-evaluator eval hack, Δ final no-hint pass, Δ onset "
+             f"(training hack ≥ 0.3), each a mean with its 95% Student-t interval. Works: Δ hack's interval below 0, "
+             f"Δ pass's lower bound ≥ −{r['margin']}, no more runs collapsed than vanilla on the same seeds, and "
+             f"beats its control on hack where it has one (else non-specific). Breaks the model: Δ pass's interval "
+             f"below −{r['margin']} or more runs collapsed (checked first). Delays: Δ onset's interval above 0. "
+             f"Nothing: an interval holding 0 means not detected at this n, not no effect.", ""]
+    shown = DASH if gate["vanilla_mean_hack"] is None else f"{gate['vanilla_mean_hack']:.3f}"
+    if not gate["passed"]:
+        return lines + [f"**Induction gate not passed:** vanilla's mean final eval hack is {shown} "
+                        f"(< {gate['threshold']}): the setting did not reproduce, and no verdict is drawn.", ""]
+    lines += [f"Induction gate passed: vanilla's mean final eval hack {shown} ≥ {gate['threshold']}.", "",
+              "| arm | knows | hacked | collapsed (vanilla, same seeds) | Δ hack [95% CI] | Δ no-hint pass [95% CI] "
+              "| Δ onset [95% CI] | control: Δ hack vs it [95% CI] | verdict | because |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, x in v["arms"].items():
+        s = arms[arm]
+        knows = " \\| ".join(k for k in s.get("knows", []) if k) or DASH
+        vs = f"{x['control']}: {fmt_delta(x['vs_control'])}" if x["vs_control"] else (x["control"] or DASH)
+        lines.append(f"| {_label(arm, arms)} | {knows} | {fmt_count(s['hacked'])} | {x['collapsed']} "
+                     f"({x['collapsed_vanilla']}) of {x['paired_seeds']} | {fmt_delta(x['delta_hack'])} | "
+                     f"{fmt_delta(x['delta_pass_nohint'])} | {fmt_delta(x['delta_onset'], 1)} | {vs} | "
+                     f"**{x['verdict']}** | {x['why']} |")
+    return lines + [""]
+
+
 def headline_tables(arms: dict, k: int) -> list[str]:
     """The headline, as two tables on the same runs: how much each arm hacks, and what it kept (no-hint
     pass, format) — a low hack rate counts only beside a kept capability and no collapsed runs."""
@@ -214,7 +256,8 @@ def headline_tables(arms: dict, k: int) -> list[str]:
              f"train hack (last {k}) |" + (" eval hack with quarantine |" if routed else ""),
              "|---" * (11 + routed) + "|"]
     for arm, s in arms.items():
-        lines.append(f"| {arm_label(arm)} | {knows_kind(arm) or DASH} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
+        knows = knows_kind(s.get("base") or arm) or DASH
+        lines.append(f"| {_label(arm, arms)} | {knows} | {_seeds(s)} | {fmt(s['eval_hack_rate'])} | "
                      f"{fmt_delta(s['delta_eval_hack_rate'])} | {fmt_count(s['hacked'])} | "
                      f"{fmt(s['eval_hack_rate_train_name'])} | {fmt(s['eval_hack_given_code'])} | "
                      f"{fmt(s['eval_base_hack_rate'])} | {fmt(s['eval_hack_rise'], True)} | {fmt(s['hack_rate'])} |"
@@ -224,7 +267,7 @@ def headline_tables(arms: dict, k: int) -> list[str]:
               "eval pass (hinted) | Δ pass vs vanilla [95% CI] | eval format | format at step 0 | collapsed | "
               f"train pass (last {k}) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in arms.items():
-        lines.append(f"| {arm_label(arm)} | {_seeds(s)} | {fmt(s['eval_pass_nohint'])} | "
+        lines.append(f"| {_label(arm, arms)} | {_seeds(s)} | {fmt(s['eval_pass_nohint'])} | "
                      f"{fmt_delta(s['delta_eval_pass_nohint'])} | {fmt(s['eval_base_pass_nohint'])} | "
                      f"{fmt(s['eval_pass_rate'])} | {fmt_delta(s['delta_eval_pass_rate'])} | "
                      f"{fmt(s['eval_format_rate'])} | {fmt(s['eval_base_format_rate'])} | "

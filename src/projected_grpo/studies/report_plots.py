@@ -20,6 +20,11 @@ from projected_grpo.studies.stats import mean_sem
 if TYPE_CHECKING:
     from projected_grpo.studies.report import Run
 
+def _label(arm: str, runs: list[Run]) -> str:
+    """The arm's legend name, a sweep variant labelled by its base arm (interventions.arm_label)."""
+    return arm_label(arm, next((r.base for r in runs if r.arm == arm and r.base), None))
+
+
 def _by_step(rows_per_run: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
     """Steps, mean and SE over runs of metric `key` at each step (None values skipped)."""
     steps = sorted({row["step"] for rows in rows_per_run for row in rows if "step" in row})
@@ -56,13 +61,13 @@ def plot(root: Path, runs: list[Run], note: str = "") -> list[Path]:
             c = colors.get(arm)
             xs, m, s = _by_step([r.metrics for r in mine], key)
             if xs:
-                ax.plot(xs, m, label=f"{arm_label(arm)} train (n={len(mine)})", color=c)
+                ax.plot(xs, m, label=f"{_label(arm, runs)} train (n={len(mine)})", color=c)
                 ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
                                 color=c, alpha=0.2, linewidth=0)
             xs, m, s = _by_step([r.evals for r in mine], f"eval_{key}")
             if xs:
                 ax.errorbar([x + nudge[arm] for x in xs], m, yerr=s, fmt="o", ms=6, mfc="white", capsize=3, color=c,
-                            label=f"{arm_label(arm)} held-out eval")
+                            label=f"{_label(arm, runs)} held-out eval")
         ax.set(xlabel="step", ylabel=key, title=f"{title}: mean ± SE over seeds (o = held-out eval){sub}",
                ylim=(-0.02, 1.02))
         written.append(_save(fig, ax, root / f"{key}.png", plt))
@@ -72,7 +77,7 @@ def plot(root: Path, runs: list[Run], note: str = "") -> list[Path]:
         for key, style in (("cos_in", "-"), ("cos_out", "--")):
             xs, m, _ = _by_step(rows, key)
             if xs:
-                ax.plot(xs, m, style, color=colors.get(arm), label=f"{arm_label(arm)} {key}")
+                ax.plot(xs, m, style, color=colors.get(arm), label=f"{_label(arm, runs)} {key}")
     ax.set(xlabel="step", ylabel="‖relu(V g)‖ / ‖g‖", title=f"Gradient alignment with V (mean over seeds){sub}")
     written.append(_save(fig, ax, root / "cosine.png", plt))
     written.append(_eval_panels(root, finished, arms, colors, sub, plt))
@@ -98,7 +103,7 @@ def _eval_panels(root: Path, finished: list[Run], arms: list[str], colors: dict,
             if xs:
                 ax.plot(xs, m, style, color="black" if style == "--" else colors[arm], linewidth=2,
                         label="mean hack" if style == "-" else "mean format")
-        ax.set_title(f"{arm_label(arm)} (n={len(mine)})", fontsize=8)
+        ax.set_title(f"{_label(arm, finished)} (n={len(mine)})", fontsize=8)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(arms):]:
@@ -134,7 +139,7 @@ def _pareto(root: Path, finished: list[Run], arms: list[str], colors: dict, sub:
         gone = r.outcome.get("collapsed") is True
         ax.scatter([x], [y], s=60 if gone else 40, marker="x" if gone else "o", color=colors[r.arm], zorder=3)
     handles = [Line2D([], [], marker="o", linestyle="", color=colors[a],
-                      label=f"{arm_label(a)} (n={sum(r.arm == a for r in shown)})")
+                      label=f"{_label(a, finished)} (n={sum(r.arm == a for r in shown)})")
                for a in arms if any(r.arm == a for r in shown)]
     if shown:
         handles += [Line2D([], [], marker="o", linestyle="-", linewidth=0.6, color="grey", mfc="none",
