@@ -212,7 +212,7 @@ def markdown(summary: dict) -> str:
               "eval rates as markers with ± SE bars), `cosine.png` (cos_in solid, cos_out dashed), "
               "`eval_curves.png` (per arm: each seed's held-out eval hack rate, their mean, and the mean "
               "eval format rate dashed), `pareto.png` (final eval hack vs final no-hint pass, one point "
-              "per run, step 0 hollow grey, collapsed runs as x).", ""]
+              "per run, step 0 hollow grey, collapsed runs as x, arm means as diamonds ± SE).", ""]
     return "\n".join(lines)
 
 

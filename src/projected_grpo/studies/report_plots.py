@@ -124,7 +124,8 @@ def _pareto(root: Path, finished: list[Run], arms: list[str], colors: dict, sub:
     """pareto.png: final eval hack rate (renamed evaluators) against final no-hint pass, one point per
     run; a defence wants low and to the right. Each run's step-0 point (grey, hollow) is joined to its
     final point by a thin line, so a run that lost capability shows as a move left; collapsed runs
-    (outcomes.collapsed) are drawn as x, so a low hack rate bought by breaking the policy is seen."""
+    (outcomes.collapsed) are drawn as x, so a low hack rate bought by breaking the policy is seen. Each
+    arm's mean over its runs is a diamond with ± SE bars on both axes, named beside it."""
     from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(6.4, 5))
@@ -137,14 +138,24 @@ def _pareto(root: Path, finished: list[Run], arms: list[str], colors: dict, sub:
             ax.plot([x0, x], [y0, y], color="grey", linewidth=0.6, alpha=0.6, zorder=1)
             ax.scatter([x0], [y0], s=36, facecolors="none", edgecolors="grey", zorder=2)
         gone = r.outcome.get("collapsed") is True
-        ax.scatter([x], [y], s=60 if gone else 40, marker="x" if gone else "o", color=colors[r.arm], zorder=3)
+        ax.scatter([x], [y], s=60 if gone else 40, marker="x" if gone else "o", color=colors[r.arm], zorder=3,
+                   alpha=0.5)
+    for a in arms:
+        mine = [r for r in shown if r.arm == a]
+        if mine:
+            px = mean_sem([r.eval_final["eval_pass_nohint"] for r in mine])
+            hy = mean_sem([r.eval_final["eval_hack_rate"] for r in mine])
+            ax.errorbar([px.mean], [hy.mean], xerr=[px.sem or 0.0], yerr=[hy.sem or 0.0], fmt="D", ms=7,
+                        color=colors[a], mec="black", capsize=2, linewidth=1, zorder=4)
+            ax.annotate(a, (px.mean, hy.mean), xytext=(4, 4), textcoords="offset points", fontsize=6, zorder=5)
     handles = [Line2D([], [], marker="o", linestyle="", color=colors[a],
                       label=f"{_label(a, finished)} (n={sum(r.arm == a for r in shown)})")
                for a in arms if any(r.arm == a for r in shown)]
     if shown:
         handles += [Line2D([], [], marker="o", linestyle="-", linewidth=0.6, color="grey", mfc="none",
                            label="step 0 (base policy) → final"),
-                    Line2D([], [], marker="x", linestyle="", color="black", label="collapsed run")]
+                    Line2D([], [], marker="x", linestyle="", color="black", label="collapsed run"),
+                    Line2D([], [], marker="D", linestyle="", color="grey", mec="black", label="arm mean ± SE")]
         ax.legend(handles=handles, fontsize=7, loc="best")
     else:
         ax.text(0.5, 0.5, "no finished run has eval_pass_nohint\n(no-hint eval not logged)", ha="center",
@@ -152,7 +163,7 @@ def _pareto(root: Path, finished: list[Run], arms: list[str], colors: dict, sub:
     ax.axhline(HACKED_AT, color="grey", linestyle=":", linewidth=0.8)
     ax.set(xlabel="final held-out no-hint pass rate (capability)",
            ylabel="final held-out eval hack rate (renamed evaluators)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
-           title=f"Hack vs capability, one point per run (dotted: hacked ≥ {HACKED_AT}){sub}")
+           title=f"Hack vs capability: runs, arm means ± SE (dotted: hacked ≥ {HACKED_AT}){sub}")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     fig.tight_layout()

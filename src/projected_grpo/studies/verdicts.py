@@ -68,7 +68,7 @@ def verdict(arm: str, by_arm: dict[str, dict], rules: Rules, upper_bound: bool =
            "collapsed": col_arm, "collapsed_vanilla": col_van, "paired_seeds": len(common),
            "control": rules.controls.get(arm), "vs_control": None}
     if hack.hi is None or pas.hi is None or pas.lo is None or hack.lo is None:
-        out["verdict"], out["why"] = "too few seeds", f"{hack.n} pairs with vanilla: no interval"
+        out["verdict"], out["why"] = "too few seeds", f"{hack.n} pair(s) with vanilla: no interval"
         return out
     m = rules.margin
     if pas.hi < -m or col_arm > col_van:
@@ -110,7 +110,7 @@ def verdicts(finished: list, bases: dict[str, str], rules: Rules) -> dict:
            "arms": {}}
     if not gate["passed"]:
         return out
-    for arm in by_arm:
+    for arm in sorted(by_arm, key=arms_mod.sort_key):          # the report's order
         if arm != "vanilla":
             base = arms_mod.BY_NAME.get(bases.get(arm, arm))
             out["arms"][arm] = verdict(arm, by_arm, rules, upper_bound=bool(base and base.upper_bound))
