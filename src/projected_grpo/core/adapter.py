@@ -15,17 +15,21 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from projected_grpo.errors import UserError
+from projected_grpo.core.basis import (Basis, cached_basis, read_metadata, read_tensors, svd_basis,
+                                       tensor_hash, weight_hash)
 from projected_grpo.core.merged_delta import GRAD_MODES, fold, merged_linear
 from projected_grpo.training.runio import write_atomic_with
+
+__all__ = ["AdapterConfig", "Basis", "DeltaSAdapter", "DeltaSLinear", "adapter_check", "attach", "cached_basis",
+           "read_metadata", "read_tensors", "svd_basis", "tensor_hash", "weight_hash"]
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -115,52 +119,6 @@ class DeltaSLinear(nn.Module):
                                f"got {tuple(x.shape)}")
         h = (x @ self.vh.T) * delta_s[:, None, :].to(x.dtype)  # (B, T, r)
         return h @ self.u.T                                     # (B, T, d_out)
-
-
-def tensor_hash(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' dtypes, shapes and bytes, in order."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().contiguous().cpu()
-        h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def weight_hash(w: torch.Tensor) -> str:
-    """sha256 of a weight's dtype, shape and bytes (the SVD cache key)."""
-    return tensor_hash(w)
-
-
-def svd_basis(w: torch.Tensor, cache_dir: str, key: str) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(U, Vh, basis hash) of W from an fp32 reduced SVD, cast to W's dtype, cached on disk by hash
-    of W. The SVD is not unique (each singular pair's sign, and rounding, depend on the LAPACK /
-    cuSOLVER build and device), so the hash of (U, Vh) as stored identifies which basis δS and V
-    live in; it is written with the cached basis and checked on every artifact (check_metadata)."""
-    path = Path(cache_dir) / "svd" / f"{key}.safetensors"
-    if path.is_file():
-        cached = read_tensors(path, device=str(w.device))
-        u, vh = cached["u"], cached["vh"]
-        return u, vh, read_metadata(path).get("basis_sha256") or tensor_hash(u, vh)
-    u, _, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)
-    u, vh = u.to(w.dtype).contiguous(), vh.to(w.dtype).contiguous()
-    u_cpu, vh_cpu = u.cpu(), vh.cpu()
-    digest = tensor_hash(u_cpu, vh_cpu)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # atomic: a crash never leaves a half-written basis
-    write_atomic_with(path, lambda tmp: save_file({"u": u_cpu, "vh": vh_cpu}, tmp,
-                                                  metadata={"basis_sha256": digest}))
-    return u, vh, digest
-
-
-# W -> (hash of W, U, Vh, hash of (U, Vh)): how an adapter gets each module's basis
-Basis = Callable[[torch.Tensor], tuple[str, torch.Tensor, torch.Tensor, str]]
-
-
-def cached_basis(w: torch.Tensor, cache_dir: str) -> tuple[str, torch.Tensor, torch.Tensor, str]:
-    """The default Basis: W's sha256 and its SVD basis, cached on disk under that hash."""
-    h = weight_hash(w)
-    return (h, *svd_basis(w, cache_dir, h))
 
 
 class DeltaSAdapter:
@@ -346,28 +304,6 @@ class DeltaSAdapter:
         with torch.no_grad():
             for k, m in self.modules.items():
                 m.delta_s.copy_(tensors[k])
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata header of a safetensors file (empty dict when it has none); UserError naming the
-    file when it is missing or not safetensors."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({err})") from err
-
-
-def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; UserError naming the file when it cannot be read."""
-    from safetensors import SafetensorError
-
-    try:
-        return load_file(path, device=device)
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({err})") from err
 
 
 def attach(model: nn.Module, model_id: str, cfg: AdapterConfig | None = None,
