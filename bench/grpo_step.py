@@ -102,7 +102,8 @@ def bench_ours(size: str, args, tok) -> dict:
                           dtype=common.model_dtype(),
                           fast_rollout=True, decode_attention=args.attention,
                           steps=args.warmup + args.steps, warmup_steps=1,
-                          max_prompt_tokens=4096, samples_every=0, delta_s_impl=args.delta_s_impl)
+                          max_prompt_tokens=4096, samples_every=0, delta_s_impl=args.delta_s_impl,
+                          base_on_cpu=args.base_on_cpu)
         common.reset_peak()
         adapter = attach(model, cfg.model, AdapterConfig(targets=tuple(cfg.targets.split(","))),
                          basis=common.random_basis)
@@ -146,7 +147,8 @@ def bench_ours(size: str, args, tok) -> dict:
            "tokens_per_s": args.prompts * args.group * args.new_tokens / gen_s,
            "proj_ms": proj_s * 1e3, "proj_share": proj_s / step_s, "peak_gb": peak / 1e9,
            "steps": [r["wall_s"] for r in recs], "grad_ckpt": cfg.grad_checkpointing,
-           "delta_s_impl": cfg.delta_s_impl, "beta": cfg.beta, "kl": recs[-1]["kl"], **decode, **sizes,
+           "delta_s_impl": cfg.delta_s_impl, "base_on_cpu": cfg.base_on_cpu, "beta": cfg.beta, "kl": recs[-1]["kl"],
+           **decode, **sizes,
            "kv_cache_gb": common.kv_cache_gb(model, decode["batch"], decode["prompt_len"] + args.new_tokens),
            # measured (CUDA; 0 on the CPU): allocated-memory deltas at set-up points
            "mem_model_gb": (mem_model - mem0) / 1e9,
@@ -285,6 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="first: fast path vs HF greedy + decode timings")
     ap.add_argument("--delta-s-impl", default="hook", choices=("hook", "merged"),
                     help="our training forward (TrainConfig.delta_s_impl)")
+    ap.add_argument("--base-on-cpu", action="store_true",
+                    help="targeted W in pinned CPU memory, one copy on the card (TrainConfig.base_on_cpu; merged)")
     ap.add_argument("--train-parts", action="store_true",
                     help="per size of --sizes: training fwd+bwd alone, δS hook vs merged vs LoRA r=32")
     args = ap.parse_args(argv)

@@ -18,6 +18,8 @@ MEASUREMENTS=(
   "merged|--sizes 0.5b,7b --trl-sizes 0.5b,7b --delta-s-impl merged"
   "parts|--sizes 0.5b,7b --trl-sizes '' --train-parts --delta-s-impl merged"
   "beta|--sizes 7b --trl-sizes 7b --delta-s-impl merged --beta 1e-3"
+  "cpubase|--sizes 0.5b,7b --trl-sizes '' --delta-s-impl merged --base-on-cpu"
+  "cpubase_beta|--sizes 7b --trl-sizes '' --delta-s-impl merged --base-on-cpu --beta 1e-3"
   "ariahw|--sizes 4b --trl-sizes '' --ckpt-sizes 4b --prompts 16 --group 16 --new-tokens 1024 --beta 1e-3 --delta-s-impl merged"
 )
 

@@ -81,7 +81,8 @@ def other_value(name: str, value):
 
 def test_every_config_field_is_a_train_flag_with_its_help(capsys):
     base = preset("smoke")
-    needs = {"micro_tokens": {"train_batching": "sorted"}}   # a flag valid only beside another
+    needs = {"micro_tokens": {"train_batching": "sorted"},   # a flag valid only beside another
+             "base_on_cpu": {"delta_s_impl": "merged"}}
     for f in fields(TrainConfig):
         value = other_value(f.name, getattr(base, f.name))
         text = str(value).lower() if isinstance(value, bool) else str(value)

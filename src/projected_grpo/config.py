@@ -119,6 +119,10 @@ class TrainConfig:
         "auto", "fast decode's attention: auto | triton | sdpa | matmul")
     delta_s_impl: Literal["hook", "merged"] = opt("hook", "training forward: hook (W x + U(δS⊙Vh x)) | merged "
                                                   "(one matmul with W' = W + U diag(δS) Vh)")
+    base_on_cpu: bool = opt(False, "keep each targeted W in pinned CPU memory and one copy on the device (W or "
+                            "its current fold, shared by sampling and training; core/adapter.py): less memory, "
+                            "one host-to-device copy of the targeted weights per step; needs --delta-s-impl "
+                            "merged, not with fleets or gradient routing")
     row_noise: bool = opt(False, "sampling noise of each row drawn from (seed, row) alone (fast/row_noise.py); "
                           "needs a Qwen2/3 model (the fast decode loop, eager on the CPU)")
     fleet_runs: int = opt(1, "runs stepped together in one process on one model copy (training/lockstep.py; "
@@ -174,6 +178,9 @@ class TrainConfig:
         self._validate_teacher_kinds()
         if self.fleet_runs < 1:
             raise UserError(f"--fleet-runs must be at least 1, got {self.fleet_runs}")
+        if self.base_on_cpu and (self.delta_s_impl != "merged" or self.fleet_runs > 1):
+            raise UserError("--base-on-cpu needs --delta-s-impl merged (the hook path reads W itself at every "
+                            "step) and a run alone (a fleet folds every run's δS from W)")
         for name in ("monitor_tpr", "monitor_fpr", "probe_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")

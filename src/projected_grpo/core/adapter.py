@@ -6,6 +6,9 @@ W is never rebuilt on this path, so at δS = 0 the output is bit-identical to th
 Opt-in (`--delta-s-impl merged`, `DeltaSAdapter.merged_training`): the training forward runs on
 W' = W + U diag(δS) Vh as one matmul, δS's gradient read off dY and X (merged_delta.py).
 Gradient routing attaches a quarantine δQ beside δS (quarantine.py): every path then uses δS + δQ.
+With `keep_base_on_cpu()` (`--base-on-cpu`, merged δS) each W waits in (pinned) CPU memory and the device
+holds one copy of the targeted weights: W itself, or one fold W + U diag(δ) Vh of it (DeltaSLinear.hold),
+which sampling and the merged training pass then share; `reference()` and the hook path copy W back first.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class DeltaSLinear(nn.Module):
         self.merged_grad = "auto"                  # δS gradient of the merged path (merged_delta)
         self.delta_q: torch.Tensor | None = None   # (r,) fp32 quarantine of gradient routing (quarantine.py)
         self.quarantine_on = True                  # False inside quarantine.deployed(): δS alone
+        self.base_cpu: torch.Tensor | None = None  # W in (pinned) CPU memory, with --base-on-cpu only (hold)
+        self.held: torch.Tensor | None = None      # (r,) the δ base.weight is folded with; None = it is W
 
     @property
     def rank(self) -> int:
@@ -76,6 +81,8 @@ class DeltaSLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
         if self.active and self.w_merged is not None and self.per_sample_delta_s is None:
             return self._merged_forward(x)
+        if self.active and self.base_cpu is not None:    # the hook path adds δ to W itself
+            self.hold(None)
         y = self.base(x)                                   # (..., d_out)
         if not self.active:
             return y
@@ -95,8 +102,27 @@ class DeltaSLinear(nn.Module):
 
     def _refold(self) -> torch.Tensor:
         self.w_merged = None                       # the old W' goes before the new one is made
-        self.w_merged = w = fold(self.base.weight, self.u, self.vh, self.delta())
+        if self.base_cpu is not None:              # W' is base.weight itself, folded in place
+            self.w_merged = w = self.hold(self.delta())
+        else:
+            self.w_merged = w = fold(self.base.weight, self.u, self.vh, self.delta())
         self.folded_delta_s = self.delta().detach().clone()
+        return w
+
+    def hold(self, delta: torch.Tensor | None) -> torch.Tensor:
+        """With W on the CPU: make base.weight W itself (`delta` None) or its fold W + U diag(δ) Vh (the
+        arithmetic of merged_delta.fold, so bitwise the W' of the other paths), copying W back from the
+        CPU only when base.weight holds another δ; -> base.weight. `held` records what it holds."""
+        assert self.base_cpu is not None, "hold() needs keep_base_on_cpu()"
+        w, want = self.base.weight, None if delta is None else delta.detach()
+        if (self.held is None) if want is None else (self.held is not None and torch.equal(self.held, want)):
+            return w
+        with torch.no_grad():
+            if self.held is not None:
+                w.copy_(self.base_cpu, non_blocking=True)
+            if want is not None:
+                w.copy_(fold(w, self.u, self.vh, want))
+        self.held = None if want is None else want.clone()
         return w
 
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
@@ -107,7 +133,9 @@ class DeltaSLinear(nn.Module):
         instead at every forward would cost an fp32 d_out·r·d_in matmul each time (r/N of the
         forward's own matmul in flops, at fp32 rate), while δS changes only once per optimiser step."""
         w, folded, delta = self.w_merged, self.folded_delta_s, self.delta()
-        if w is None or folded is None or not torch.equal(folded, delta.detach()):
+        if self.base_cpu is not None:              # base.weight may have been given back to W meanwhile
+            w = self.hold(delta)
+        elif w is None or folded is None or not torch.equal(folded, delta.detach()):
             w = self._refold()
         return merged_linear(x, delta, w, self.base.bias, self.u, self.vh, self.merged_grad)
 
@@ -163,12 +191,23 @@ class DeltaSAdapter:
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
+    def keep_base_on_cpu(self) -> None:
+        """Copy each targeted W to (pinned) CPU memory; from here the device holds one copy of them, W
+        or one fold of it (DeltaSLinear.hold): `merged()` folds in place and restores nothing, the
+        merged training pass folds into base.weight, `reference()` and hook forwards copy W back."""
+        for m in self.modules.values():
+            w = m.base.weight.detach()
+            m.base_cpu = torch.empty(w.shape, dtype=w.dtype, pin_memory=w.is_cuda).copy_(w)
+            m.held = None
+
     # ---- contexts ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def reference(self):
         """π_ref for free: the base model (δS path switched off), no second copy of the weights."""
         states = [m.active for m in self.modules.values()]
         for m in self.modules.values():
+            if m.base_cpu is not None:
+                m.hold(None)
             m.active = False
         try:
             yield
@@ -183,6 +222,16 @@ class DeltaSAdapter:
         `offload=True` keeps the saved originals on the CPU (for models where a second copy of the
         targeted weights does not fit on the GPU)."""
         saved: dict[str, torch.Tensor] = {}
+        if any(m.base_cpu is not None for m in self.modules.values()):    # one copy: fold in place, keep it
+            try:
+                for m in self.modules.values():
+                    m.hold(m.delta())
+                    m.active = False
+                yield
+            finally:
+                for m in self.modules.values():
+                    m.active = True
+            return
         try:
             with torch.no_grad():
                 for k, m in self.modules.items():

@@ -5,12 +5,14 @@ The first pass over a batch (an empty BatchState) fixes, per micro-batch:
   w        — per-token weights: student tokens min(π_old/π_sampler, C) (truncated importance sampling
              against the bf16 fold of the sampler, `--tis-cap C`); teacher tokens 1, or with
              `--teacher-weight is` the student's own probability π_old(y_t) ≤ 1 (teacher.py);
-  logπ_ref — the δS = 0 reference's log-probs (β > 0 only);
+  logπ_ref — the δS = 0 reference's log-probs (β > 0 only; every micro-batch's before the pass's first
+             policy forward, in one `reference()`: with --base-on-cpu the device then copies W back once,
+             not once per micro-batch, and no W' an unfinished backward saved is overwritten);
 and measures the sampler–trainer mismatch on the student tokens. Later passes (`--num-iterations`)
 reuse them, so their ratio ρ = π/π_old is against the sampling policy and `--clip-eps` acts.
 With `--delta-s-impl merged` the pass runs in `adapter.merged_training()`: W' = W + U diag(δS) Vh is
 folded once at its start (δS is fixed until the optimiser step after it) and each targeted linear is
-one matmul (merged_delta.py); the reference forward inside still reads the untouched W.
+one matmul (merged_delta.py); the reference forward before it reads the untouched W.
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ def backward_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.T
         part.pass_loss = part.pass_kl = 0.0
     model.train(cfg.grad_checkpointing)
     groups = micro_batches(att, cfg.train_batching, cfg.micro_batch, cfg.micro_tokens)
+    if cfg.beta > 0:                     # logπ_ref of every micro-batch the first pass meets
+        with torch.no_grad(), adapter.reference():
+            for s, rows_mb in enumerate(groups):
+                if key + s not in batch.logp_ref:
+                    sl = rows_mb.to(ids.device)
+                    batch.logp_ref[key + s] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
+                                                             cfg.train_batching, cfg.logprob_chunk)
     with adapter.merged_training() if cfg.delta_s_impl == "merged" else contextlib.nullcontext():
         for s, rows_mb in enumerate(groups):
             sl = rows_mb.to(ids.device)                                   # (b,) rows of this micro-batch
@@ -122,11 +131,7 @@ def _micro_pass(model, adapter, cfg: TrainConfig, rows: Rollouts, adv: torch.Ten
             at = slice(None) if pos is None else pos
             weight[at] = token_weights(cfg, rows, sl[at], logp_old[at], teacher[sl][at], cmask[sl][at], st)
         batch.weight[k] = weight
-        batch.logp_ref[k] = None
-        if cfg.beta > 0:
-            with torch.no_grad(), adapter.reference():
-                batch.logp_ref[k] = micro_logprobs(model, ids[sl], att[sl], n_prompt,
-                                                   cfg.train_batching, cfg.logprob_chunk)
+        batch.logp_ref.setdefault(k, None)                      # (filled before the pass when β > 0)
     else:
         hit = clipped(logp.detach(), batch.logp_old[k], adv[sl], cfg.clip_eps) * cmask[sl]   # (b, T)
         for st, pos in runs:

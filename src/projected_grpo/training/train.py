@@ -152,6 +152,11 @@ class Trainer:
             iv.setup(ctx)
         self.projector = next((iv for iv in self.interventions if iv.point in ("gradient", "update")), None)
         self.router = next((iv for iv in self.interventions if iv.point == "parameters"), None)  # routing.py
+        if cfg.base_on_cpu:
+            if self.router is not None:
+                raise UserError(f"--base-on-cpu: arm {cfg.arm} keeps a quarantine δQ on the model; run it "
+                                "without --base-on-cpu")
+            self.adapter.keep_base_on_cpu()
         start_v = None if self.projector is None else self.projector.v
         self.v_project: dict[str, torch.Tensor] = (start_v if start_v is not None else
                                                    handed_v if handed_v is not None else self.v_measure)
