@@ -86,17 +86,6 @@ def test_each_rule_gives_its_verdict_with_the_intervals_worked_by_hand(study: Pa
     assert v["arms"]["plan"]["delta_onset"]["lo"] == pytest.approx(3 - T4 * math.sqrt(0.5) / math.sqrt(5), abs=1e-6)
 
 
-def test_the_report_prints_each_verdict_beside_what_the_arm_knew(study: Path):
-    text = write_report(study, rules=Rules(controls={"mp_good": "mp_random"})).read_text()
-    table = text.split("## Verdicts (pre-registered decision rules)")[1].split("## Headline")[0]
-    row = next(line for line in table.splitlines() if line.startswith("| mp_good "))
-    assert row.startswith("| mp_good (uses labels: monitor) | monitor: noisy monitor, TPR 0.90 / FPR 0.05 |")
-    assert "| **non-specific** |" in row and "mp_random: +0.000" in row
-    assert "| **works** |" in next(line for line in table.splitlines() if line.startswith("| projected |"))
-    # a variant is described by its base arm in the Arms section
-    assert "- mp_random (uses labels: monitor): variant of monitor_penalty: " in text
-
-
 def test_no_verdict_when_vanilla_did_not_hack(tmp_path: Path):
     for s in SEEDS:
         run(tmp_path, "vanilla", s, 0.3, 0.3)
@@ -107,10 +96,18 @@ def test_no_verdict_when_vanilla_did_not_hack(tmp_path: Path):
         tmp_path, rules=Rules()).read_text()
 
 
-def test_cli_verdicts_and_a_bad_control_flag(study: Path, capsys):
+def test_cli_prints_each_verdict_beside_what_the_arm_knew_and_refuses_a_bad_control_flag(study: Path, capsys):
     assert main(["report", str(study), "--verdicts", "--control", "mp_good=mp_random"]) == 0
     summary = json.loads((study / "summary.json").read_text())
     assert summary["verdicts"]["arms"]["mp_good"]["verdict"] == "non-specific"
+    text = (study / "results.md").read_text()
+    table = text.split("## Verdicts (pre-registered decision rules)")[1].split("## Headline")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| mp_good "))
+    assert row.startswith("| mp_good (uses labels: monitor) | monitor: noisy monitor, TPR 0.90 / FPR 0.05 |")
+    assert "| **non-specific** |" in row and "mp_random: +0.000" in row
+    assert "| **works** |" in next(line for line in table.splitlines() if line.startswith("| projected |"))
+    assert "- mp_random (uses labels: monitor): variant of monitor_penalty: " in text   # described by its base
+    capsys.readouterr()
     assert main(["report", str(study), "--verdicts", "--control", "mp_good"]) == 2
     assert "--control 'mp_good': expected ARM=CONTROL" in capsys.readouterr().err
     assert main(["report", str(study), "--control", "mp_good=mp_random"]) == 2
