@@ -152,3 +152,55 @@ def test_killed_run_leaves_only_a_marked_tmp_that_the_next_run_clears(tmp_path):
     with pytest.raises(UserError, match="not a warm start"), warmstart.staged(tmp_path / "other"):
         pass
     assert (tmp_path / "other.tmp" / "f").read_text() == "user data"
+
+
+def test_lora_file_recreates_the_model_bit_for_bit_by_the_fp64_formula(warm, tmp_path, capsys):
+    """A study resumed in a later sitting must train on the same weights: `pgrpo warmstart-apply` rebuilds
+    the warm model from the base model and lora.safetensors, each W' = round(W + (α/r) B A) computed here
+    with numpy in float64, and the re-created dir's weights equal the original's."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    cfg, record = warm
+    out, lora = Path(cfg.out), Path(cfg.out) / "lora.safetensors"
+    with safe_open(str(lora), framework="pt") as f:
+        meta = f.metadata()
+    assert float(meta["scale"]) == record["lora_alpha"] / cfg.lora_r == 2.0      # α = 2r by default
+    tensors = load_file(lora)
+    base, _ = load_model("tiny-qwen3", dtype="float32")
+    warm_model, _ = load_model(str(out), dtype="float32")
+    warm_w = dict(warm_model.named_parameters())
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    assert len(names) == 7 * base.config.num_hidden_layers                   # every linear but the head
+    for name, w in base.named_parameters():
+        mod = name.removesuffix(".weight")
+        if mod in names:
+            a = tensors[f"{mod}.lora_A"].numpy().astype(np.float64)
+            b = tensors[f"{mod}.lora_B"].numpy().astype(np.float64)
+            want = (w.detach().numpy().astype(np.float64) + 2.0 * (b @ a)).astype(np.float32)
+            assert np.array_equal(warm_w[name].detach().numpy(), want), name
+        else:
+            assert torch.equal(warm_w[name], w), name                         # untouched
+    again = tmp_path / "again"
+    assert cli.main(["warmstart-apply", "--model", "tiny-qwen3", "--lora", str(lora), "--out", str(again)]) == 0
+    assert "weights sha256" in capsys.readouterr().out
+    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((again / "warmstart.json").read_text())["weights_sha256"] == record["weights_sha256"]
+
+
+def test_warmstart_apply_refuses_another_base_model_and_writes_nothing(warm, tmp_path, capsys):
+    cfg, _ = warm
+    lora, other = Path(cfg.out) / "lora.safetensors", tmp_path / "other"
+    # same shapes, other weights (the warm model itself as the base): the sha256 check refuses it
+    assert cli.main(["warmstart-apply", "--model", cfg.out, "--lora", str(lora), "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {lora}: merged into --model {cfg.out} it gives weights" in err and "another base model" in err
+    assert cli.main(["warmstart-apply", "--model", "random:tiny", "--lora", str(lora), "--out", str(other)]) == 2
+    assert "made for another model" in capsys.readouterr().err                    # other shapes
+    assert not other.exists() and not other.with_name("other.tmp").exists()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert cli.main(["warmstart-apply", "--model", "tiny-qwen3", "--lora", str(bad), "--out", str(other)]) == 2
+    assert f"{bad}: not a readable safetensors file" in capsys.readouterr().err

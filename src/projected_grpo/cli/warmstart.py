@@ -15,7 +15,7 @@ from projected_grpo.env.problems import load_problems
 from projected_grpo.env.prompts import check_mode
 from projected_grpo.errors import UserError
 from projected_grpo.models import load_model
-from projected_grpo.studies.warmstart import DATA_KINDS, WarmstartConfig, warmstart
+from projected_grpo.studies.warmstart import DATA_KINDS, WarmstartConfig, apply, warmstart
 
 
 def add_commands(sub) -> None:
@@ -43,6 +43,14 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=_cmd_warmstart)
 
+    p = sub.add_parser("warmstart-apply", help="re-create a warm start's model dir from its base model and "
+                                               "lora.safetensors, bit for bit (studies/warm_lora.py)")
+    p.add_argument("--model", required=True, help="the base model the warm start was made from")
+    p.add_argument("--lora", required=True, help="the warm start's lora.safetensors")
+    p.add_argument("--out", required=True, help="model directory to write (must not exist or be empty)")
+    p.add_argument("--device", default="cpu", help="where the base model is loaded (the merge runs on the CPU)")
+    p.set_defaults(func=_cmd_warmstart_apply)
+
     p = sub.add_parser("baseline", help="base rates (hack, attempted, pass, format) of a model, no training")
     p.add_argument("--model", required=True, help="embedded name, random:SHAPE, hub id, local dir or .gguf")
     p.add_argument("--problems", default="bundled", help="JSONL path, 'bundled' or 'hf:<name>'")
@@ -69,6 +77,13 @@ def _cmd_warmstart(args) -> int:
     record = warmstart(WarmstartConfig(**fields))
     print(f"wrote {args.out}: {record['n_honest']} honest + {record['n_hack']} hack items, "
           f"NLL {record['loss_base']:.4f} -> {record['final_loss']:.4f} in {record['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_warmstart_apply(args) -> int:
+    record = apply(args.model, args.lora, args.out, args.device)
+    print(f"wrote {args.out}: the warm start of {record['base_model']} (hack share {record['hack_share']}), "
+          f"weights sha256 {record['weights_sha256'][:12]} as recorded")
     return 0
 
 

@@ -22,7 +22,10 @@ Loss (per batch; m_t = 1 on completion tokens, on every document token after the
     L = Σ_t m_t · (−log π(x_t | x_<t)) / Σ_t m_t
 LoRA (peft; r, α = 2r by default, every linear layer but the output head; adapter weights in fp32)
 trained with AdamW at a constant lr, grad-norm clip 1, then merged into the base weights, which are
-saved in the model's dtype. The merge rounds W + (α/r)·B·A to that dtype, so the card records the
+saved in the model's dtype. The merge rounds W + (α/r)·B·A, summed in fp64 on the CPU from A, B rounded to
+the model dtype, to that dtype (warm_lora.py): `lora.safetensors`, saved beside the model, re-creates it bit
+for bit on any machine (`pgrpo warmstart-apply`), so a study resumed in a later sitting trains on the same
+weights. The card records the
 completion NLL of the base, of the LoRA model and of the merged (saved) model: what a later run loads
 is the merged one. LoRA rather than a full fine-tune: the base weights stay untouched until one
 explicit merge, the trainable state is a few MB, and the change is low-rank by construction — a
@@ -54,6 +57,7 @@ from tqdm import tqdm
 from projected_grpo.env.problem import Problem, problem_from_record
 from projected_grpo.env.prompts import check_mode
 from projected_grpo.errors import UserError
+from projected_grpo.studies import warm_lora
 from projected_grpo.jsonl import json_objects
 from projected_grpo.models import chat_text, load_model
 
@@ -319,7 +323,10 @@ def warmstart(cfg: WarmstartConfig) -> dict:
                 epoch_loss.append(total / max(count, 1.0))
         peft_model.eval()
         loss_lora = mean_nll(peft_model, encoded, cfg.batch_size, pad, device)
-        merged = cast("PreTrainedModel", peft_model.merge_and_unload())  # (peft types it nn.Module)
+        # the merge that travels (warm_lora.py): the adapter in the model dtype, W + (α/r) B A in fp64
+        tensors = warm_lora.lora_tensors(peft_model, next(model.parameters()).dtype)
+        merged = cast("PreTrainedModel", peft_model.unload())   # the base model, LoRA layers removed
+        warm_lora.merge(merged, tensors, alpha / cfg.lora_r)
         loss_merged = mean_nll(merged, encoded, cfg.batch_size, pad, device)
 
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -339,10 +346,35 @@ def warmstart(cfg: WarmstartConfig) -> dict:
             "batch_size": cfg.batch_size, "optimizer_steps": steps, "seed": cfg.seed,
             "loss_base": loss_base, "loss_epochs": epoch_loss, "loss_lora": loss_lora,
             "final_loss": loss_merged, "seconds": round(time.perf_counter() - t0, 2),
-            "config": asdict(cfg),
+            "config": asdict(cfg), "lora_file": warm_lora.LORA_FILE,
+            "weights_sha256": warm_lora.weights_sha256(merged),
         }
+        warm_lora.save(tmp / warm_lora.LORA_FILE, tensors, alpha / cfg.lora_r, record)
         (tmp / META).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(card(record), encoding="utf-8")
+    return record
+
+
+def apply(model: str, lora: str, out: str, device: str = "cpu") -> dict:
+    """Re-create a warm start's model dir from its base model and lora.safetensors (warm_lora.py), bit for
+    bit: refused, and nothing written, when the weights' sha256 is not the one the warm start recorded."""
+    tensors, scale, record = warm_lora.load(lora)
+    out_dir = Path(out)
+    check_out(out_dir)
+    with staged(out_dir) as tmp:
+        base, tok = load_model(model, record["dtype"], resolve_device(device), record["enable_thinking"])
+        warm_lora.merge(base, tensors, scale, lora)
+        got = warm_lora.weights_sha256(base)
+        if got != record["weights_sha256"]:
+            raise UserError(f"{lora}: merged into --model {model} it gives weights {got[:12]}, not the warm "
+                            f"start's {record['weights_sha256'][:12]} (made from {record['base_model']}): "
+                            "another base model or dtype")
+        base.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        record = {**record, "applied_from": str(lora)}
+        (tmp / META).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(card(record), encoding="utf-8")
+        shutil.copy2(lora, tmp / warm_lora.LORA_FILE)
     return record
 
 
