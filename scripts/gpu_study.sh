@@ -4,6 +4,10 @@
 #   bash scripts/gpu_study.sh setup            wheels -> /tmp/site; bwrap from .debs -> /tmp/bwrap; join +
 #                                              sha-check the GGUF; save it as a
 #                                              bf16 transformers dir /root/qwen05 (loads in seconds)
+#   bash scripts/gpu_study.sh warm [LORA]      the study's warm model /root/warm/ws_0.35: re-created bit for bit from
+#                                              a carried lora.safetensors (pgrpo warmstart-apply), or, with none, made
+#                                              (pgrpo warmstart, hack share 0.35, hint aware) and its lora.safetensors
+#                                              put in $OUT as 15 MiB pieces (cat lora.safetensors.?? > lora.safetensors)
 #   bash scripts/gpu_study.sh restore TAR      unpack run dirs brought back earlier into /root/study
 #   bash scripts/gpu_study.sh launch ARGS...   `pgrpo sweep ARGS` detached (setsid) on a snapshot of src/,
 #                                              log /root/study.log
@@ -33,6 +37,16 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
     if ls .debs/*.deb >/dev/null 2>&1; then bash scripts/install_bwrap_local.sh /tmp/bwrap || \
       echo "bwrap install failed: the grader will use its rlimit fallback (the report names the backend)"; fi
     nvidia-smi --query-gpu=name,memory.total --format=csv ;;
+  warm)
+    env_on; W=/root/warm/ws_0.35
+    if [ -n "${2:-}" ]; then
+      python3 -m projected_grpo.cli warmstart-apply --model /root/qwen05 --lora "$2" --out "$W"
+    else
+      python3 -m projected_grpo.cli warmstart --model /root/qwen05 --out "$W" --hack-share 0.35 --hint aware
+      (cd "$OUT" && split -b 15M -d "$W/lora.safetensors" lora.safetensors. && sha256sum "$W/lora.safetensors" \
+        | tee lora.sha256 && ls -la)
+    fi
+    python3 -c "import json; r = json.load(open('$W/warmstart.json')); print('weights sha256', r['weights_sha256'])" ;;
   restore)
     mkdir -p "$STUDY" && tar -xzf "$2" -C "$STUDY" && ls "$STUDY" ;;
   launch)
@@ -59,5 +73,5 @@ m.save_pretrained('/root/qwen05'); t.save_pretrained('/root/qwen05')"
     tar -czf "$OUT/logs.tar.gz" -C "$STUDY" logs
     tail -n 60 /root/study.log > "$OUT/study_log_tail.txt" || true
     ls -la "$OUT"; tail -n 25 /root/study.log ;;
-  *) echo "usage: $0 piece|setup|restore TAR|launch ARGS|bench ARGS|collect [GLOB]" >&2; exit 2 ;;
+  *) echo "usage: $0 piece|setup|warm [LORA]|restore TAR|launch ARGS|bench ARGS|collect [GLOB]" >&2; exit 2 ;;
 esac
