@@ -21,6 +21,7 @@ MEASUREMENTS=(
   "cpubase|--sizes 0.5b,7b --trl-sizes '' --delta-s-impl merged --base-on-cpu"
   "cpubase_beta|--sizes 7b --trl-sizes '' --delta-s-impl merged --base-on-cpu --beta 1e-3"
   "ariahw|--sizes 4b --trl-sizes '' --ckpt-sizes 4b --prompts 16 --group 16 --new-tokens 1024 --beta 1e-3 --delta-s-impl merged"
+  "ariahw_cpubase|--sizes 4b --trl-sizes '' --ckpt-sizes 4b --prompts 16 --group 16 --new-tokens 1024 --beta 1e-3 --delta-s-impl merged --base-on-cpu"
 )
 
 run_all() {
