@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18's measurements on a lent GPU machine (one card), in calls of at most 10 minutes:
 #   bash scripts/gpu_bench.sh setup     TRL's wheels (.whl_trl, carried) and ours (.whl) -> /tmp/site
-#   bash scripts/gpu_bench.sh launch    every measurement below, one after another, detached (setsid);
+#   bash scripts/gpu_bench.sh launch    every measurement below (or ONLY="name ..." in that order), one after
+#                                       another, detached (setsid);
 #                                       each writes /root/bench/NAME.jsonl and NAME.log
 #   bash scripts/gpu_bench.sh wait [S]  up to S seconds (default 540) for the list to finish; the logs' tails
 #   bash scripts/gpu_bench.sh collect   the JSON lines, logs and nvidia-smi's card name into $OUT
@@ -26,7 +27,13 @@ MEASUREMENTS=(
 
 run_all() {
   env_on
-  for m in "${MEASUREMENTS[@]}"; do
+  local list=()                  # ONLY="name name ...": those measurements, in that order (default: all)
+  if [ -n "${ONLY:-}" ]; then
+    for want in $ONLY; do
+      for m in "${MEASUREMENTS[@]}"; do [ "${m%%|*}" = "$want" ] && list+=("$m"); done
+    done
+  else list=("${MEASUREMENTS[@]}"); fi
+  for m in "${list[@]}"; do
     name=${m%%|*} args=${m#*|}
     echo "=== $(date +%T) $name: $args"
     eval "python3 bench/grpo_step.py $args --json $DIR/$name.jsonl" > "$DIR/$name.log" 2>&1 \
@@ -44,7 +51,7 @@ case "${1:-}" in
 'torch', torch.__version__, torch.cuda.get_device_name())" ;;
   launch)
     mkdir -p "$DIR"
-    setsid nohup bash "$0" run-all > "$DIR/progress.log" 2>&1 < /dev/null &
+    ONLY="${ONLY:-}" setsid nohup bash "$0" run-all > "$DIR/progress.log" 2>&1 < /dev/null &
     sleep 2; cat "$DIR/progress.log" ;;
   run-all)
     run_all ;;
