@@ -5,11 +5,15 @@
 
 Per directory: runs, wall seconds (wall.txt: start of the first process to the end of the last), runs per
 GPU-hour (runs · 3600 / wall), and the medians over every run's training steps of step, gen, grade and train
-seconds, and over every eval of eval seconds (each run's metrics.jsonl). Markdown on stdout.
+seconds, and over every eval of eval seconds (each run's metrics.jsonl). For a fleet, also the seconds spent
+inside its batched calls (the fleet decode and training passes: log.txt's "seconds in them" line) and their
+share of the wall time; in a fleet a run's own gen_s / train_s include its wait for the others. Markdown on
+stdout.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import statistics
 import sys
@@ -33,9 +37,15 @@ def summary(d: Path) -> dict:
         return round(statistics.median(vals), 2) if vals else None
 
     finished = sum((run / "delta_s.safetensors").is_file() for run in runs)   # a run's last act (runio)
+    log = d / "log.txt"
+    inside = next((ast.literal_eval(line.split("seconds in them:", 1)[1].strip())
+                   for line in (log.read_text().splitlines() if log.is_file() else []) if "seconds in them:" in line),
+                  None)
+    batched = round(sum(inside.values()), 1) if inside else None
     return {"dir": d.name, "runs": len(runs), "finished": finished, "wall_s": wall,
             "runs_per_gpu_h": round(len(runs) * 3600 / wall, 1) if wall else None,
-            **{k: med(k, train) for k in ("step_s", "gen_s", "grade_s", "train_s")}, "eval_s": med("eval_s", evals)}
+            **{k: med(k, train) for k in ("step_s", "gen_s", "grade_s", "train_s")}, "eval_s": med("eval_s", evals),
+            "batched_s": batched, "batched_share": round(batched / wall, 2) if batched and wall else None}
 
 
 def main(argv: list[str]) -> int:

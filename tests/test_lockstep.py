@@ -78,6 +78,7 @@ def test_each_run_of_a_fleet_is_the_run_it_is_alone(fleet_and_alone, impl, seed)
     assert json.loads((inside / runio.CONFIG).read_text())["fleet_runs"] == len(SEEDS)
     # the runs met: one sampling meeting per step and per eval chunk, one training meeting per pass
     assert fleet.meetings["train"] == BASE.steps * BASE.num_iterations and fleet.meetings["sample"] > BASE.steps
+    assert fleet.seconds["sample"] > 0 and fleet.seconds["train"] > 0         # the batched calls were timed
 
 
 def test_a_fleet_run_resumed_alone_and_a_mixed_fleet_are_refused(fleet_and_alone, capsys):

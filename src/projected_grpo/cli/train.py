@@ -111,5 +111,5 @@ def _cmd_train_fleet(args) -> int:
     for r, out in enumerate(outs):
         err = result.errors.get(r)
         print(f"{out}: " + ("finished" if err is None else f"FAILED: {type(err).__name__}: {err}"))
-    print(f"meetings: {result.meetings}")
+    print(f"meetings: {result.meetings}, seconds in them: {result.seconds}")
     return 1 if result.errors else 0

@@ -262,6 +262,7 @@ def ensure_fleet(spec: FleetSpec, progress: bool = True) -> str:
           f"{', '.join(str(m.run_dir) for m, _ in todo)}")
     result = train_fleet([m.cfg for m, _ in todo], [m.run_dir for m, _ in todo],
                          resume=[st == "unfinished" for _, st in todo], progress=progress)
+    print(f"[fleet]  {spec.name}: meetings {result.meetings}, seconds in them {result.seconds}")
     for r, err in sorted(result.errors.items()):
         print(f"[FAILED] {todo[r][0].name}: {type(err).__name__}: {err}")
     if result.errors:

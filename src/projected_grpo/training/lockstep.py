@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -97,6 +98,7 @@ class Lockstep:
         self.states: dict[tuple[int, ...], BatchState] = {}   # one multi-run pass's state, per batch
         self.eos = eos_token_ids(model, self.tok)
         self.meetings = {"sample": 0, "train": 0}
+        self.seconds = {"sample": 0.0, "train": 0.0}     # wall time of the batched calls (the card's work)
         self.holder: dict[int, int] = {}                 # run -> the thread that runs it
 
     # ---- turns ---------------------------------------------------------------------------------
@@ -148,12 +150,14 @@ class Lockstep:
             groups.setdefault(key, []).append(c)
         with self.model_lock:
             for group in groups.values():
+                t0 = time.perf_counter()
                 try:
                     (self._sample if group[0].kind == "sample" else self._train)(group)
                 except BaseException as err:  # noqa: BLE001 - each waiting run re-raises it in its thread
                     for c in group:
                         c.error = err
                 self.meetings[group[0].kind] += 1
+                self.seconds[group[0].kind] += time.perf_counter() - t0   # (results are on the host)
         for c in calls.values():
             c.done = True
         self.cv.notify_all()
@@ -322,6 +326,7 @@ class FleetResult:
     outs: list[Path]
     errors: dict[int, BaseException] = field(default_factory=dict)
     meetings: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)   # wall seconds inside the batched calls, per kind
 
 
 def train_fleet(cfgs: list[TrainConfig], outs: list[Path], resume: bool | list[bool] = False,
@@ -360,4 +365,5 @@ def train_fleet(cfgs: list[TrainConfig], outs: list[Path], resume: bool | list[b
     for th in threads:
         th.join()
     result.meetings = dict(lockstep.meetings)
+    result.seconds = {k: round(v, 2) for k, v in lockstep.seconds.items()}
     return result
