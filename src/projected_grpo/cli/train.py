@@ -65,6 +65,7 @@ def _cmd_train(args) -> int:
         evals = runio.eval_rows(rows)
         print("held-out eval: " + (json.dumps({k: v for k, v in evals[-1].items() if k != "kind"}) if evals
                                    else "none (no eval problems or --eval-samples 0; see split.json)"))
+    dist.finish()
     return 0
 
 
