@@ -102,10 +102,10 @@ class DeltaSLinear(nn.Module):
 
     def _refold(self) -> torch.Tensor:
         self.w_merged = None                       # the old W' goes before the new one is made
-        if self.base_cpu is not None:              # W' is base.weight itself, folded in place
+        if self.base_cpu is not None:              # W' is base.weight itself, folded in place (`held` says with what)
             self.w_merged = w = self.hold(self.delta())
-        else:
-            self.w_merged = w = fold(self.base.weight, self.u, self.vh, self.delta())
+            return w
+        self.w_merged = w = fold(self.base.weight, self.u, self.vh, self.delta())
         self.folded_delta_s = self.delta().detach().clone()
         return w
 

@@ -329,8 +329,6 @@ def warmstart(cfg: WarmstartConfig) -> dict:
         warm_lora.merge(merged, tensors, alpha / cfg.lora_r)
         loss_merged = mean_nll(merged, encoded, cfg.batch_size, pad, device)
 
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
         record = {
             "base_model": cfg.model, "dtype": cfg.dtype, "data": cfg.data, "mode": cfg.mode, "hint": cfg.hint,
             "enable_thinking": cfg.enable_thinking,
@@ -350,18 +348,23 @@ def warmstart(cfg: WarmstartConfig) -> dict:
             "weights_sha256": warm_lora.weights_sha256(merged),
         }
         warm_lora.save(tmp / warm_lora.LORA_FILE, tensors, alpha / cfg.lora_r, record)
-        (tmp / META).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (tmp / CARD).write_text(card(record), encoding="utf-8")
+        write_model_dir(tmp, merged, tok, record)
     return record
+
+
+def write_model_dir(tmp: Path, model, tok, record: dict) -> None:
+    """The model directory's files: weights, tokenizer (with its chat template), warmstart.json, WARMSTART.md."""
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / META).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (tmp / CARD).write_text(card(record), encoding="utf-8")
 
 
 def apply(model: str, lora: str, out: str, device: str = "cpu") -> dict:
     """Re-create a warm start's model dir from its base model and lora.safetensors (warm_lora.py), bit for
     bit: refused, and nothing written, when the weights' sha256 is not the one the warm start recorded."""
     tensors, scale, record = warm_lora.load(lora)
-    out_dir = Path(out)
-    check_out(out_dir)
-    with staged(out_dir) as tmp:
+    with staged(Path(out)) as tmp:
         base, tok = load_model(model, record["dtype"], resolve_device(device), record["enable_thinking"])
         warm_lora.merge(base, tensors, scale, lora)
         got = warm_lora.weights_sha256(base)
@@ -369,11 +372,8 @@ def apply(model: str, lora: str, out: str, device: str = "cpu") -> dict:
             raise UserError(f"{lora}: merged into --model {model} it gives weights {got[:12]}, not the warm "
                             f"start's {record['weights_sha256'][:12]} (made from {record['base_model']}): "
                             "another base model or dtype")
-        base.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
         record = {**record, "applied_from": str(lora)}
-        (tmp / META).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (tmp / CARD).write_text(card(record), encoding="utf-8")
+        write_model_dir(tmp, base, tok, record)
         shutil.copy2(lora, tmp / warm_lora.LORA_FILE)
     return record
 

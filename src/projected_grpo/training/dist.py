@@ -75,9 +75,8 @@ def finish() -> None:
     """The success path's end: wait for every rank, then leave the group together. A rank that left while
     rank 0 still wrote its summary once died in gloo's teardown (SIGABRT, "terminate called without an active
     exception", CI 2026-12-08); error paths keep the atexit `shutdown`, so a failed rank never waits here."""
-    if active():
-        tdist.barrier()
-        tdist.destroy_process_group()
+    barrier()
+    shutdown()
 
 
 def barrier() -> None:

@@ -141,7 +141,8 @@ class Trainer:
         # intervention of the arm sets itself up (a V, a concept direction, a probe) at δS = 0.
         self.arm = arms.get(cfg.arm)
         self.interventions = build(self.arm, cfg)
-        if cfg.base_on_cpu and any(iv.point == "parameters" for iv in self.interventions):
+        self.router = next((iv for iv in self.interventions if iv.point == "parameters"), None)  # routing.py
+        if cfg.base_on_cpu and self.router is not None:
             raise UserError(f"--base-on-cpu: arm {cfg.arm} keeps a quarantine δQ on the model; run it "
                             "without --base-on-cpu")
         handed_v = None
@@ -154,7 +155,6 @@ class Trainer:
         for iv in self.interventions:
             iv.setup(ctx)
         self.projector = next((iv for iv in self.interventions if iv.point in ("gradient", "update")), None)
-        self.router = next((iv for iv in self.interventions if iv.point == "parameters"), None)  # routing.py
         if cfg.base_on_cpu:
             self.adapter.keep_base_on_cpu()
         start_v = None if self.projector is None else self.projector.v
